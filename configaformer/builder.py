@@ -1,0 +1,213 @@
+"""ConfigaFormer: blocks of op configs, each repeated, built into one flat list of ops over named streams.
+
+Shapes flow through the ops at build time, so a bad config fails here, naming its block, op and key. The forward
+pass runs a plan over a dict of streams: the ops in order, with each attention chain whose dots nothing else reads
+replaced by one fused scaled_dot_product_attention call.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from torch import Tensor, nn
+
+from . import ops as _ops  # noqa: F401  (registers every op type)
+from .errors import ConfigError
+from .ops.attention import AttentionOffset, FusedAttention, MhaDots, MhaSum
+from .ops.dense import Embedding, PositionEmbedding
+from .registry import OpError, op_class, resolve_keys
+from .shapes import Shape, parse_shape, shape_to_config
+
+EMBEDDING_OPS = (Embedding, PositionEmbedding)
+
+
+def _fail(source: Optional[str], message: str) -> ConfigError:
+    return ConfigError(f"{source}: {message}" if source else message)
+
+
+def _check_structure(config: object, input_streams: object, source: Optional[str]) -> tuple[list, dict, list]:
+    """The outer layout of an op-level config: {'blocks': [{'config': [op dicts], 'repeat': N}], ...}."""
+    if not isinstance(config, Mapping):
+        raise _fail(source, f"model_config: expected a mapping with 'blocks', got {type(config).__name__}")
+    unknown = set(config) - {"blocks", "input_streams", "outputs"}
+    if unknown:
+        raise _fail(source, f"model_config: unknown key {sorted(unknown)[0]!r}; expected 'blocks', 'input_streams', 'outputs'")
+    blocks = config.get("blocks")
+    if not isinstance(blocks, list) or not blocks:
+        raise _fail(source, "blocks: expected a non-empty list of {'config': [...], 'repeat': N}")
+    for b, block in enumerate(blocks):
+        if not isinstance(block, Mapping) or not isinstance(block.get("config"), list) or set(block) - {"config", "repeat"}:
+            raise _fail(source, f"blocks[{b}]: expected {{'config': [op dicts], 'repeat': N}}, got {block!r:.80}")
+        repeat = block.get("repeat", 1)
+        if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
+            raise _fail(source, f"blocks[{b}].repeat: expected a positive int, got {repeat!r}")
+        for i, op in enumerate(block["config"]):
+            if not isinstance(op, Mapping) or "type" not in op:
+                raise _fail(source, f"blocks[{b}].config[{i}]: expected an op dict with a 'type', got {op!r:.80}")
+    streams = input_streams if input_streams is not None else config.get("input_streams")
+    if not isinstance(streams, Mapping) or not streams:
+        raise _fail(source, "input_streams: expected a mapping of stream name -> shape, e.g. {'emb_ids': ['B', 'L_in']}")
+    shapes = {}
+    for name, dims in streams.items():
+        try:
+            shapes[str(name)] = parse_shape(dims)
+        except ValueError as err:
+            raise _fail(source, f"input_streams.{name}: {err}") from None
+    outputs = config.get("outputs", ["x"])
+    if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs) or not outputs:
+        raise _fail(source, f"outputs: expected a list of stream names, got {outputs!r}")
+    return blocks, shapes, outputs
+
+
+def _build_op(spec: Mapping[str, Any], shapes: dict[str, Shape]) -> nn.Module:
+    """One op from its dict, given the shapes of every stream written so far; raises OpError."""
+    cls = op_class(spec["type"])
+    cfg = resolve_keys(cls.keys, spec)
+    names = cls.input_names(cfg)
+    for name in names:
+        if name not in shapes:
+            key = next((k for k in cls.input_keys if cfg.get(k) == name or name in (cfg.get(k) or ())), "input_name")
+            known = ", ".join(sorted(shapes))
+            raise OpError(key, f"stream {name!r} is read before anything writes it (streams so far: {known})")
+    op = cls(cfg, [shapes[n] for n in names])
+    shapes.update(zip(op.outputs, op.out_shapes))
+    return op
+
+
+def _readers(ops: Sequence[nn.Module], after: int, stream: str, final: set[str]) -> list[int]:
+    """Indices of the ops that read `stream` as written by op `after`, up to its next write; len(ops) stands for
+    the caller, when the stream is one of the model's outputs."""
+    found = []
+    for j in range(after + 1, len(ops)):
+        if stream in ops[j].inputs:
+            found.append(j)
+        if stream in ops[j].outputs:
+            return found
+    return found + ([len(ops)] if stream in final else [])
+
+
+def _attention_chain(ops: Sequence[nn.Module], i: int, final: set[str]) -> Optional[tuple[Optional[int], int]]:
+    """(offset index or None, sum index) when ops[i] (mha_dots) heads a chain that can run fused, else None."""
+    dots = ops[i]
+    readers = _readers(ops, i, dots.outputs[0], final)
+    if len(readers) != 1 or readers[0] == len(ops):
+        return None
+    offset_at, sum_at = None, readers[0]
+    if isinstance(ops[sum_at], AttentionOffset) and ops[sum_at].inputs[0] == dots.outputs[0]:
+        offset_at = sum_at
+        readers = _readers(ops, offset_at, ops[offset_at].outputs[0], final)
+        if len(readers) != 1 or readers[0] == len(ops):
+            return None
+        sum_at = readers[0]
+    summation = ops[sum_at]
+    scores = (ops[offset_at] if offset_at is not None else dots).outputs[0]
+    if not isinstance(summation, MhaSum) or summation.inputs[1] != scores:
+        return None
+    # The fused call reads q, k and the offset stream at the sum's position: none may be rewritten before it.
+    guarded = set(dots.inputs) | (set(ops[offset_at].inputs[1:]) if offset_at is not None else set())
+    if any(guarded & set(ops[m].outputs) for m in range(i + 1, sum_at)):
+        return None
+    return offset_at, sum_at
+
+
+def plan_steps(ops: Sequence[nn.Module], outputs: Sequence[str], fuse_attention: bool = True) -> list[nn.Module]:
+    """The forward plan: the ops, with every fusable attention chain run as one FusedAttention step."""
+    if not fuse_attention:
+        return list(ops)
+    skip, fused = set(), {}
+    for i, op in enumerate(ops):
+        if isinstance(op, MhaDots):
+            chain = _attention_chain(ops, i, set(outputs))
+            if chain is not None:
+                offset_at, sum_at = chain
+                skip.update({i} | ({offset_at} if offset_at is not None else set()))
+                fused[sum_at] = FusedAttention(op, ops[offset_at] if offset_at is not None else None, ops[sum_at])
+    return [fused.get(i, op) for i, op in enumerate(ops) if i not in skip]
+
+
+class ConfigaFormer(nn.Module):
+    """A transformer built from op configs.
+
+    `model_config` is {'blocks': [{'config': [op dicts], 'repeat': N}, ...]}, optionally with 'input_streams'
+    and 'outputs' (the streams a caller reads; default ['x']). The forward pass takes a dict of named tensors
+    and returns the dict of all streams: `model({'emb_ids': ids, 'attn_offset': offset})['x']`.
+    """
+
+    def __init__(self, model_config: Mapping[str, Any], input_streams: Optional[Mapping[str, Sequence]] = None,
+                 verbose: bool = True, fuse_attention: bool = True, source: Optional[str] = None) -> None:
+        super().__init__()
+        blocks, shapes, outputs = _check_structure(model_config, input_streams, source)
+        self.input_shapes = dict(shapes)
+        built, sections = [], []
+        for b, block in enumerate(blocks):
+            repeat = block.get("repeat", 1)
+            lines = []
+            for r in range(repeat):
+                for i, spec in enumerate(block["config"]):
+                    try:
+                        op = _build_op(spec, shapes)
+                    except OpError as err:
+                        key = f", key {err.key!r}" if err.key else ""
+                        where = f"blocks[{b}].config[{i}] (block #{b + 1}, op #{i + 1}, {spec.get('type')}){key}"
+                        raise _fail(source, f"{where}: {err.message}") from None
+                    built.append(op)
+                    if r == 0:
+                        lines.append(op.summary_line())
+            sections.append(f"Block #{b + 1}, {repeat}x\n" + "\n".join(lines))
+        missing = [o for o in outputs if o not in shapes]
+        if missing:
+            raise _fail(source, f"outputs: stream {missing[0]!r} is never written (streams: {', '.join(sorted(shapes))})")
+        self.ops = nn.ModuleList(built)
+        self.outputs = list(outputs)
+        self.stream_shapes = shapes
+        self.plan = plan_steps(built, outputs, fuse_attention)
+        self.config = {"blocks": copy.deepcopy(list(blocks)), "outputs": list(outputs),
+                       "input_streams": {n: shape_to_config(s) for n, s in self.input_shapes.items()}}
+        self._summary = "\n\n\n".join(sections)
+        if verbose:
+            print(self._summary)
+
+    @classmethod
+    def from_config(cls, config: Union[Mapping[str, Any], str, os.PathLike], **kwargs: Any) -> ConfigaFormer:
+        """Build from an op-level config, a seed-001 layer config, or a YAML/JSON file holding either."""
+        from .io import load_config
+        from .layers import compile_layers, is_layer_config
+
+        source = None
+        if isinstance(config, (str, os.PathLike)):
+            source = str(config)
+            config = load_config(config)
+        if is_layer_config(config):
+            try:
+                config = compile_layers(config)
+            except ConfigError as err:
+                raise _fail(source, str(err)) from None
+        return cls(config, source=source, **kwargs)
+
+    def summary(self) -> str:
+        """The text printed at build: each block once, one line per op with its streams and shapes."""
+        return self._summary
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count; non_embedding leaves out token and position embedding tables."""
+        return sum(p.numel() for op in self.ops if not (non_embedding and isinstance(op, EMBEDDING_OPS))
+                   for p in op.parameters())
+
+    @property
+    def fused_attention_count(self) -> int:
+        return sum(isinstance(step, FusedAttention) for step in self.plan)
+
+    def forward(self, streams: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        missing = [name for name in self.input_shapes if name not in streams]
+        if missing:
+            raise ValueError(f"ConfigaFormer: input stream {missing[0]!r} is missing (expected {', '.join(self.input_shapes)})")
+        streams = dict(streams)
+        for step in self.plan:
+            out = step(*[streams[name] for name in step.inputs])
+            if len(step.outputs) == 1:
+                streams[step.outputs[0]] = out
+            else:
+                streams.update(zip(step.outputs, out))
+        return streams

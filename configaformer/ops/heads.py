@@ -1,0 +1,75 @@
+"""Head layout and rotary position: [B, L, D] <-> [B, H, L, D/H], and RoPE on the first rotate_dim features."""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+
+from ..registry import Key, OpError, positive, register
+from .base import Op, expect_int, expect_rank, split_size
+
+_HEADS = Key(types=(int,), check=positive)
+
+
+@register("make_heads")
+class MakeHeads(Op):
+    keys = {**Op.keys, "num_heads": _HEADS}
+
+    def build(self, cfg, shape):
+        expect_rank(shape, 3, "input_name", "a [B, L, D] stream")
+        self.heads = cfg["num_heads"]
+        head_dim = split_size(shape[2], self.heads, "num_heads", f"width of '{cfg['input_name']}'")
+        return (shape[0], self.heads, shape[1], head_dim)
+
+    def forward(self, x):
+        return rearrange(x, "b l (h d) -> b h l d", h=self.heads)
+
+
+@register("merge_heads")
+class MergeHeads(Op):
+    def build(self, cfg, shape):
+        expect_rank(shape, 4, "input_name", "a [B, H, L, d] stream")
+        heads = expect_int(shape[1], "input_name", "the head count")
+        return (shape[0], shape[2], heads * expect_int(shape[3], "input_name", "the head dim"))
+
+    def forward(self, x):
+        return rearrange(x, "b h l d -> b l (h d)")
+
+
+@register("rope")
+class Rope(Op):
+    """Rotary position embedding (GPT-NeoX's rotate-half form) on the first rotate_dim features of each head.
+
+    Works on any stream whose last two dims are [L, d]; sin and cos are precomputed for max_length positions.
+    """
+
+    keys = {**Op.keys, "rotate_dim": Key(types=(int,), check=lambda v: None if v > 0 and v % 2 == 0 else "expected a positive even int"),
+            "max_length": Key(2048, (int,), check=positive), "base": Key(10000.0, (float,), check=positive)}
+
+    def build(self, cfg, shape):
+        if len(shape) < 2:
+            raise OpError("input_name", "rope needs a stream with [L, d] as its last dims")
+        head_dim = expect_int(shape[-1], "input_name", "the head dim")
+        self.rotate_dim, self.max_length = cfg["rotate_dim"], cfg["max_length"]
+        if self.rotate_dim > head_dim:
+            raise OpError("rotate_dim", f"rotate_dim {self.rotate_dim} exceeds the head dim {head_dim}")
+        inv_freq = 1.0 / cfg["base"] ** (torch.arange(0, self.rotate_dim, 2, dtype=torch.float64) / self.rotate_dim)
+        angles = torch.outer(torch.arange(self.max_length, dtype=torch.float64), inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        return shape
+
+    def summary_inputs(self):
+        return super().summary_inputs() + [(f"rope_{self.rotate_dim}", (self.max_length, self.rotate_dim))]
+
+    def forward(self, x):
+        length = x.shape[-2]
+        if length > self.max_length:
+            raise ValueError(f"rope: sequence length {length} exceeds max_length {self.max_length}")
+        cos = self.cos[:length].to(x.dtype)
+        sin = self.sin[:length].to(x.dtype)
+        rot, rest = x[..., : self.rotate_dim], x[..., self.rotate_dim :]
+        first, second = rot.chunk(2, dim=-1)
+        rotated = rot * cos + torch.cat([-second, first], dim=-1) * sin
+        return torch.cat([rotated, rest], dim=-1) if rest.shape[-1] else rotated

@@ -1,0 +1,1 @@
+"""configaformer-search: architecture search over configaformer configs (Ray Tune trials, Optuna study)."""
