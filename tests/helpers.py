@@ -1,0 +1,48 @@
+"""Small model configs shared by the tests: seed 000's example, scaled down."""
+
+from __future__ import annotations
+
+
+def seed000_blocks(dim: int = 64, heads: int = 4, layers: int = 2, vocab: int = 101, rope: int = 8) -> list[dict]:
+    """Seed 000's usage example with its sizes as parameters (embedding, attn + ffn x layers, ffn + logits)."""
+    emb = [{"type": "embedding", "output_dim": dim, "num_classes": vocab}]
+    attn = [
+        {"type": "make_stream", "output_name": "residual"},
+        {"type": "norm", "norm_type": "layer_norm"},
+        {"type": "linear", "output_name": "queries"},
+        {"type": "linear", "output_name": "keys"},
+        {"type": "linear", "output_name": "values"},
+        {"type": "make_heads", "input_name": "queries", "output_name": "queries", "num_heads": heads},
+        {"type": "make_heads", "input_name": "keys", "output_name": "keys", "num_heads": heads},
+        {"type": "rope", "input_name": "queries", "output_name": "queries", "rotate_dim": rope},
+        {"type": "rope", "input_name": "keys", "output_name": "keys", "rotate_dim": rope},
+        {"type": "mha_dots", "input_name_queries": "queries", "input_name_keys": "keys"},
+        {"type": "attention_offset"},
+        {"type": "mha_sum", "input_name_values": "values"},
+        {"type": "linear"},
+        {"type": "merge_streams", "input_name_1": "residual", "merge_type": "add"},
+    ]
+    ffn = [
+        {"type": "make_stream", "output_name": "residual"},
+        {"type": "norm", "norm_type": "layer_norm"},
+        {"type": "linear", "output_dim": dim * 4},
+        {"type": "activation"},
+        {"type": "linear", "output_dim": dim},
+        {"type": "merge_streams", "input_name_1": "residual", "merge_type": "add"},
+    ]
+    to_logits = [{"type": "linear", "output_dim": vocab}]
+    return [{"config": emb, "repeat": 1}, {"config": attn + ffn, "repeat": layers}, {"config": ffn + to_logits, "repeat": 1}]
+
+
+def seed000_streams(heads: int = 4) -> dict:
+    return {"emb_ids": ["B", "L_in"], "attn_offset": ["B", heads, "L_in", "L_in"]}
+
+
+def seed001_config(dim: int = 64, vocab: int = 97, **overrides) -> dict:
+    """Seed 001's layer config at test scale: two classifiers and an embedding narrower than the model."""
+    config = {
+        "dim_model": dim, "vocab_size": vocab, "dim_rope": 8, "classifiers": [vocab, 6], "input_emb_size": 32,
+        "layers": [{"type": "Attention", "heads": 4}, {"type": "FFN", "ff_mult": 4}] * 2,
+    }
+    config.update(overrides)
+    return config

@@ -1,0 +1,87 @@
+"""Seed 001's layer config compiles to op blocks and builds through the same engine."""
+
+import itertools
+
+import pytest
+import torch
+from helpers import seed001_config
+
+from configaformer import ConfigaFormer, ConfigError, compile_layers
+
+
+def test_seed001_config_has_one_logits_tensor_per_classifier():
+    model = ConfigaFormer.from_config(seed001_config(), verbose=False)
+    assert model.outputs == ["logits_0", "logits_1"]
+    ids = torch.randint(0, 97, (2, 10))
+    out = model({"emb_ids": ids})
+    assert out["logits_0"].shape == (2, 10, 97) and out["logits_1"].shape == (2, 10, 6)
+    summary = model.summary()
+    assert "embedding -> Input(s): emb_ids (B, L_in) - Output(s): x (B, L_in, 32)" in summary
+    assert "linear -> Input(s): x (B, L_in, 32) - Output(s): x (B, L_in, 64)" in summary  # input_emb_size projected up
+    assert "Block #2, 2x" in summary  # (Attention, FFN) x 2 became one repeated block
+    assert model.fused_attention_count == 2
+
+
+def test_compiled_blocks_build_as_an_op_config():
+    op_config = compile_layers(seed001_config())
+    direct = ConfigaFormer(op_config, verbose=False)
+    assert direct.num_params() == ConfigaFormer.from_config(seed001_config(), verbose=False).num_params()
+
+
+OPTIONS = list(itertools.product(["rope", "alibi", "learned", "none"], ["pre", "post", "sandwich"],
+                                 ["layer_norm", "rms_norm", "scale_norm"]))
+
+
+@pytest.mark.parametrize("position, placement, norm", OPTIONS)
+def test_position_placement_and_norm_options_train(position, placement, norm):
+    config = seed001_config(position=position, norm_placement=placement, norm_type=norm, classifiers=None, max_length=64)
+    model = ConfigaFormer.from_config(config, verbose=False)
+    ids = torch.randint(0, 97, (2, 12))
+    loss = torch.nn.functional.cross_entropy(model({"emb_ids": ids})["logits_0"].reshape(-1, 97), ids.reshape(-1))
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_layer_options_compile_to_the_expected_ops():
+    layers = [{"type": "Attention", "heads": 4, "kv_heads": 2, "qk_norm": True, "gated": True, "token_shift": True,
+               "causal": False, "dropout": 0.1},
+              {"type": "FFN", "activation": ["silu", "none"], "dim_ff": 96},
+              {"type": "gMLP", "ff_mult": 2, "activation": "relu2"}]
+    model = ConfigaFormer.from_config(seed001_config(layers=layers, max_length=32), verbose=False)
+    summary = model.summary()
+    assert "make_heads -> Input(s): keys (B, L_in, 32) - Output(s): keys (B, 2, L_in, 16)" in summary  # GQA
+    assert "norm -> Input(s): queries (B, 4, L_in, 16)" in summary  # QK-norm
+    assert "shift -> " in summary and "dropout -> " in summary
+    assert "attention_offset" not in summary  # not causal, rope: nothing to add
+    assert "activation -> Input(s): x (B, L_in, 192) - Output(s): x (B, L_in, 96)" in summary  # SwiGLU
+    assert "spatial_gating -> Input(s): x (B, L_in, 256) - Output(s): x (B, L_in, 128)" in summary
+    assert "merge_streams -> Input(s): gate (B, L_in, 64), x (B, L_in, 64)" in summary  # gated output
+    ids = torch.randint(0, 97, (2, 16))
+    model({"emb_ids": ids})["logits_0"].sum().backward()
+
+
+def test_causal_layers_do_not_see_the_future():
+    model = ConfigaFormer.from_config(seed001_config(position="alibi"), verbose=False).eval()
+    ids = torch.randint(0, 97, (1, 12))
+    full = model({"emb_ids": ids})["logits_0"]
+    changed = ids.clone()
+    changed[0, 8:] = (changed[0, 8:] + 1) % 97
+    torch.testing.assert_close(model({"emb_ids": changed})["logits_0"][:, :8], full[:, :8])
+
+
+@pytest.mark.parametrize("edit, why", [
+    ({"dim_model": "wide"}, "dim_model: expected int, got 'wide'"),
+    ({"layers": [{"type": "Attention", "heads": 5}]}, "layers[0].heads: dim_model 64 is not divisible by 5 heads"),
+    ({"layers": [{"type": "Attention", "heads": 4, "kv_heads": 3}]}, "layers[0].kv_heads: 4 heads are not a multiple of 3"),
+    ({"layers": [{"type": "Attention", "heads": 4, "dim_rope": 32}]}, "layers[0].dim_rope: expected an even number"),
+    ({"layers": [{"type": "Atention", "heads": 4}]}, "layers[0].type: expected one of Attention, FFN, gMLP"),
+    ({"layers": [{"type": "FFN", "activation": "swish"}]}, "layers[0].activation: unknown activation 'swish'"),
+    ({"layers": [{"type": "FFN", "heads": 4}]}, "layers[0].heads: unknown key"),
+    ({"position": "sinusoidal"}, "position: expected one of 'rope', 'alibi', 'learned', 'none'"),
+    ({"norm_placement": "middle"}, "norm_placement: expected one of 'pre', 'post', 'sandwich'"),
+    ({"classifiers": [10, 0]}, "classifiers: expected a non-empty list of positive class counts"),
+])
+def test_bad_layer_config_names_the_field(edit, why):
+    with pytest.raises(ConfigError) as info:
+        ConfigaFormer.from_config(seed001_config(**edit), verbose=False)
+    assert why in str(info.value)

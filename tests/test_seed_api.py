@@ -1,0 +1,67 @@
+"""Seed 000's API as its README shows it, at test width."""
+
+import torch
+from helpers import seed000_blocks, seed000_streams
+
+from configaformer import ConfigaFormer, get_alibi
+
+
+def test_seed000_builds_prints_summary_and_trains(capsys):
+    model = ConfigaFormer(model_config={"blocks": seed000_blocks()}, input_streams=seed000_streams())
+    printed = capsys.readouterr().out
+    assert printed.strip() == model.summary().strip()
+    lines = printed.strip().splitlines()
+    assert lines[0] == "Block #1, 1x"
+    assert "Block #2, 2x" in lines and "Block #3, 1x" in lines
+    op_lines = [line for line in lines if " -> Input(s): " in line]
+    assert len(op_lines) == 1 + 20 + 7  # one line per op of one repeat of each block
+    assert "rope -> Input(s): queries (B, 4, L_in, 16), rope_8 (2048, 8) - Output(s): queries (B, 4, L_in, 16)" in lines
+    assert "mha_sum -> Input(s): values (B, L_in, 64), attn_dots (B, 4, L_in, L_in) - Output(s): x (B, L_in, 64)" in lines
+
+    ids = torch.randint(0, 101, (2, 24))
+    logits = model({"emb_ids": ids, "attn_offset": get_alibi(num_heads=4)})["x"]
+    assert logits.shape == (2, 24, 101)
+    loss = torch.nn.functional.cross_entropy(logits.view(-1, 101), ids.view(-1))
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_verbose_false_is_silent(capsys):
+    model = ConfigaFormer({"blocks": seed000_blocks()}, seed000_streams(), verbose=False)
+    assert capsys.readouterr().out == ""
+    assert model.summary().startswith("Block #1, 1x\nembedding -> Input(s): emb_ids (B, L_in)")
+
+
+def test_one_alibi_offset_serves_every_length_up_to_its_maximum():
+    model = ConfigaFormer({"blocks": seed000_blocks()}, seed000_streams(), verbose=False)
+    offset = get_alibi(num_heads=4, max_length=64)
+    assert offset.shape == (1, 4, 64, 64)
+    ids = torch.randint(0, 101, (1, 40))
+    full = model({"emb_ids": ids, "attn_offset": offset})["x"]
+    prefix = model({"emb_ids": ids[:, :17], "attn_offset": offset})["x"]
+    torch.testing.assert_close(prefix, full[:, :17], atol=1e-5, rtol=1e-5)  # causal: a prefix sees only itself
+
+
+def test_alibi_is_causal_and_linear_in_distance():
+    offset = get_alibi(num_heads=8, max_length=6)[0]
+    assert torch.isinf(offset[:, 0, 1:]).all() and (offset[:, 0, 1:] < 0).all()
+    slopes = -offset[:, 5, 4]
+    torch.testing.assert_close(offset[:, 5, 0], -5 * slopes)
+    torch.testing.assert_close(slopes, torch.tensor([2.0 ** (-i) for i in range(1, 9)]))
+
+
+def test_missing_input_stream_is_a_clear_error():
+    model = ConfigaFormer({"blocks": seed000_blocks()}, seed000_streams(), verbose=False)
+    try:
+        model({"emb_ids": torch.zeros(1, 4, dtype=torch.long)})
+    except ValueError as err:
+        assert "attn_offset" in str(err)
+    else:
+        raise AssertionError("a missing stream must be refused")
+
+
+def test_compiles_without_graph_breaks():
+    model = ConfigaFormer({"blocks": seed000_blocks(layers=1)}, seed000_streams(), verbose=False)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    data = {"emb_ids": torch.randint(0, 101, (2, 16)), "attn_offset": get_alibi(4, max_length=32)}
+    torch.testing.assert_close(compiled(data)["x"], model(data)["x"])
