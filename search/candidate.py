@@ -1,0 +1,105 @@
+"""A candidate: sampled params -> a model config that builds and is shape-checked, with its cheap metrics
+(params, non-embedding params, FLOPs) and cheap constraints checked before any training time is spent."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional
+
+from configaformer import ConfigaFormer, ConfigError
+from configaformer.registry import OpError, check_value
+
+from .errors import TrialFailure
+from .probes import count_flops
+from .space import CHEAP_METRICS, TRAIN_KEYS, SearchSpace
+
+INPUT_STREAM = "emb_ids"
+
+
+@dataclass
+class Candidate:
+    params: dict[str, Any]
+    model_config: dict[str, Any]
+    train: dict[str, Any]
+    model: ConfigaFormer
+    metrics: dict[str, float]
+
+    @property
+    def key(self) -> str:
+        """Identifies what a trial measures: two params that resolve to the same configs share a key."""
+        return config_key(self.model_config, self.train)
+
+
+def config_key(model_config: Mapping, train: Mapping) -> str:
+    canonical = json.dumps({"model": model_config, "train": train}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def violations(constraints: Mapping[str, Mapping[str, float]], metrics: Mapping[str, Any],
+               only: Optional[Iterable[str]] = None) -> list[str]:
+    """Readable violations ('params 2.1e+06 > max 2e+06') of the constraints on metrics that are known."""
+    found = []
+    for metric, bound in constraints.items():
+        if (only is not None and metric not in only) or metrics.get(metric) is None:
+            continue
+        value = metrics[metric]
+        if "max" in bound and value > bound["max"]:
+            found.append(f"{metric} {value:.4g} > max {bound['max']:.4g}")
+        if "min" in bound and value < bound["min"]:
+            found.append(f"{metric} {value:.4g} < min {bound['min']:.4g}")
+    return found
+
+
+def constraint_values(constraints: Mapping[str, Mapping[str, float]], metrics: Mapping[str, Any]) -> list[float]:
+    """Optuna's convention: one number per bound, <= 0 when satisfied (relative, so bounds of any scale mix)."""
+    values = []
+    for metric, bound in sorted(constraints.items()):
+        value = metrics.get(metric)
+        for side in ("max", "min"):
+            if side in bound:
+                if value is None:
+                    values.append(1.0)
+                else:
+                    excess = value - bound[side] if side == "max" else bound[side] - value
+                    values.append(excess / max(abs(bound[side]), 1e-12))
+    return values
+
+
+def _check_train(train: Mapping[str, Any]) -> None:
+    for key, value in train.items():
+        try:
+            check_value(key, TRAIN_KEYS[key], value)
+        except OpError as err:
+            raise TrialFailure("rejected", f"train.{key}: {err.message}") from None
+
+
+def _build(model_config: dict, vocab_size: int) -> ConfigaFormer:
+    if "blocks" in model_config:
+        model_config.setdefault("input_streams", {INPUT_STREAM: ["B", "L_in"]})
+    model = ConfigaFormer.from_config(model_config, verbose=False)
+    if set(model.input_shapes) != {INPUT_STREAM}:
+        raise ConfigError(f"input_streams: a searched model reads one stream, {INPUT_STREAM!r}; build offsets inside "
+                          f"(attention_offset with offset: causal or alibi), got {', '.join(model.input_shapes)}")
+    width = model.stream_shapes[model.outputs[0]][-1]
+    if width != vocab_size:
+        raise ConfigError(f"outputs: the logits stream {model.outputs[0]!r} has width {width}, expected the vocab size {vocab_size}")
+    return model
+
+
+def make_candidate(space: SearchSpace, params: Mapping[str, Any], vocab_size: int) -> Candidate:
+    """Resolve, build and cheaply measure a candidate; raises TrialFailure('rejected' or 'constraint')."""
+    model_config, train = space.resolve(params, vocab_size)
+    _check_train(train)
+    try:
+        model = _build(model_config, vocab_size)
+    except ConfigError as err:
+        raise TrialFailure("rejected", str(err)) from None
+    probe_len = space.probes["seq_len"]
+    metrics = {"params": model.num_params(), "nonemb_params": model.num_params(non_embedding=True)}
+    metrics["flops"] = count_flops(model, space.probes["batch_size"], probe_len)
+    over = violations(space.constraints, metrics, only=CHEAP_METRICS)
+    if over:
+        raise TrialFailure("constraint", "; ".join(over), metrics)
+    return Candidate(dict(params), model_config, train, model, metrics)

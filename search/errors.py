@@ -1,0 +1,17 @@
+"""Errors of the search service: a bad space (user input) and a failed trial (recorded, never fatal)."""
+
+from __future__ import annotations
+
+
+class SpaceError(ValueError):
+    """Bad user input: one line naming the file, the field path, what was found and what was expected."""
+
+
+class TrialFailure(Exception):
+    """A trial that cannot finish: `kind` is a short reason code (oom, nan_loss, rejected, constraint, error)."""
+
+    def __init__(self, kind: str, message: str, metrics: dict | None = None) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+        self.metrics = metrics or {}  # whatever was measured before the failure

@@ -1,0 +1,153 @@
+"""Measurements beside the loss: FLOPs (fvcore), peak training memory (estimated without CUDA), latency.
+
+FLOPs count one multiply-add as 1, for the matrix products only (linear, matmul, attention through a
+registered scaled_dot_product_attention handle), at the probe shape; elementwise ops, norms and softmax count 0,
+as in the analytic convention, so that norm types compare fairly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from configaformer import ConfigaFormer
+
+# aten ops the library emits that carry no matrix-product FLOPs: counted as 0, silently.
+ZERO_FLOP_OPS = (
+    "aten::add", "aten::add_", "aten::sub", "aten::mul", "aten::mul_", "aten::div", "aten::neg", "aten::square", "aten::pow",
+    "aten::gelu", "aten::relu", "aten::silu", "aten::sigmoid", "aten::tanh", "aten::softmax", "aten::layer_norm",
+    "aten::rms_norm", "aten::norm", "aten::linalg_vector_norm", "aten::clamp", "aten::clamp_min", "aten::dropout",
+    "aten::embedding", "aten::cat", "aten::chunk", "aten::split", "aten::narrow", "aten::slice", "aten::select",
+    "aten::masked_fill", "aten::tril", "aten::ones", "aten::arange", "aten::abs", "aten::repeat_interleave",
+    "aten::constant_pad_nd", "aten::pad", "aten::unsqueeze", "aten::expand", "aten::to", "aten::type_as",
+    "aten::bitwise_not", "aten::rsub", "aten::zeros", "aten::full", "aten::reshape", "aten::view", "aten::permute",
+    "aten::transpose", "aten::contiguous", "aten::mean", "aten::rsqrt",
+)
+
+
+def _shape(value: Any) -> list[int]:
+    return value.type().sizes()
+
+
+def _sdpa_flops(inputs: list, outputs: list) -> int:
+    """Q.K^T and P.V: B*H*Lq*Lk*(d + dv) multiply-adds (GQA key/value heads are shared, not fewer products)."""
+    q, k, v = (_shape(x) for x in inputs[:3])
+    return math.prod(q[:-2]) * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+def _matmul_flops(inputs: list, outputs: list) -> int:
+    """Each output element of a (broadcast) matmul is one dot product over the shared dim."""
+    a = _shape(inputs[0])
+    return math.prod(_shape(outputs[0])) * a[-1]
+
+
+class _LogitsOnly(nn.Module):
+    """ids -> logits, a tensor-in tensor-out view of a model for fvcore's tracer."""
+
+    def __init__(self, model: ConfigaFormer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model({"emb_ids": ids})[self.model.outputs[0]]
+
+
+def flop_analysis(model: ConfigaFormer, batch_size: int, seq_len: int) -> Any:
+    """fvcore's FlopCountAnalysis of the forward pass at [batch_size, seq_len], with this module's handles."""
+    from fvcore.nn import FlopCountAnalysis
+
+    ids = torch.zeros(batch_size, seq_len, dtype=torch.long, device=next(model.parameters()).device)
+    analysis = FlopCountAnalysis(_LogitsOnly(model), (ids,))
+    analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flops, "aten::matmul", _matmul_flops,
+                           **{op: None for op in ZERO_FLOP_OPS})
+    return analysis.uncalled_modules_warnings(False)
+
+
+def count_flops(model: ConfigaFormer, batch_size: int, seq_len: int) -> int:
+    """Forward-pass multiply-adds at [batch_size, seq_len], traced by fvcore on the eager module."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        total = int(flop_analysis(model, batch_size, seq_len).total())
+    model.train(was_training)
+    return total
+
+
+def estimate_peak_memory(build: Callable[[], ConfigaFormer], batch_size: int, seq_len: int, vocab_size: int) -> float:
+    """Peak MiB of one fp32 training step (weights, grads, AdamW state, activations), with no GPU: MemTracker
+    follows every tensor of the step under FakeTensorMode, so nothing is allocated for real."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from .train import lm_loss, make_optimizer
+
+    with FakeTensorMode():
+        model = build()
+        optimizer = make_optimizer(model, 1e-3, 0.1, torch.device("cpu"))
+        inputs = torch.randint(0, vocab_size, (batch_size, seq_len))
+        tracker = MemTracker()
+        tracker.track_external(model, optimizer)
+        with tracker:
+            for _ in range(2):  # the second step holds the optimizer state the first one creates
+                lm_loss(model, inputs, inputs).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                tracker.reset_mod_stats()  # per-module stats allow one pass; the device peak is kept
+        peak = tracker.get_tracker_snapshot("peak")
+    return max(stats["Total"] for stats in peak.values()) / 2**20
+
+
+@contextlib.contextmanager
+def device_lock(device: torch.device) -> Iterator[None]:
+    """Exclusive use of a device across processes (trials packed on one GPU never time each other)."""
+    name = f"configaformer-latency-{device.type}{device.index if device.index is not None else ''}.lock"
+    with open(Path(tempfile.gettempdir()) / name, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _single_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@torch.no_grad()
+def measure_latency(model: ConfigaFormer, batch_size: int, seq_len: int, device: torch.device,
+                    repeats: int = 20, warmup: int = 3) -> Mapping[str, float]:
+    """Median forward time (ms) and its coefficient of variation, after warm-up, holding the device lock.
+    On the CPU it runs single-threaded: the only setting that stays steady beside other busy processes."""
+    from .train import autocast
+
+    model.eval()
+    ids = torch.zeros(batch_size, seq_len, dtype=torch.long, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
+    times = []
+    with device_lock(device), (_single_thread() if device.type == "cpu" else contextlib.nullcontext()), autocast(device):
+        for i in range(warmup + repeats):
+            sync(device)
+            start = time.perf_counter()
+            model({"emb_ids": ids})
+            sync(device)
+            if i >= warmup:
+                times.append((time.perf_counter() - start) * 1e3)
+    model.train()
+    median = statistics.median(times)
+    cv = statistics.pstdev(times) / statistics.mean(times) if len(times) > 1 else 0.0
+    return {"latency_ms": median, "latency_cv": cv}

@@ -1,0 +1,379 @@
+"""Search spaces: a YAML file -> a validated `SearchSpace` that samples params and resolves them to configs.
+
+Any value under `model` or `train` may be a distribution ({choice: [...]}, {int: [lo, hi], step: k},
+{float: [lo, hi]}, {log: [lo, hi]}) or a reference `$name` to one declared under `params:`. A parameter may
+carry a condition (`if: {position: rope}`: sampled only then, else null) or `per_layer: true` (one value per
+repeat of `layers: {repeat: $depth, each: [...]}`). Sampling goes through an Optuna trial (define-by-run), so
+the same code serves the search, the `validate` command and the tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from configaformer.io import read_structured
+from configaformer.registry import Key, OpError, check_value, positive, probability, resolve_keys
+
+from .errors import SpaceError
+
+KINDS = ("choice", "int", "float", "log")
+DIST_KEYS = set(KINDS) | {"step", "if", "per_layer"}
+SECTIONS = ("name", "data", "params", "model", "train", "probes", "objectives", "constraints", "search", "resources")
+METRICS = ("val_loss", "val_bpb", "train_tok_s", "flops", "params", "nonemb_params", "peak_mem_mb", "latency_ms")
+CHEAP_METRICS = ("params", "nonemb_params", "flops")  # known before any training
+BUILTIN_REFS = ("vocab_size", "seq_len")  # filled from the data and train sections
+
+
+def _non_negative(value: Any) -> Optional[str]:
+    return None if value >= 0 else "expected a number >= 0"
+
+
+DATA_KEYS = {"source": Key("embedded", (str,), choices=("embedded", "text", "tokens")),
+             "path": Key(None, (str, type(None))), "vocab_size": Key(None, (int, type(None))),
+             "val_fraction": Key(0.1, (float,), check=lambda v: None if 0 < v < 1 else "expected a fraction in (0, 1)"),
+             "max_bytes": Key(None, (int, type(None)))}
+TRAIN_KEYS = {"tokens": Key(200_000, (int,), check=positive), "batch_size": Key(16, (int,), check=positive),
+              "seq_len": Key(64, (int,), check=positive), "lr": Key(3e-3, (float,), check=positive),
+              "warmup": Key(0.1, (float,), check=probability), "min_lr": Key(0.1, (float,), check=probability),
+              "weight_decay": Key(0.1, (float,), check=_non_negative), "grad_clip": Key(1.0, (float,), check=_non_negative),
+              "seed": Key(0, (int,)), "eval_tokens": Key(32_768, (int,), check=positive)}
+PROBE_KEYS = {"batch_size": Key(1, (int,), check=positive), "seq_len": Key(None, (int, type(None))),
+              "latency_repeats": Key(20, (int,), check=positive), "latency_warmup": Key(3, (int,), check=_non_negative),
+              "memory": Key(True, (bool,)), "latency": Key(True, (bool,))}
+SEARCH_KEYS = {"trials": Key(24, (int,), check=positive), "sampler": Key("tpe", (str,), choices=("tpe", "nsga2", "random")),
+               "seed": Key(0, (int,)), "startup_trials": Key(None, (int, type(None))),
+               "population_size": Key(None, (int, type(None)))}
+RESOURCE_KEYS = {"cpus_per_trial": Key(1, (float,), check=positive), "gpus_per_trial": Key(0.0, (float,), check=_non_negative),
+                 "concurrency": Key(None, (int, type(None)))}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched parameter."""
+
+    name: str
+    kind: str
+    choices: tuple = ()
+    low: float = 0
+    high: float = 0
+    step: Optional[float] = None
+    condition: Mapping[str, tuple] = field(default_factory=dict)
+    per_layer: bool = False
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        """Draw a value through an Optuna trial (or anything with its suggest_* methods)."""
+        if self.kind == "choice":
+            if all(isinstance(c, (str, int, float, bool, type(None))) for c in self.choices):
+                return trial.suggest_categorical(name, list(self.choices))
+            labels = [json.dumps(c) for c in self.choices]  # Optuna takes only scalars: lists go as JSON labels
+            return json.loads(trial.suggest_categorical(name, labels))
+        if self.kind == "int":
+            return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1))
+        return trial.suggest_float(name, self.low, self.high, log=self.kind == "log", step=self.step)
+
+    def size(self) -> Optional[int]:
+        if self.kind == "choice":
+            return len(self.choices)
+        if self.kind == "int":
+            return (int(self.high) - int(self.low)) // int(self.step or 1) + 1
+        if self.step:
+            return int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        return None
+
+
+@dataclass
+class SearchSpace:
+    """A validated search space. `sample(trial)` -> params; `resolve(params)` -> (model config, train config)."""
+
+    path: str
+    name: str
+    params: dict[str, Param]
+    model: dict
+    data: dict
+    train: dict
+    probes: dict
+    objectives: dict[str, str]
+    constraints: dict[str, dict[str, float]]
+    search: dict
+    resources: dict
+
+    def sample(self, trial: Any) -> dict[str, Any]:
+        """Draw every active parameter; per-layer ones once per layer, named 'name[i]'."""
+        values: dict[str, Any] = {}
+        for param in self.params.values():
+            if not param.per_layer and self._active(param, values):
+                values[param.name] = param.suggest(trial, param.name)
+        for i in range(self._depth(values)):
+            for param in self.params.values():
+                if param.per_layer and self._active(param, values):
+                    values[f"{param.name}[{i}]"] = param.suggest(trial, f"{param.name}[{i}]")
+        return values
+
+    def _active(self, param: Param, values: Mapping[str, Any]) -> bool:
+        return all(values.get(name) in allowed for name, allowed in param.condition.items())
+
+    def _depth(self, values: Mapping[str, Any]) -> int:
+        layers = self.model.get("layers")
+        if isinstance(layers, Mapping):
+            return int(_substitute(layers["repeat"], values, None))
+        return 0
+
+    def resolve(self, values: Mapping[str, Any], vocab_size: int) -> tuple[dict, dict]:
+        """Params -> (model config, train config), with $refs substituted and per-layer units expanded."""
+        train = {k: _substitute(v, values, None) for k, v in self.train.items()}
+        values = {**values, "vocab_size": vocab_size, "seq_len": train["seq_len"]}
+        model = copy.deepcopy(self.model)
+        layers = model.get("layers")
+        if isinstance(layers, Mapping):
+            depth = int(_substitute(layers["repeat"], values, None))
+            model["layers"] = [_substitute(unit, values, i) for i in range(depth) for unit in layers["each"]]
+        model = _substitute(model, values, None)
+        if "layers" in model:  # a layer config: the data decides the vocabulary, the train section the length
+            model.setdefault("vocab_size", vocab_size)
+            model.setdefault("max_length", max(train["seq_len"], self.probes["seq_len"]))
+        return model, train
+
+    def size(self) -> Optional[int]:
+        """The number of distinct configs when every parameter is discrete (per-layer ones at the largest depth)."""
+        sizes = {name: p.size() for name, p in self.params.items()}
+        if any(s is None for s in sizes.values()):
+            return None
+        depth = self._max_depth()
+        total = 1
+        for name, param in self.params.items():
+            total *= sizes[name] ** (depth if param.per_layer else 1)
+        return total
+
+    def _max_depth(self) -> int:
+        layers = self.model.get("layers")
+        if not isinstance(layers, Mapping):
+            return 0
+        repeat = layers["repeat"]
+        if isinstance(repeat, str) and repeat.startswith("$"):
+            param = self.params[repeat[1:]]
+            return int(param.high) if param.kind == "int" else int(max(param.choices))
+        return int(repeat)
+
+
+def _substitute(node: Any, values: Mapping[str, Any], layer: Optional[int]) -> Any:
+    """Replace '$name' strings (per-layer ones as name[layer]) throughout a nested structure."""
+    if isinstance(node, str) and node.startswith("$"):
+        name = node[1:]
+        if layer is not None and f"{name}[{layer}]" in values:
+            return values[f"{name}[{layer}]"]
+        return values.get(name)
+    if isinstance(node, Mapping):
+        return {k: _substitute(v, values, layer) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, values, layer) for v in node]
+    return node
+
+
+# ---- loading and validation ---------------------------------------------------------------------------------
+
+_EXPONENT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _coerce_numbers(node: Any) -> Any:
+    """YAML 1.1 reads '3e-3' and '2e6' as strings: read such exponent forms as numbers."""
+    if isinstance(node, str) and _EXPONENT_RE.match(node):
+        number = float(node)
+        return int(number) if number.is_integer() and number >= 1 else number
+    if isinstance(node, Mapping):
+        return {k: _coerce_numbers(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_coerce_numbers(v) for v in node]
+    return node
+
+
+def _is_distribution(node: Any) -> bool:
+    return isinstance(node, Mapping) and bool(set(node) & set(KINDS)) and set(node) <= DIST_KEYS
+
+
+class _Loader:
+    """Validates one space file; every error is a SpaceError naming the file and the field path."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def fail(self, where: str, message: str) -> SpaceError:
+        return SpaceError(f"{self.path}: {where}: {message}")
+
+    def section(self, raw: Mapping, name: str, keys: Mapping[str, Key]) -> dict:
+        given = raw.get(name) or {}
+        if not isinstance(given, Mapping):
+            raise self.fail(name, f"expected a mapping, got {given!r:.60}")
+        try:
+            return resolve_keys(keys, given, ignore=())
+        except OpError as err:
+            raise self.fail(f"{name}.{err.key}", err.message) from None
+
+    def param(self, where: str, name: str, spec: Any) -> Param:
+        if not _is_distribution(spec):
+            raise self.fail(where, f"expected a distribution such as {{choice: [...]}}, {{int: [lo, hi]}}, {{float: [lo, hi]}} or {{log: [lo, hi]}}, got {spec!r:.60}")
+        kinds = [k for k in KINDS if k in spec]
+        if len(kinds) != 1:
+            raise self.fail(where, f"expected exactly one of {', '.join(KINDS)}, got {', '.join(kinds)}")
+        kind, bounds = kinds[0], spec[kinds[0]]
+        condition = spec.get("if") or {}
+        if not isinstance(condition, Mapping):
+            raise self.fail(f"{where}.if", f"expected a mapping such as {{position: rope}}, got {condition!r:.60}")
+        condition = {k: tuple(v) if isinstance(v, list) else (v,) for k, v in condition.items()}
+        per_layer = spec.get("per_layer", False)
+        if not isinstance(per_layer, bool):
+            raise self.fail(f"{where}.per_layer", f"expected true or false, got {per_layer!r}")
+        if kind == "choice":
+            if not isinstance(bounds, list) or not bounds:
+                raise self.fail(f"{where}.choice", f"expected a non-empty list, got {bounds!r:.60}")
+            return Param(name, kind, choices=tuple(bounds), condition=condition, per_layer=per_layer)
+        numeric = all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds) if isinstance(bounds, list) else False
+        if not numeric or len(bounds) != 2 or not bounds[0] < bounds[1]:
+            raise self.fail(f"{where}.{kind}", f"expected [low, high] with low < high, got {bounds!r:.60}")
+        if kind == "int" and not all(isinstance(b, int) for b in bounds):
+            raise self.fail(f"{where}.int", f"expected integer bounds, got {bounds!r}")
+        if kind == "log" and bounds[0] <= 0:
+            raise self.fail(f"{where}.log", f"expected positive bounds for a log scale, got {bounds!r}")
+        step = spec.get("step")
+        if step is not None and (not isinstance(step, (int, float)) or step <= 0 or kind == "log"):
+            raise self.fail(f"{where}.step", f"expected a positive number (and no step on a log scale), got {step!r}")
+        return Param(name, kind, low=bounds[0], high=bounds[1], step=step, condition=condition, per_layer=per_layer)
+
+    def lift_inline(self, node: Any, where: str, params: dict[str, Param]) -> Any:
+        """Inline distributions become params named by their field path; returns the node with $refs."""
+        if _is_distribution(node):
+            params[where] = self.param(where, where, node)
+            return f"${where}"
+        if isinstance(node, Mapping):
+            return {k: self.lift_inline(v, f"{where}.{k}", params) for k, v in node.items()}
+        if isinstance(node, list):
+            return [self.lift_inline(v, f"{where}[{i}]", params) for i, v in enumerate(node)]
+        return node
+
+    def check_refs(self, node: Any, where: str, params: Mapping[str, Param], used: set) -> None:
+        if isinstance(node, str) and node.startswith("$"):
+            if node[1:] not in params and node[1:] not in BUILTIN_REFS:
+                raise self.fail(where, f"reference {node} names no parameter (declared: {', '.join(sorted(params)) or 'none'})")
+            used.add(node[1:])
+        elif isinstance(node, Mapping):
+            for k, v in node.items():
+                self.check_refs(v, f"{where}.{k}", params, used)
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                self.check_refs(v, f"{where}[{i}]", params, used)
+
+    def load(self, raw: Any) -> SearchSpace:
+        if not isinstance(raw, Mapping):
+            raise self.fail("(top level)", f"expected a mapping with sections {', '.join(SECTIONS)}, got {type(raw).__name__}")
+        unknown = [k for k in raw if k not in SECTIONS]
+        if unknown:
+            raise self.fail(str(unknown[0]), f"unknown section; expected one of {', '.join(SECTIONS)}")
+        raw = _coerce_numbers(dict(raw))
+        name = raw.get("name") or Path(self.path).stem
+        if not isinstance(name, str) or not name.replace("-", "_").isidentifier():
+            raise self.fail("name", f"expected a simple name (letters, digits, _ or -), got {name!r}")
+
+        params: dict[str, Param] = {}
+        declared = raw.get("params") or {}
+        if not isinstance(declared, Mapping):
+            raise self.fail("params", f"expected a mapping of name -> distribution, got {declared!r:.60}")
+        for pname, spec in declared.items():
+            params[str(pname)] = self.param(f"params.{pname}", str(pname), spec)
+        for pname, param in params.items():
+            for other, allowed in param.condition.items():
+                if other not in params or params[other].per_layer:
+                    raise self.fail(f"params.{pname}.if.{other}", "a condition must name a parameter declared before it (not per-layer)")
+                if list(params).index(other) > list(params).index(pname):
+                    raise self.fail(f"params.{pname}.if.{other}", f"'{other}' must be declared before '{pname}'")
+                if params[other].kind == "choice" and not set(allowed) & set(params[other].choices):
+                    raise self.fail(f"params.{pname}.if.{other}", f"{list(allowed)} matches none of {list(params[other].choices)}")
+
+        model = raw.get("model")
+        if not isinstance(model, Mapping) or not ("layers" in model or "blocks" in model):
+            raise self.fail("model", "expected a layer config (with 'layers') or an op-level template (with 'blocks')")
+        model = self.lift_inline(dict(model), "model", params)
+        layers = model.get("layers")
+        if isinstance(layers, Mapping):
+            if set(layers) != {"repeat", "each"} or not isinstance(layers["each"], list):
+                raise self.fail("model.layers", "expected a list of layers, or {repeat: N or $depth, each: [layers]}")
+        elif "layers" in model and not isinstance(layers, list):
+            raise self.fail("model.layers", f"expected a list or {{repeat, each}}, got {layers!r:.60}")
+        per_layer = [p for p in params.values() if p.per_layer]
+        if per_layer and not isinstance(layers, Mapping):
+            raise self.fail(f"params.{per_layer[0].name}.per_layer", "per-layer parameters need model.layers: {repeat: ..., each: [...]}")
+
+        train_raw = raw.get("train") or {}
+        train_raw = self.lift_inline(dict(train_raw), "train", params) if isinstance(train_raw, Mapping) else train_raw
+        train = self.section({"train": train_raw}, "train", {k: Key(v.default) for k, v in TRAIN_KEYS.items()})
+        for key, value in train.items():  # searched values are checked when sampled; fixed ones now
+            if not (isinstance(value, str) and value.startswith("$")):
+                try:
+                    check_value(key, TRAIN_KEYS[key], value)
+                except OpError as err:
+                    raise self.fail(f"train.{key}", err.message) from None
+        used: set = set()
+        self.check_refs(model, "model", params, used)
+        self.check_refs(train, "train", params, used)
+        for pname, param in params.items():
+            if pname not in used and not any(pname in p.condition for p in params.values()):
+                raise self.fail(f"params.{pname}", "declared but never referenced as $" + pname)
+        if isinstance(layers, Mapping):
+            repeat = layers["repeat"]
+            ref = repeat[1:] if isinstance(repeat, str) and repeat.startswith("$") else None
+            if ref is not None and (params[ref].kind != "int" and not all(isinstance(c, int) for c in params[ref].choices)):
+                raise self.fail("model.layers.repeat", f"${ref} must be an integer parameter")
+            if ref is None and not (isinstance(repeat, int) and repeat > 0):
+                raise self.fail("model.layers.repeat", f"expected a positive int or a $parameter, got {repeat!r}")
+
+        data = self.section(raw, "data", DATA_KEYS)
+        if data["source"] in ("text", "tokens") and not data["path"]:
+            raise self.fail("data.path", f"source {data['source']} needs a path")
+        if data["path"]:
+            resolved = (Path(self.path).parent / data["path"]).resolve()
+            if not resolved.is_file():
+                raise self.fail("data.path", f"no such file: {resolved}")
+            data["path"] = str(resolved)
+        if data["source"] == "tokens" and not (isinstance(data["vocab_size"], int) and data["vocab_size"] > 0):
+            raise self.fail("data.vocab_size", "a token file needs its vocab_size")
+        probes = self.section(raw, "probes", PROBE_KEYS)
+        if probes["seq_len"] is None:
+            if not isinstance(train["seq_len"], int):
+                raise self.fail("probes.seq_len", "required when train.seq_len is searched: latency compares at one fixed shape")
+            probes["seq_len"] = train["seq_len"]
+
+        objectives = raw.get("objectives") or {"val_loss": "min", "peak_mem_mb": "min", "latency_ms": "min"}
+        if not isinstance(objectives, Mapping) or not objectives:
+            raise self.fail("objectives", "expected a mapping of metric -> min or max")
+        for metric, direction in objectives.items():
+            if metric not in METRICS:
+                raise self.fail(f"objectives.{metric}", f"unknown metric; expected one of {', '.join(METRICS)}")
+            if direction not in ("min", "max"):
+                raise self.fail(f"objectives.{metric}", f"expected min or max, got {direction!r}")
+        constraints = raw.get("constraints") or {}
+        if not isinstance(constraints, Mapping):
+            raise self.fail("constraints", "expected a mapping of metric -> {max: x} or {min: x}")
+        for metric, bound in constraints.items():
+            if metric not in METRICS:
+                raise self.fail(f"constraints.{metric}", f"unknown metric; expected one of {', '.join(METRICS)}")
+            if not isinstance(bound, Mapping) or not bound or set(bound) - {"min", "max"} or \
+                    not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bound.values()):
+                raise self.fail(f"constraints.{metric}", f"expected {{max: number}} and/or {{min: number}}, got {bound!r:.60}")
+        search = self.section(raw, "search", SEARCH_KEYS)
+        resources = self.section(raw, "resources", RESOURCE_KEYS)
+        return SearchSpace(self.path, name, params, model, data, train, probes, dict(objectives),
+                           {k: dict(v) for k, v in constraints.items()}, search, resources)
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a search-space YAML file; raises SpaceError with one line on any problem."""
+    path = str(path)
+    try:
+        raw = read_structured(path)
+    except Exception as err:  # ConfigError from configaformer.io: already one line naming the file
+        raise SpaceError(str(err)) from None
+    return _Loader(path).load(raw)
