@@ -46,3 +46,33 @@ def seed001_config(dim: int = 64, vocab: int = 97, **overrides) -> dict:
     }
     config.update(overrides)
     return config
+
+
+TINY_SPACE = """
+name: tiny
+data: {source: embedded}
+params:
+  width: {choice: [32, 48]}
+  heads: {choice: [2, 4]}
+  position: {choice: [rope, alibi]}
+  dim_rope: {choice: [4, 8], if: {position: rope}}
+model:
+  dim_model: $width
+  position: $position
+  dim_rope: $dim_rope
+  layers:
+    repeat: 1
+    each:
+      - {type: Attention, heads: $heads}
+      - {type: FFN, ff_mult: 2}
+train: {tokens: 49152, batch_size: 16, seq_len: 32, lr: 1e-2, eval_tokens: 4096}
+probes: {latency_repeats: 5, latency_warmup: 1}
+objectives: {val_loss: min, peak_mem_mb: min, latency_ms: min}
+search: {trials: 4, sampler: random}
+"""
+
+
+def write_space(tmp_path, text: str = TINY_SPACE, name: str = "space.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path

@@ -1,0 +1,105 @@
+"""One trial end to end without Ray: real training on the embedded corpus, real fvcore, real probes."""
+
+import math
+
+import pytest
+import torch
+from helpers import TINY_SPACE, write_space
+
+from configaformer import ConfigaFormer
+from configaformer_search import trial
+from configaformer_search.data import embedded_corpus, load_corpus, val_batches
+from configaformer_search.probes import count_flops, estimate_peak_memory, flop_analysis
+from configaformer_search.space import load_space
+from configaformer_search.train import evaluate
+
+PARAMS = {"width": 32, "heads": 2, "position": "rope", "dim_rope": 8}
+
+
+@pytest.fixture(scope="module")
+def tiny_space(tmp_path_factory):
+    return load_space(write_space(tmp_path_factory.mktemp("space")))
+
+
+def test_trial_trains_on_real_text_and_reports_every_metric(tiny_space):
+    metrics = trial.run(tiny_space, PARAMS, device="cpu")
+    assert metrics["status"] == "ok", metrics
+    model_config, _ = tiny_space.resolve(PARAMS, 256)
+    untrained = ConfigaFormer.from_config(model_config, verbose=False)
+    corpus = embedded_corpus()
+    untrained_bpb = evaluate(untrained, val_batches(corpus, 16, 32, 4096), torch.device("cpu")) / math.log(2)
+    assert untrained_bpb > 7.5  # about log2(256) = 8 bits per byte before training
+    assert metrics["val_bpb"] < untrained_bpb - 2.5
+    assert metrics["val_loss"] == pytest.approx(metrics["val_bpb"] * math.log(2))
+    assert metrics["params"] == untrained.num_params()
+    assert metrics["nonemb_params"] == untrained.num_params() - 256 * 32
+    assert metrics["steps"] == 49152 // (16 * 32) and metrics["train_tok_s"] > 0
+    assert metrics["peak_mem_source"] == "estimated"
+    weights_grads_adam = 4 * metrics["params"] * 4 / 2**20
+    assert weights_grads_adam < metrics["peak_mem_mb"] < weights_grads_adam + 50
+    assert 0 < metrics["latency_ms"] < 1000 and 0 <= metrics["latency_cv"] < 5
+    assert set(metrics["timings"]) == {"data_s", "build_s", "train_s", "probe_s"}
+
+
+def test_flops_match_the_analytic_count_of_a_plain_gpt():
+    dim, depth, heads, ff, vocab, seq, batch = 64, 3, 4, 256, 256, 48, 2
+    config = {"dim_model": dim, "vocab_size": vocab, "dim_rope": 8, "max_length": seq,
+              "layers": [{"type": "Attention", "heads": heads}, {"type": "FFN", "dim_ff": ff}] * depth}
+    model = ConfigaFormer.from_config(config, verbose=False)
+    per_token = depth * (4 * dim * dim + 2 * dim * ff + 2 * seq * dim) + dim * vocab  # QK^T and PV over all keys
+    assert count_flops(model, batch, seq) == batch * seq * per_token
+
+
+def test_every_library_op_has_a_flop_handle():
+    config = {"dim_model": 32, "vocab_size": 64, "max_length": 16, "position": "learned", "norm_type": "rms_norm",
+              "layers": [{"type": "Attention", "heads": 4, "kv_heads": 2, "qk_norm": True, "gated": True, "token_shift": True},
+                         {"type": "FFN", "activation": ["silu", "none"], "dropout": 0.1},
+                         {"type": "gMLP", "activation": "relu2", "norm_type": "scale_norm"},
+                         {"type": "Attention", "heads": 2, "causal": False}]}
+    analysis = flop_analysis(ConfigaFormer.from_config(config, verbose=False).eval(), 1, 16)
+    assert analysis.total() > 0
+    assert dict(analysis.unsupported_ops()) == {}
+    alibi = flop_analysis(ConfigaFormer.from_config({**config, "position": "alibi"}, verbose=False).eval(), 1, 16)
+    assert alibi.total() > 0 and dict(alibi.unsupported_ops()) == {}
+
+
+def test_cpu_memory_estimate_grows_with_batch(tiny_space):
+    model_config, _ = tiny_space.resolve(PARAMS, 256)
+    build = lambda: ConfigaFormer.from_config(model_config, verbose=False)  # noqa: E731
+    small, large = estimate_peak_memory(build, 4, 32, 256), estimate_peak_memory(build, 32, 32, 256)
+    assert 0 < small < large
+
+
+def test_impossible_and_over_budget_candidates_cost_no_training(tmp_path):
+    space = load_space(write_space(tmp_path, TINY_SPACE.replace("{choice: [2, 4]}", "{choice: [3, 5]}")))
+    failed = trial.run(space, {**PARAMS, "heads": 3}, device="cpu")
+    assert failed["status"] == "failed" and failed["reason"] == "rejected"
+    assert "layers[0].heads: dim_model 32 is not divisible by 3 heads" in failed["message"]
+    assert "train_s" not in failed["timings"]
+
+    budget = load_space(write_space(tmp_path, TINY_SPACE + "constraints: {params: {max: 1000}}\n", "budget.yaml"))
+    over = trial.run(budget, PARAMS, device="cpu")
+    assert over["reason"] == "constraint" and over["message"].startswith("params ") and "> max 1000" in over["message"]
+    assert over["params"] > 1000 and "train_s" not in over["timings"]
+
+
+def test_diverging_training_fails_with_its_reason(tmp_path):
+    space = load_space(write_space(tmp_path, TINY_SPACE.replace("lr: 1e-2", "lr: 1e6").replace("tokens: 49152", "tokens: 16384")))
+    failed = trial.run(space, PARAMS, device="cpu")
+    assert failed["status"] == "failed" and failed["reason"] == "nan_loss", failed
+    assert "at step" in failed["message"] or "validation loss" in failed["message"]
+
+
+def test_data_sources_and_fixed_validation(tmp_path):
+    corpus = embedded_corpus()
+    assert corpus.vocab_size == 256 and corpus.is_bytes and len(corpus.val) > 100_000
+    assert 0.05 < len(corpus.val) / (len(corpus.train) + len(corpus.val)) < 0.2
+    first, second = val_batches(corpus, 8, 32, 1024), val_batches(corpus, 8, 32, 1024)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, second))
+    text = tmp_path / "t.txt"
+    text.write_text("hello world. " * 500)
+    assert bytes(load_corpus({"source": "text", "path": str(text), "val_fraction": 0.1}).train[:6].tolist()) == b"hello "
+    tokens = tmp_path / "t.bin"
+    torch.arange(5000, dtype=torch.int32).numpy().astype("uint16").tofile(tokens)
+    corpus = load_corpus({"source": "tokens", "path": str(tokens), "vocab_size": 5000, "val_fraction": 0.1})
+    assert not corpus.is_bytes and len(corpus.train) == 4500 and int(corpus.val[0]) == 4500
