@@ -13,9 +13,8 @@ from configaformer.registry import OpError, check_value
 
 from .errors import TrialFailure
 from .probes import count_flops
-from .space import CHEAP_METRICS, TRAIN_KEYS, SearchSpace
+from .space import CHEAP_METRICS, INPUT_STREAM, TRAIN_KEYS, SearchSpace
 
-INPUT_STREAM = "emb_ids"
 
 
 @dataclass
@@ -25,14 +24,11 @@ class Candidate:
     train: dict[str, Any]
     model: ConfigaFormer
     metrics: dict[str, float]
-
-    @property
-    def key(self) -> str:
-        """Identifies what a trial measures: two params that resolve to the same configs share a key."""
-        return config_key(self.model_config, self.train)
+    key: str
 
 
 def config_key(model_config: Mapping, train: Mapping) -> str:
+    """Identifies what a trial measures: two params that resolve to the same configs share a key."""
     canonical = json.dumps({"model": model_config, "train": train}, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -52,18 +48,16 @@ def violations(constraints: Mapping[str, Mapping[str, float]], metrics: Mapping[
     return found
 
 
-def constraint_values(constraints: Mapping[str, Mapping[str, float]], metrics: Mapping[str, Any]) -> list[float]:
-    """Optuna's convention: one number per bound, <= 0 when satisfied (relative, so bounds of any scale mix)."""
-    values = []
+def constraint_values(constraints: Mapping[str, Mapping[str, float]], metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Optuna's convention, one value per bound ('params<=' ...), <= 0 when met; relative, so that bounds of
+    any scale mix. An unmeasured metric counts as violated."""
+    values = {}
     for metric, bound in sorted(constraints.items()):
         value = metrics.get(metric)
-        for side in ("max", "min"):
+        for side, symbol in (("max", "<="), ("min", ">=")):
             if side in bound:
-                if value is None:
-                    values.append(1.0)
-                else:
-                    excess = value - bound[side] if side == "max" else bound[side] - value
-                    values.append(excess / max(abs(bound[side]), 1e-12))
+                excess = None if value is None else (value - bound[side] if side == "max" else bound[side] - value)
+                values[f"{metric}{symbol}"] = 1.0 if excess is None else excess / max(abs(bound[side]), 1e-12)
     return values
 
 
@@ -76,8 +70,6 @@ def _check_train(train: Mapping[str, Any]) -> None:
 
 
 def _build(model_config: dict, vocab_size: int) -> ConfigaFormer:
-    if "blocks" in model_config:
-        model_config.setdefault("input_streams", {INPUT_STREAM: ["B", "L_in"]})
     model = ConfigaFormer.from_config(model_config, verbose=False)
     if set(model.input_shapes) != {INPUT_STREAM}:
         raise ConfigError(f"input_streams: a searched model reads one stream, {INPUT_STREAM!r}; build offsets inside "
@@ -91,6 +83,7 @@ def _build(model_config: dict, vocab_size: int) -> ConfigaFormer:
 def make_candidate(space: SearchSpace, params: Mapping[str, Any], vocab_size: int) -> Candidate:
     """Resolve, build and cheaply measure a candidate; raises TrialFailure('rejected' or 'constraint')."""
     model_config, train = space.resolve(params, vocab_size)
+    key = config_key(model_config, train)
     _check_train(train)
     try:
         model = _build(model_config, vocab_size)
@@ -102,4 +95,4 @@ def make_candidate(space: SearchSpace, params: Mapping[str, Any], vocab_size: in
     over = violations(space.constraints, metrics, only=CHEAP_METRICS)
     if over:
         raise TrialFailure("constraint", "; ".join(over), metrics)
-    return Candidate(dict(params), model_config, train, model, metrics)
+    return Candidate(dict(params), model_config, train, model, metrics, key)

@@ -59,6 +59,223 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .space import load_space
+
+    space = load_space(args.space)  # validated before anything is written
+    n_trials = args.trials or space.search["trials"]
+    if n_trials < 1:
+        raise UsageError(f"--trials: expected a positive count, got {n_trials}")
+    if args.gpus_per_trial is not None and not 0 <= args.gpus_per_trial <= 64:
+        raise UsageError(f"--gpus-per-trial: expected a fraction such as 0.25 or a count, got {args.gpus_per_trial}")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise UsageError(f"--concurrency: expected a positive count, got {args.concurrency}")
+    out_dir = Path(args.out or Path("runs") / space.name)
+    verbosity = 0 if args.quiet else 1 + args.verbose
+    say = print if verbosity > 0 else (lambda *a, **k: None)
+
+    from . import orchestrate
+    from .data import load_corpus
+    from .progress import Progress
+    from .study import default_storage, finished, make_sampler, mark_interrupted, open_study
+
+    corpus = load_corpus(space.data)
+    storage = args.storage or default_storage(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.fresh:
+        _delete_run(out_dir, storage, space.name)
+    study = _storage_call(storage, lambda: open_study(space, storage))
+    # A resumed search must not replay the first session's random draws: the seed moves with the trial count.
+    seed = space.search["seed"] if args.seed is None else args.seed
+    study.sampler = make_sampler(space, args.sampler or space.search["sampler"], seed + len(study.trials), n_trials)
+    interrupted = mark_interrupted(study)
+    done = len(finished(study))
+    size = space.size()
+    say(f"space '{space.name}' ({f'{size:,} configs' if size else 'continuous'}), corpus: {corpus.description}")
+    say(f"run folder {out_dir}, study {storage}")
+    if done or interrupted:
+        say(f"resuming: {done} finished trials kept" + (f", {interrupted} interrupted trials marked failed and owed again" if interrupted else ""))
+    if done < n_trials:
+        started_ray = orchestrate.connect(args.address)
+        try:
+            resources = orchestrate.plan_resources(space, args.gpus_per_trial, args.concurrency)
+            cluster = orchestrate.describe_cluster()
+            say(f"Ray: {cluster['nodes']} node(s), {cluster['cpus']:g} CPUs, {cluster['gpus']:g} GPUs; "
+                f"{resources.concurrency} trial(s) at a time, each {resources.cpus_per_trial:g} CPU + {resources.gpus_per_trial:g} GPU")
+            say(f"running {n_trials - done} trial(s) of {n_trials}, objectives: "
+                + ", ".join(f"{m} ({d})" for m, d in space.objectives.items()))
+            progress = Progress(n_trials, done, list(space.objectives), verbosity)
+            orchestrate.run_trials(space, study, corpus.vocab_size, n_trials - done, resources, progress)
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+    else:
+        say(f"the study already has {done} finished trials (asked for {n_trials}): nothing to run")
+    _finish_run(study, out_dir, verbosity)
+    return 0
+
+
+def _storage_call(storage: str, call: Callable):
+    """Run an Optuna storage call; a bad storage URL becomes a one-line usage error."""
+    try:
+        return call()
+    except (ValueError, ImportError) as err:
+        if "storage" in str(err).lower() or "url" in str(err).lower() or isinstance(err, ImportError):
+            raise UsageError(f"--storage {storage}: {str(err).splitlines()[0]}") from None
+        raise
+    except Exception as err:  # sqlalchemy's errors for unreachable or malformed databases
+        if type(err).__module__.startswith("sqlalchemy"):
+            raise UsageError(f"--storage {storage}: {str(err).splitlines()[0]}") from None
+        raise
+
+
+def _delete_run(out_dir, storage: str, study_name: str) -> None:
+    import optuna
+
+    try:
+        optuna.delete_study(study_name=study_name, storage=storage)
+    except KeyError:
+        pass  # nothing to delete
+    for name in ("trials.csv", "front.csv", "front.png", "front_hypervolume.png", "front.html", "best.yaml"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def _finish_run(study, out_dir, verbosity: int) -> None:
+    """The run folder's tables, plots and default export, then the summary."""
+    from collections import Counter
+
+    from optuna.trial import TrialState
+
+    from .export import export_trial, write_tables
+    from .front import front_frame, front_trials, pick_default
+    from .plots import plot_study
+
+    written = write_tables(study, out_dir)
+    front = front_trials(study)
+    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        written += plot_study(study, out_dir / "front.png")
+    if front:
+        written.append(export_trial(study, pick_default(study), out_dir / "best.yaml"))
+    if verbosity == 0:
+        return
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state.name.lower() for t in trials)
+    reasons = Counter(t.user_attrs.get("reason", "error") for t in trials if t.state == TrialState.FAIL)
+    print(f"\n{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+          + (" (" + ", ".join(f"{r} {n}" for r, n in reasons.most_common()) + ")" if reasons else ""))
+    if front:
+        print(f"Pareto front ({len(front)} trials):")
+        print(front_frame(study).to_string(float_format=lambda v: f"{v:.4g}"))
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
+def _open_run(directory: str, storage: Optional[str]):
+    """The study of an existing run folder; refuses a folder that holds none (and creates nothing)."""
+    from pathlib import Path
+
+    from .study import STUDY_FILE, default_storage, load_existing
+
+    path = Path(directory)
+    if storage is None:
+        if not (path / STUDY_FILE).is_file():
+            raise UsageError(f"{directory}: not a run folder (no {STUDY_FILE}); run `configaformer-search SPACE.yaml --out {directory}` first")
+        storage = default_storage(path)
+    return _storage_call(storage, lambda: load_existing(storage))
+
+
+def _emit(frame, fmt: str, output: Optional[str]) -> None:
+    if frame.empty:
+        print("(no trials)")
+        return
+    if fmt == "parquet":
+        if not output:
+            raise UsageError("--format parquet writes a file: add -o FILE.parquet")
+        try:
+            frame.to_parquet(output)
+        except ImportError as err:
+            raise UsageError(f"--format parquet: {err}") from None
+        print(f"wrote {output}")
+        return
+    text = {"table": lambda: frame.to_string(float_format=lambda v: f"{v:.4g}") + "\n",
+            "csv": lambda: frame.to_csv(),
+            "json": lambda: frame.reset_index().to_json(orient="records", indent=1) + "\n"}[fmt]()
+    if output:
+        from pathlib import Path
+
+        Path(output).write_text(text)
+        print(f"wrote {output}")
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_front(args: argparse.Namespace) -> int:
+    from .front import front_frame
+
+    _emit(front_frame(_open_run(args.dir, args.storage)), args.format, args.output)
+    return 0
+
+
+def cmd_trials(args: argparse.Namespace) -> int:
+    from .study import trials_frame
+
+    _emit(trials_frame(_open_run(args.dir, args.storage)), args.format, args.output)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .plots import plot_study
+
+    study = _open_run(args.dir, args.storage)
+    output = Path(args.output or Path(args.dir) / "front.png")
+    if output.suffix.lower() != ".png":
+        raise UsageError(f"-o {output}: expected a .png path")
+    try:
+        written = plot_study(study, output)
+    except ValueError as err:
+        raise UsageError(f"{args.dir}: {err}") from None
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from optuna.trial import TrialState
+
+    from .export import export_trial
+    from .front import knee, pick, pick_default
+
+    study = _open_run(args.dir, args.storage)
+    output = Path(args.output or Path(args.dir) / "best.yaml")
+    if output.suffix.lower() not in (".yaml", ".yml", ".json"):
+        raise UsageError(f"-o {output}: expected a .yaml, .yml or .json path")
+    if args.trial is not None:
+        numbers = [t.number for t in study.trials]
+        if args.trial not in numbers:
+            raise UsageError(f"--trial {args.trial}: not in the study (trials {min(numbers, default=0)}-{max(numbers, default=-1)})")
+        chosen = study.trials[numbers.index(args.trial)]
+        if chosen.state != TrialState.COMPLETE:
+            reason = chosen.user_attrs.get("reason", chosen.state.name.lower())
+            raise UsageError(f"--trial {args.trial}: it did not complete ({reason}: {chosen.user_attrs.get('message', '')}): nothing to export")
+    elif args.pick:
+        chosen = pick(study, args.pick)
+    elif args.knee:
+        chosen = knee(study)
+    else:
+        chosen = pick_default(study)
+    export_trial(study, chosen, output)
+    values = ", ".join(f"{n} {v:.4g}" for n, v in zip(study.metric_names, chosen.values))
+    print(f"exported trial #{chosen.number} ({values}) to {output}")
+    print(f"rebuild it with ConfigaFormer.from_config({str(output)!r})")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="configaformer-search", description=(
         "Architecture search over configaformer configs. `configaformer-search SPACE.yaml` is short for "
@@ -70,7 +287,55 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--samples", type=int, default=3, help="candidates to sample (default 3)")
     validate.add_argument("--seed", type=int, default=0)
     validate.set_defaults(handler=cmd_validate)
+
+    run = sub.add_parser("run", help="search a space: Ray Tune trials, an Optuna study, a Pareto front (resumes)")
+    run.add_argument("space", help="search space YAML")
+    run.add_argument("--trials", type=int, help="finished trials wanted in the study (default: the space's search.trials)")
+    run.add_argument("--out", help="run folder (default runs/<space name>)")
+    run.add_argument("--address", help="join this Ray cluster (e.g. auto, or ray://head:10001) instead of a local Ray")
+    run.add_argument("--storage", help="Optuna storage URL (default sqlite:///<out>/study.db)")
+    run.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 packs four on a GPU")
+    run.add_argument("--concurrency", type=int, help="trials at a time (default: what the cluster fits)")
+    run.add_argument("--sampler", choices=("tpe", "nsga2", "random"), help="Optuna sampler (default: the space's)")
+    run.add_argument("--seed", type=int, help="sampler seed (default: the space's)")
+    run.add_argument("--fresh", action="store_true", help="delete this space's study and outputs first")
+    run.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    run.add_argument("--verbose", "-v", action="count", default=0, help="also print each trial's params")
+    run.set_defaults(handler=cmd_run)
+
+    formats = ("table", "csv", "json")
+    front = sub.add_parser("front", help="list the Pareto-optimal trials of a run folder")
+    trials = sub.add_parser("trials", help="list every trial of a run folder")
+    plot = sub.add_parser("plot", help="draw the front and the hypervolume history")
+    export = sub.add_parser("export", help="write a trial's model config (default: lowest val_loss on the front)")
+    for command in (front, trials, plot, export):
+        command.add_argument("dir", help="run folder")
+        command.add_argument("--storage", help="Optuna storage URL, when the study is not the folder's study.db")
+    front.add_argument("--format", choices=formats, default="table")
+    front.add_argument("-o", "--output", help="write to this file instead of the console")
+    front.set_defaults(handler=cmd_front)
+    trials.add_argument("--format", choices=formats + ("parquet",), default="table")
+    trials.add_argument("-o", "--output", help="write to this file instead of the console")
+    trials.set_defaults(handler=cmd_trials)
+    plot.add_argument("-o", "--output", help="PNG path (default DIR/front.png)")
+    plot.set_defaults(handler=cmd_plot)
+    choice = export.add_mutually_exclusive_group()
+    choice.add_argument("--trial", type=int, help="export this trial number")
+    choice.add_argument("--pick", help="best val_loss on the front meeting e.g. 'latency_ms<=2,peak_mem_mb<=300'")
+    choice.add_argument("--knee", action="store_true", help="the front trial nearest the ideal point")
+    export.add_argument("-o", "--output", help="YAML or JSON path (default DIR/best.yaml)")
+    export.set_defaults(handler=cmd_export)
     return parser
+
+
+def _quiet_libraries() -> None:
+    """Optuna logs every study it creates; Ray and fvcore warn about internals. Users see our output only."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=DeprecationWarning)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -86,6 +351,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from configaformer.errors import ConfigError
 
     from .errors import SpaceError
+
+    _quiet_libraries()
 
     try:
         return handler(args)

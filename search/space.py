@@ -28,6 +28,7 @@ SECTIONS = ("name", "data", "params", "model", "train", "probes", "objectives", 
 METRICS = ("val_loss", "val_bpb", "train_tok_s", "flops", "params", "nonemb_params", "peak_mem_mb", "latency_ms")
 CHEAP_METRICS = ("params", "nonemb_params", "flops")  # known before any training
 BUILTIN_REFS = ("vocab_size", "seq_len")  # filled from the data and train sections
+INPUT_STREAM = "emb_ids"  # the one input stream of a searched model: token ids
 
 
 def _non_negative(value: Any) -> Optional[str]:
@@ -137,6 +138,8 @@ class SearchSpace:
         if "layers" in model:  # a layer config: the data decides the vocabulary, the train section the length
             model.setdefault("vocab_size", vocab_size)
             model.setdefault("max_length", max(train["seq_len"], self.probes["seq_len"]))
+        else:
+            model.setdefault("input_streams", {INPUT_STREAM: ["B", "L_in"]})
         return model, train
 
     def size(self) -> Optional[int]:

@@ -45,7 +45,7 @@ def run(space: SearchSpace, params: Mapping[str, Any], device: Optional[torch.de
         lap("data_s")
         candidate = make_candidate(space, params, corpus.vocab_size)
         metrics.update(candidate.metrics)
-        metrics["config_key"] = candidate.key
+        metrics.update(config_key=candidate.key, model_config=candidate.model_config, train=candidate.train)
         lap("build_s")
         result = train(candidate.model, corpus, candidate.train, device)
         metrics.update(val_loss=result.val_loss, train_loss=result.train_loss, train_tok_s=result.train_tok_s,

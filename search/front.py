@@ -1,0 +1,120 @@
+"""The Pareto front of a study, its hypervolume, and choosing a winner from it (--trial, --pick, --knee)."""
+
+from __future__ import annotations
+
+import operator
+import re
+from typing import Optional, Sequence
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna._hypervolume import compute_hypervolume  # optuna's WFG algorithm; no public equivalent yet
+from optuna.trial import FrozenTrial, TrialState
+
+from .errors import SpaceError
+
+_PICK_RE = re.compile(r"^\s*([A-Za-z_][\w]*)\s*(<=|>=|<|>|==)\s*([-+0-9.eE]+)\s*$")
+_OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
+KEY_COLUMNS = ("flops", "params", "nonemb_params", "val_bpb", "peak_mem_source", "latency_cv")
+
+
+def front_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Pareto-optimal trials among the complete, feasible ones (Optuna's best_trials), by number."""
+    return sorted(study.best_trials, key=lambda t: t.number)
+
+
+def front_frame(study: optuna.Study) -> pd.DataFrame:
+    """The front as a table: objectives, key measurements, params."""
+    rows = []
+    for trial in front_trials(study):
+        row = {"number": trial.number, **dict(zip(study.metric_names, trial.values))}
+        row.update({k: trial.user_attrs[k] for k in KEY_COLUMNS if k in trial.user_attrs})
+        row.update({f"param:{k}": v for k, v in trial.params.items()})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("number") if rows else pd.DataFrame()
+
+
+def _as_minimised(study: optuna.Study, values: Sequence[Sequence[float]]) -> np.ndarray:
+    signs = np.array([1.0 if d == optuna.study.StudyDirection.MINIMIZE else -1.0 for d in study.directions])
+    return np.asarray(values, dtype=float) * signs
+
+
+def hypervolume(study: optuna.Study, reference: Sequence[float], trials: Optional[Sequence[FrozenTrial]] = None) -> float:
+    """Hypervolume dominated by the feasible front, against a reference point in the objectives' own units."""
+    front = [t for t in (trials if trials is not None else study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+             if t.state == TrialState.COMPLETE and all(c <= 0 for c in (t.user_attrs.get("constraints") or {}).values())]
+    ref = _as_minimised(study, [reference])[0]
+    points = _as_minimised(study, [t.values for t in front]) if front else np.empty((0, len(ref)))
+    points = points[(points < ref).all(axis=1)]
+    return float(compute_hypervolume(points, ref)) if len(points) else 0.0
+
+
+def hypervolume_history(study: optuna.Study, reference: Sequence[float]) -> list[float]:
+    """Hypervolume after each trial, in trial order."""
+    trials = study.get_trials(deepcopy=False)
+    return [hypervolume(study, reference, trials[: i + 1]) for i in range(len(trials))]
+
+
+def reference_point(study: optuna.Study, margin: float = 0.1) -> list[float]:
+    """The worst value of each objective over the complete trials, pushed out by a margin."""
+    values = np.array([t.values for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))], dtype=float)
+    worst = [values[:, i].max() if d == optuna.study.StudyDirection.MINIMIZE else values[:, i].min()
+             for i, d in enumerate(study.directions)]
+    return [w + margin * abs(w) if d == optuna.study.StudyDirection.MINIMIZE else w - margin * abs(w)
+            for w, d in zip(worst, study.directions)]
+
+
+def _nonempty_front(study: optuna.Study) -> list[FrozenTrial]:
+    front = front_trials(study)
+    if not front:
+        raise SpaceError("the study has no complete, feasible trial yet: nothing to export")
+    return front
+
+
+def _best(study: optuna.Study, trials: Sequence[FrozenTrial]) -> FrozenTrial:
+    """The trial with the lowest val_loss (or the best first objective)."""
+    index = study.metric_names.index("val_loss") if "val_loss" in study.metric_names else 0
+    sign = 1 if study.directions[index] == optuna.study.StudyDirection.MINIMIZE else -1
+    return min(trials, key=lambda t: sign * t.values[index])
+
+
+def pick_default(study: optuna.Study) -> FrozenTrial:
+    """The front trial with the lowest val_loss (or the best first objective)."""
+    return _best(study, _nonempty_front(study))
+
+
+def pick(study: optuna.Study, expression: str) -> FrozenTrial:
+    """The best front trial (lowest val_loss) that meets every condition of 'latency_ms<=2,peak_mem_mb<=300'."""
+    conditions = []
+    for part in expression.split(","):
+        match = _PICK_RE.match(part)
+        if not match:
+            raise SpaceError(f"--pick: cannot read {part.strip()!r}; expected METRIC<=NUMBER (also >=, <, >, ==), comma-separated")
+        conditions.append((match[1], match[2], float(match[3])))
+    front = _nonempty_front(study)
+    known = set(study.metric_names) | {k for t in front for k, v in t.user_attrs.items() if isinstance(v, (int, float))}
+    for metric, _, _ in conditions:
+        if metric not in known:
+            raise SpaceError(f"--pick: unknown metric {metric!r}; known: {', '.join(sorted(known))}")
+
+    def value(trial: FrozenTrial, metric: str) -> float:
+        if metric in study.metric_names:
+            return trial.values[study.metric_names.index(metric)]
+        return trial.user_attrs.get(metric, float("nan"))
+
+    chosen = [t for t in front if all(_OPS[op](value(t, m), bound) for m, op, bound in conditions)]
+    if not chosen:
+        nearest = ", ".join(f"{m} from {min(value(t, m) for t in front):.4g} to {max(value(t, m) for t in front):.4g}"
+                            for m, _, _ in conditions)
+        raise SpaceError(f"--pick: no trial on the front of {len(front)} meets {expression!r} (on the front: {nearest})")
+    return _best(study, chosen)
+
+
+def knee(study: optuna.Study) -> FrozenTrial:
+    """The front trial nearest the ideal point once each objective is scaled to [0, 1] across the front."""
+    front = _nonempty_front(study)
+    points = _as_minimised(study, [t.values for t in front])
+    span = points.max(axis=0) - points.min(axis=0)
+    scaled = (points - points.min(axis=0)) / np.where(span > 0, span, 1.0)
+    return front[int(np.argmin(np.linalg.norm(scaled, axis=1)))]

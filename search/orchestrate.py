@@ -1,0 +1,134 @@
+"""Ray Tune runs the trials; `StudySearcher` asks the Optuna study for each one and tells it the result.
+
+The study is the source of truth, so resuming is: mark stale RUNNING rows FAIL (interrupted), count what is
+finished, and start a fresh Tuner for the trials still owed. Trials pack onto GPUs through fractional GPU
+resources; latency probes take a per-device lock inside the trial.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Optional
+
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's console output stays off unless asked for
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/JSON/TensorBoard files
+
+import optuna  # noqa: E402
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
+
+from . import trial as trial_module  # noqa: E402
+from .candidate import config_key  # noqa: E402
+from .front import front_trials  # noqa: E402
+from .progress import Progress  # noqa: E402
+from .space import SearchSpace  # noqa: E402
+from .study import measured_by_key, record  # noqa: E402
+
+
+class StudySearcher(Searcher):
+    """Suggests each Ray trial from an Optuna study (ask, define-by-run) and records its result (tell)."""
+
+    def __init__(self, space: SearchSpace, study: optuna.Study, vocab_size: int, progress: Progress) -> None:
+        super().__init__()
+        self.space, self.study, self.vocab_size, self.progress = space, study, vocab_size, progress
+        self.measured = measured_by_key(study)
+        self.live: dict[str, tuple[optuna.Trial, dict]] = {}
+
+    def suggest(self, trial_id: str) -> Optional[dict]:
+        trial = self.study.ask()
+        params = self.space.sample(trial)
+        reuse = self.measured.get(config_key(*self.space.resolve(params, self.vocab_size)))
+        self.live[trial_id] = (trial, params)
+        self.progress.started()
+        return {"params": params, "reuse": reuse, "number": trial.number}
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        if trial_id not in self.live:
+            return
+        trial, params = self.live.pop(trial_id)
+        if result and "metrics" in result:
+            metrics = json.loads(result["metrics"])
+        else:
+            metrics = {"status": "failed", "reason": "error",
+                       "message": "the trial's process raised or died (see the Ray session logs)"}
+        record(self.study, trial, metrics)
+        if "config_key" in metrics and "reused_from" not in metrics:
+            self.measured[metrics["config_key"]] = dict(metrics, reused_from=trial.number)
+        self.progress.finished(trial.number, params, metrics, len(front_trials(self.study)))
+
+
+def run_trial(config: dict, space: SearchSpace) -> None:
+    """The Ray trainable: measure one candidate (or hand back a measured twin's result) and report it once."""
+    if config["reuse"] is not None:
+        metrics = config["reuse"]
+    else:
+        device = "cuda" if ray.get_gpu_ids() else "cpu"
+        metrics = trial_module.run(space, config["params"], device)
+        metrics["node"] = ray.get_runtime_context().get_node_id()[:12]
+    tune.report({"metrics": json.dumps(metrics, default=str)})
+
+
+@dataclass
+class Resources:
+    cpus_per_trial: float
+    gpus_per_trial: float
+    concurrency: int
+
+
+def plan_resources(space: SearchSpace, gpus_per_trial: Optional[float], concurrency: Optional[int]) -> Resources:
+    """Per-trial resources from the space or the flags, and how many trials run at once on this cluster."""
+    from .cli import UsageError
+
+    cpus = float(space.resources["cpus_per_trial"])
+    gpus = float(space.resources["gpus_per_trial"] if gpus_per_trial is None else gpus_per_trial)
+    available = ray.cluster_resources()
+    if gpus > 0 and available.get("GPU", 0) == 0:
+        raise UsageError(f"--gpus-per-trial {gpus:g}: the Ray cluster has no GPU")
+    if cpus > available.get("CPU", 0):
+        raise UsageError(f"resources.cpus_per_trial {cpus:g}: the Ray cluster has only {available.get('CPU', 0):g} CPUs")
+    fit = math.floor(available.get("CPU", 1) / cpus)
+    if gpus > 0:
+        fit = min(fit, math.floor(available["GPU"] / gpus + 1e-9))
+    chosen = concurrency or space.resources["concurrency"] or max(1, fit)
+    return Resources(cpus, gpus, chosen)
+
+
+def connect(address: Optional[str]) -> bool:
+    """Join a Ray cluster (address) or start a quiet local one; False when Ray was already running here."""
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+             configure_logging=True)
+    return True
+
+
+def run_trials(space: SearchSpace, study: optuna.Study, vocab_size: int, count: int, resources: Resources,
+               progress: Progress) -> None:
+    """Run `count` more trials through Ray Tune, recording each in the study as it finishes."""
+    searcher = StudySearcher(space, study, vocab_size, progress)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, space=space),
+                                    {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
+    scratch = tempfile.mkdtemp(prefix="configaformer-tune-")  # Tune's own records: the study is what persists
+    try:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=count, reuse_actors=True,
+                                        max_concurrent_trials=resources.concurrency),
+            run_config=tune.RunConfig(storage_path=scratch, name="trials", verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=0)),
+        )
+        tuner.fit()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def describe_cluster() -> dict[str, Any]:
+    resources = ray.cluster_resources()
+    return {"nodes": len([n for n in ray.nodes() if n.get("Alive")]), "cpus": resources.get("CPU", 0), "gpus": resources.get("GPU", 0)}

@@ -1,0 +1,57 @@
+"""The live console display of a search: one line per finished trial with the running totals."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from typing import Any, Mapping, Sequence, TextIO
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class Progress:
+    """Counts and prints trial outcomes. verbosity 0 prints nothing, 1 a line per trial, 2 adds the params."""
+
+    def __init__(self, total: int, done_before: int, objectives: Sequence[str], verbosity: int = 1,
+                 stream: TextIO = sys.stdout) -> None:
+        self.total, self.done_before, self.objectives = total, done_before, list(objectives)
+        self.verbosity, self.stream = verbosity, stream
+        self.start = time.monotonic()
+        self.done = 0
+        self.running = 0
+        self.failures: Counter = Counter()
+
+    def say(self, text: str) -> None:
+        if self.verbosity > 0:
+            print(text, file=self.stream, flush=True)
+
+    def started(self) -> None:
+        self.running += 1
+
+    def finished(self, number: int, params: Mapping[str, Any], metrics: Mapping[str, Any], front_size: int) -> None:
+        self.running = max(0, self.running - 1)
+        self.done += 1
+        ok = metrics.get("status") == "ok"
+        if ok:
+            outcome = "  ".join(f"{name} {metrics[name]:.4g}" for name in self.objectives if name in metrics)
+            if metrics.get("violations"):
+                outcome += f"  (infeasible: {metrics['violations']})"
+        else:
+            self.failures[metrics.get("reason", "error")] += 1
+            outcome = f"{metrics.get('reason', 'error')}: {metrics.get('message', '')}"[:160]
+        if "reused_from" in metrics:
+            outcome += f"  (same config as #{metrics['reused_from']}: reused)"
+        elapsed = time.monotonic() - self.start
+        remaining = self.total - self.done_before - self.done
+        eta = f" · ~{_clock(elapsed / self.done * remaining)} left" if remaining > 0 else ""
+        count = self.done_before + self.done
+        self.say(f"[{count:>{len(str(self.total))}}/{self.total}] #{number:<3} {'ok  ' if ok else 'FAIL'} {outcome}")
+        self.say(f"        done {count} · failed {sum(self.failures.values())} · running {self.running} · "
+                 f"front {front_size} · {_clock(elapsed)} elapsed{eta}")
+        if self.verbosity > 1:
+            self.say("        " + " ".join(f"{k}={v}" for k, v in params.items()))

@@ -1,0 +1,127 @@
+"""The Optuna study: storage, samplers, recording trial results, resume bookkeeping, the trials table.
+
+The study is the one source of truth: what it holds as finished is never run again, a RUNNING row left by a
+killed search is marked FAIL (interrupted) and its work is owed again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from .space import SearchSpace
+
+STUDY_FILE = "study.db"
+INTERRUPTED = "interrupted"
+# User attributes that hold structures rather than scalars (kept as JSON-able values, left out of tables).
+STRUCTURED_ATTRS = ("model_config", "train", "timings", "constraints")
+
+
+def default_storage(out_dir: Path) -> str:
+    return f"sqlite:///{(out_dir / STUDY_FILE).resolve()}"
+
+
+def make_sampler(space: SearchSpace, name: str, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
+    """TPE, NSGA-II or random, sized to the trial budget. Constraints reach them through each trial's
+    set_constraint (see `record`)."""
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        population = space.search["population_size"] or max(4, min(50, n_trials // 4))  # the default 50 is all random on small budgets
+        return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
+    startup = space.search["startup_trials"] or max(4, min(10, n_trials // 3))
+    return optuna.samplers.TPESampler(n_startup_trials=startup, seed=seed, multivariate=True)
+
+
+def open_study(space: SearchSpace, storage: str, sampler: Optional[optuna.samplers.BaseSampler] = None) -> optuna.Study:
+    """Create or load the study named after the space; its objectives must be the space's."""
+    directions = ["minimize" if d == "min" else "maximize" for d in space.objectives.values()]
+    study = optuna.create_study(storage=storage, study_name=space.name, sampler=sampler, directions=directions,
+                                load_if_exists=True)
+    names = list(space.objectives)
+    if study.metric_names is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
+        study.set_user_attr("space", str(Path(space.path).resolve()))
+    elif study.metric_names != names or [d.name.lower()[:3] for d in study.directions] != [d[:3] for d in directions]:
+        from .errors import SpaceError
+
+        raise SpaceError(f"{space.path}: objectives: the study '{space.name}' in {storage} optimises {', '.join(study.metric_names)}; "
+                         f"the space asks for {', '.join(names)} (use --fresh or another --out)")
+    return study
+
+
+def load_existing(storage: str) -> optuna.Study:
+    """The single study in a run folder's storage."""
+    summaries = optuna.study.get_all_study_summaries(storage)
+    if len(summaries) != 1:
+        raise ValueError(f"expected one study in {storage}, found {len(summaries)}")
+    return optuna.load_study(study_name=summaries[0].study_name, storage=storage)
+
+
+def mark_interrupted(study: optuna.Study) -> int:
+    """Trials left RUNNING by a killed search become FAIL (interrupted): their work is owed again."""
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in stale:
+        study._storage.set_trial_user_attr(trial._trial_id, "reason", INTERRUPTED)
+        study.tell(trial.number, state=TrialState.FAIL)
+    return len(stale)
+
+
+def finished(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials that count towards the budget: complete ones, and failures of their own (not interruptions)."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
+            if t.user_attrs.get("reason") != INTERRUPTED]
+
+
+def measured_by_key(study: optuna.Study) -> dict[str, dict[str, Any]]:
+    """config_key -> the recorded metrics of a finished trial, so an identical suggestion reuses them."""
+    return {t.user_attrs["config_key"]: dict(t.user_attrs, reused_from=t.number)
+            for t in finished(study) if "config_key" in t.user_attrs and "status" in t.user_attrs}
+
+
+def record(study: optuna.Study, trial: optuna.Trial, metrics: Mapping[str, Any]) -> TrialState:
+    """Store a trial's metrics as user attributes and tell the study its objective values (or FAIL)."""
+    for key, value in metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            value = str(value)  # JSON has no nan or inf
+        trial.set_user_attr(key, value)
+    for key, value in (metrics.get("constraints") or {}).items():
+        trial.set_constraint(key, value)
+    values = [metrics.get(name) for name in study.metric_names]
+    ok = metrics.get("status") == "ok" and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+    if metrics.get("status") == "ok" and not ok:
+        trial.set_user_attr("status", "failed")
+        trial.set_user_attr("reason", "bad_metric")
+        trial.set_user_attr("message", f"objective values {values} are not all finite numbers")
+    state = TrialState.COMPLETE if ok else TrialState.FAIL
+    study.tell(trial, values if ok else None, state=state)
+    return state
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """Every trial, one row each: number, state, objectives, measured metrics, reason, params."""
+    frame = study.trials_dataframe(attrs=("number", "state", "values", "params", "user_attrs", "duration"))
+    if frame.empty:
+        return frame
+    frame = frame.rename(columns=lambda c: c.replace("values_", "").replace("user_attrs_", "").replace("params_", "param:"))
+    frame = frame.drop(columns=[c for c in frame.columns if c in STRUCTURED_ATTRS or c == "status"], errors="ignore")
+    frame["duration"] = frame["duration"].dt.total_seconds().round(2)
+    return frame.set_index("number")
+
+
+def trial_config(trial: FrozenTrial) -> tuple[dict, dict]:
+    """The model config and metrics recorded for a trial."""
+    model = trial.user_attrs.get("model_config")
+    if model is None:
+        raise ValueError(f"trial {trial.number} recorded no model config (state {trial.state.name})")
+    metrics = {k: v for k, v in trial.user_attrs.items() if k not in STRUCTURED_ATTRS}
+    return model, json.loads(json.dumps(metrics))
