@@ -65,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .space import load_space
 
     space = load_space(args.space)  # validated before anything is written
-    n_trials = args.trials or space.search["trials"]
+    n_trials = space.search["trials"] if args.trials is None else args.trials
     if n_trials < 1:
         raise UsageError(f"--trials: expected a positive count, got {n_trials}")
     if args.gpus_per_trial is not None and not 0 <= args.gpus_per_trial <= 64:

@@ -10,6 +10,7 @@ import numpy as np
 import optuna
 import pandas as pd
 from optuna._hypervolume import compute_hypervolume  # optuna's WFG algorithm; no public equivalent yet
+from optuna.study._constrained_optimization import _get_feasible_trials  # the feasibility best_trials uses
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import SpaceError
@@ -42,8 +43,8 @@ def _as_minimised(study: optuna.Study, values: Sequence[Sequence[float]]) -> np.
 
 def hypervolume(study: optuna.Study, reference: Sequence[float], trials: Optional[Sequence[FrozenTrial]] = None) -> float:
     """Hypervolume dominated by the feasible front, against a reference point in the objectives' own units."""
-    front = [t for t in (trials if trials is not None else study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-             if t.state == TrialState.COMPLETE and all(c <= 0 for c in (t.user_attrs.get("constraints") or {}).values())]
+    pool = trials if trials is not None else study.get_trials(deepcopy=False)
+    front = _get_feasible_trials([t for t in pool if t.state == TrialState.COMPLETE])
     ref = _as_minimised(study, [reference])[0]
     points = _as_minimised(study, [t.values for t in front]) if front else np.empty((0, len(ref)))
     points = points[(points < ref).all(axis=1)]

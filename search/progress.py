@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
-from typing import Any, Mapping, Sequence, TextIO
+from typing import Any, Mapping, Sequence
 
 
 def _clock(seconds: float) -> str:
@@ -17,10 +16,9 @@ def _clock(seconds: float) -> str:
 class Progress:
     """Counts and prints trial outcomes. verbosity 0 prints nothing, 1 a line per trial, 2 adds the params."""
 
-    def __init__(self, total: int, done_before: int, objectives: Sequence[str], verbosity: int = 1,
-                 stream: TextIO = sys.stdout) -> None:
+    def __init__(self, total: int, done_before: int, objectives: Sequence[str], verbosity: int = 1) -> None:
         self.total, self.done_before, self.objectives = total, done_before, list(objectives)
-        self.verbosity, self.stream = verbosity, stream
+        self.verbosity = verbosity
         self.start = time.monotonic()
         self.done = 0
         self.running = 0
@@ -28,7 +26,7 @@ class Progress:
 
     def say(self, text: str) -> None:
         if self.verbosity > 0:
-            print(text, file=self.stream, flush=True)
+            print(text, flush=True)  # sys.stdout at call time: Ray pickles this object with the searcher
 
     def started(self) -> None:
         self.running += 1

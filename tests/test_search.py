@@ -1,0 +1,177 @@
+"""configaformer-search end to end: real Ray (one local instance), real SQLite studies, real training."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pytest
+from helpers import TINY_SPACE, write_space
+
+from configaformer import ConfigaFormer
+from configaformer.io import load_document
+from configaformer_search.cli import main
+from configaformer_search.study import default_storage, load_existing
+
+FAST = TINY_SPACE.replace("tokens: 49152", "tokens: 8192").replace("eval_tokens: 4096", "eval_tokens: 1024")
+
+
+def study_of(out):
+    return load_existing(default_storage(out))
+
+
+def test_search_makes_a_front_plots_and_an_export_that_rebuilds(ray_local, tmp_path, capsys):
+    space = write_space(tmp_path, FAST)
+    out = tmp_path / "run"
+    assert main(["run", str(space), "--trials", "4", "--out", str(out), "--sampler", "tpe"]) == 0
+    printed = capsys.readouterr().out
+    assert "[4/4]" in printed and "front " in printed and "4 trials: 4 complete" in printed
+    study = study_of(out)
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 4
+    assert study.metric_names == ["val_loss", "peak_mem_mb", "latency_ms"]
+    recorded = study.trials[0].user_attrs
+    assert {"flops", "params", "nonemb_params", "val_bpb", "latency_cv", "config_key", "model_config"} <= set(recorded)
+    for name in ("trials.csv", "front.csv", "front.png", "front_hypervolume.png", "best.yaml"):
+        assert (out / name).stat().st_size > 0, name
+
+    best = load_document(out / "best.yaml")
+    assert best["metadata"]["trial"] in [int(n) for n in pd.read_csv(out / "front.csv")["number"]]
+    assert ConfigaFormer.from_config(out / "best.yaml", verbose=False).num_params() == best["metadata"]["metrics"]["params"]
+
+    assert main(["front", str(out), "--format", "json"]) == 0
+    front = json.loads(capsys.readouterr().out)
+    assert front and {"number", "val_loss", "peak_mem_mb", "latency_ms", "flops", "params"} <= set(front[0])
+    assert main(["trials", str(out), "--format", "csv"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 5
+    assert main(["export", str(out), "--knee", "-o", str(tmp_path / "knee.json")]) == 0
+    assert "exported trial #" in capsys.readouterr().out
+    ConfigaFormer.from_config(tmp_path / "knee.json", verbose=False)
+    loosest = max(t["latency_ms"] for t in front)
+    assert main(["export", str(out), "--pick", f"latency_ms<={loosest}", "-o", str(tmp_path / "pick.yaml")]) == 0
+    assert main(["plot", str(out), "-o", str(tmp_path / "again.png")]) == 0
+    assert (tmp_path / "again.png").stat().st_size > 0
+
+    # Running the same command again has nothing left to do and loses nothing.
+    capsys.readouterr()
+    assert main(["run", str(space), "--trials", "4", "--out", str(out), "-q"]) == 0
+    assert capsys.readouterr().out == ""
+    assert len(study_of(out).trials) == 4
+
+
+def test_failures_are_recorded_and_identical_configs_reuse_results(ray_local, tmp_path, capsys):
+    space_text = FAST.replace("{choice: [32, 48]}", "{choice: [32]}").replace("{choice: [2, 4]}", "{choice: [2, 3]}") \
+        .replace("{choice: [rope, alibi]}", "{choice: [rope]}").replace("{choice: [4, 8], if", "{choice: [8], if")
+    space = write_space(tmp_path, space_text)
+    out = tmp_path / "run"
+    assert main(["run", str(space), "--trials", "8", "--out", str(out), "--sampler", "random", "--concurrency", "1"]) == 0
+    printed = capsys.readouterr().out
+    study = study_of(out)
+    trials = study.trials
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trials) == 8 and failed and complete
+    assert all(t.user_attrs["reason"] == "rejected" and "not divisible by 3 heads" in t.user_attrs["message"] for t in failed)
+    assert f"fail (rejected {len(failed)})" in printed
+    trained = [t for t in complete if "reused_from" not in t.user_attrs]
+    assert len(trained) == 1  # the one valid config trained once; its twins reused the result
+    assert all(t.values == trained[0].values for t in complete)
+
+
+def test_killed_search_resumes_without_losing_or_duplicating_trials(ray_local, tmp_path):
+    space = write_space(tmp_path, FAST.replace("{choice: [32, 48]}", "{choice: [32, 48, 64]}"))
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "configaformer_search.cli", "run", str(space), "--trials", "5", "--out", str(out),
+               "--concurrency", "1", "--address", ray_local, "--sampler", "random"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    storage = default_storage(out)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            if not (out / "study.db").exists():
+                continue
+            states = [t.state for t in load_existing(storage).trials] if optuna.study.get_all_study_summaries(storage) else []
+            if states.count(optuna.trial.TrialState.COMPLETE) >= 1 and optuna.trial.TrialState.RUNNING in states:
+                break
+        else:
+            pytest.fail("the search never had a finished and a running trial at once")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    before = {t.number: t.values for t in load_existing(storage).trials if t.state == optuna.trial.TrialState.COMPLETE}
+
+    assert main(["run", str(space), "--trials", "5", "--out", str(out), "--concurrency", "1", "-q"]) == 0
+    study = study_of(out)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    interrupted = [t for t in study.trials if t.user_attrs.get("reason") == "interrupted"]
+    assert len(complete) == 5 and len(interrupted) >= 1
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in interrupted)
+    assert {n: v for n, v in ((t.number, t.values) for t in complete) if n in before} == before  # nothing lost
+    assert len({t.number for t in study.trials}) == len(study.trials)
+
+
+def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    try:
+        cluster.wait_for_nodes()
+        space = write_space(tmp_path, FAST)
+        out = tmp_path / "run"
+        result = subprocess.run([sys.executable, "-m", "configaformer_search.cli", "run", str(space), "--trials", "4",
+                                 "--out", str(out), "--address", cluster.address], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "2 node(s), 2 CPUs" in result.stdout
+        nodes = {t.user_attrs.get("node") for t in study_of(out).trials}
+        assert len(nodes) == 2 and None not in nodes
+    finally:
+        cluster.shutdown()
+
+
+@pytest.mark.parametrize("argv, why", [
+    (["run", "{tmp}/missing.yaml"], "missing.yaml: file not found"),
+    (["run", "{tmp}/bad.yaml"], "bad.yaml: objectives.accuracy: unknown metric"),
+    (["run", "{tmp}/space.yaml", "--trials", "0"], "--trials: expected a positive count"),
+    (["front", "{tmp}/nowhere"], "nowhere: not a run folder (no study.db)"),
+    (["trials", "{tmp}/nowhere", "--format", "parquet"], "nowhere: not a run folder"),
+    (["export", "{tmp}/nowhere", "--knee"], "nowhere: not a run folder"),
+    (["plot", "{tmp}/nowhere"], "nowhere: not a run folder"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, why):
+    write_space(tmp_path, FAST)
+    write_space(tmp_path, FAST.replace("val_loss: min,", "accuracy: max,"), "bad.yaml")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv + ["--out", str(tmp_path / "out")] if argv[0] == "run" else argv) == 2
+    err = capsys.readouterr().err
+    assert why in err and err.count("\n") == 1 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_export_refuses_unknown_trials_and_impossible_picks(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    study = optuna.create_study(storage=default_storage(out), study_name="tiny", directions=["minimize", "minimize"])
+    study.set_metric_names(["val_loss", "latency_ms"])
+    trial = study.ask()
+    trial.set_user_attr("model_config", {"dim_model": 16, "vocab_size": 8, "layers": [{"type": "FFN"}]})
+    study.tell(trial, [1.0, 2.0])
+    failed = study.ask()
+    failed.set_user_attr("reason", "oom")
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    cases = [(["--trial", "7"], "--trial 7: not in the study (trials 0-1)"),
+             (["--trial", "1"], "--trial 1: it did not complete (oom"),
+             (["--pick", "latency_ms<=1"], "--pick: no trial on the front of 1 meets 'latency_ms<=1'"),
+             (["-o", str(tmp_path / "best.txt")], "expected a .yaml, .yml or .json path")]
+    for args, why in cases:
+        assert main(["export", str(out)] + args) == 2
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1
+    assert not (out / "best.yaml").exists()
+    assert main(["export", str(out), "--trial", "0"]) == 0
+    assert ConfigaFormer.from_config(out / "best.yaml", verbose=False).num_params() > 0
