@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -40,12 +41,15 @@ class StudySearcher(Searcher):
         self.space, self.study, self.vocab_size, self.progress = space, study, vocab_size, progress
         self.measured = measured_by_key(study)
         self.live: dict[str, tuple[optuna.Trial, dict]] = {}
+        self.study_seconds = 0.0  # time spent asking and telling the study (the storage's share of a search)
 
     def suggest(self, trial_id: str) -> Optional[dict]:
+        start = time.perf_counter()
         trial = self.study.ask()
         params = self.space.sample(trial)
         reuse = self.measured.get(config_key(*self.space.resolve(params, self.vocab_size)))
         self.live[trial_id] = (trial, params)
+        self.study_seconds += time.perf_counter() - start
         self.progress.started()
         return {"params": params, "reuse": reuse, "number": trial.number}
 
@@ -58,7 +62,9 @@ class StudySearcher(Searcher):
         else:
             metrics = {"status": "failed", "reason": "error",
                        "message": "the trial's process raised or died (see the Ray session logs)"}
+        start = time.perf_counter()
         record(self.study, trial, metrics)
+        self.study_seconds += time.perf_counter() - start
         if "config_key" in metrics and "reused_from" not in metrics:
             self.measured[metrics["config_key"]] = dict(metrics, reused_from=trial.number)
         self.progress.finished(trial.number, params, metrics, len(front_trials(self.study)))
@@ -110,7 +116,7 @@ def connect(address: Optional[str]) -> bool:
 
 
 def run_trials(space: SearchSpace, study: optuna.Study, vocab_size: int, count: int, resources: Resources,
-               progress: Progress) -> None:
+               progress: Progress) -> StudySearcher:
     """Run `count` more trials through Ray Tune, recording each in the study as it finishes."""
     searcher = StudySearcher(space, study, vocab_size, progress)
     trainable = tune.with_resources(tune.with_parameters(run_trial, space=space),
@@ -127,6 +133,7 @@ def run_trials(space: SearchSpace, study: optuna.Study, vocab_size: int, count: 
         tuner.fit()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    return searcher
 
 
 def describe_cluster() -> dict[str, Any]:

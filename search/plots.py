@@ -12,7 +12,8 @@ from .front import front_trials, hypervolume_history, reference_point
 
 
 def plot_study(study: optuna.Study, path: Path) -> list[Path]:
-    """Write the front to `path` (PNG), the hypervolume history beside it, and HTML versions if plotly imports."""
+    """Write the front to `path` (PNG: Optuna's plot for two objectives, one panel per pair from three up, which
+    reads better than a 3-D scatter), the hypervolume history beside it, and HTML versions if plotly imports."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,7 +26,7 @@ def plot_study(study: optuna.Study, path: Path) -> list[Path]:
     written = [path]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if len(names) <= 3:
+        if len(names) == 2:
             optuna.visualization.matplotlib.plot_pareto_front(study, target_names=names)
             figure = plt.gcf()
             figure.set_size_inches(7, 6)
@@ -64,6 +65,7 @@ def _pairwise_front(study: optuna.Study, plt):
         axes.axis("off")
     grid.flat[0].legend()
     figure.suptitle(f"Pareto front of '{study.study_name}'")
+    figure.tight_layout()
     return figure
 
 

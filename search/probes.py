@@ -99,14 +99,17 @@ def estimate_peak_memory(build: Callable[[], ConfigaFormer], batch_size: int, se
         model = build()
         optimizer = make_optimizer(model, 1e-3, 0.1, torch.device("cpu"))
         inputs = torch.randint(0, vocab_size, (batch_size, seq_len))
+
+        def step() -> None:
+            lm_loss(model, inputs, inputs).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        step()  # untracked: creates the AdamW state, which the tracked step then holds throughout (as in training)
         tracker = MemTracker()
         tracker.track_external(model, optimizer)
         with tracker:
-            for _ in range(2):  # the second step holds the optimizer state the first one creates
-                lm_loss(model, inputs, inputs).backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                tracker.reset_mod_stats()  # per-module stats allow one pass; the device peak is kept
+            step()
         peak = tracker.get_tracker_snapshot("peak")
     return max(stats["Total"] for stats in peak.values()) / 2**20
 

@@ -1,0 +1,233 @@
+"""Training-step throughput and peak memory of four models of one shape, eager and under torch.compile:
+
+  (a) a ConfigaFormer built from seed 000's op config (rope on 16 dims, causal attention_offset),
+  (b) the same model from seed 001's layer config,
+  (c) a hand-written GPT of the same shape on scaled_dot_product_attention (the reference, below),
+  (d) x-transformers' TransformerWrapper, when it is importable.
+
+Each figure is printed with its ratio to (c), measured in the same process. bf16 autocast on CUDA, fp32 on a CPU.
+
+    python benchmarks/model_throughput.py                      # both shapes on CUDA; the search shape on a CPU
+    python benchmarks/model_throughput.py --shapes gpt2 --modes eager
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import device_name, median, print_table, timed  # noqa: E402
+
+from configaformer import ConfigaFormer  # noqa: E402
+
+SHAPES = {  # name: (width, depth, heads, seq_len, batch, vocab)
+    "gpt2": (768, 12, 12, 1024, 16, 50304),
+    "search": (256, 4, 4, 256, 32, 256),  # a byte-level model of 3.3M parameters, as the search trains
+}
+ROPE = 16
+
+
+# ---- (c) the reference: a GPT written by hand, the way nanoGPT does, with the same rope as the library -------
+
+class Rotary(nn.Module):
+    def __init__(self, dim: int, max_length: int) -> None:
+        super().__init__()
+        inv_freq = 1.0 / 10000 ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+        angles = torch.outer(torch.arange(max_length, dtype=torch.float64), inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        length = x.shape[-2]
+        cos, sin = self.cos[:length].to(x.dtype), self.sin[:length].to(x.dtype)
+        rot, rest = x[..., : self.dim], x[..., self.dim :]
+        first, second = rot.chunk(2, dim=-1)
+        return torch.cat([rot * cos + torch.cat([-second, first], dim=-1) * sin, rest], dim=-1)
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, heads: int, max_length: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.up, self.down = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
+        self.rotary = Rotary(ROPE, max_length)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(width, dim=-1)
+        q, k, v = (t.view(batch, length, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(self.rotary(q), self.rotary(k), v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(batch, length, width))
+        return x + self.down(F.gelu(self.up(self.ln2(x))))
+
+
+class ReferenceGPT(nn.Module):
+    def __init__(self, width: int, depth: int, heads: int, max_length: int, vocab: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.blocks = nn.ModuleList(Block(width, heads, max_length) for _ in range(depth))
+        self.ln, self.head = nn.LayerNorm(width), nn.Linear(width, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln(x))
+
+
+# ---- (a), (b), (d) ---------------------------------------------------------------------------------------
+
+def seed000_config(width: int, depth: int, heads: int, vocab: int) -> dict:
+    attn = [{"type": "make_stream", "output_name": "residual"}, {"type": "norm", "norm_type": "layer_norm"},
+            {"type": "linear", "output_name": "queries"}, {"type": "linear", "output_name": "keys"},
+            {"type": "linear", "output_name": "values"},
+            {"type": "make_heads", "input_name": "queries", "output_name": "queries", "num_heads": heads},
+            {"type": "make_heads", "input_name": "keys", "output_name": "keys", "num_heads": heads},
+            {"type": "rope", "input_name": "queries", "output_name": "queries", "rotate_dim": ROPE},
+            {"type": "rope", "input_name": "keys", "output_name": "keys", "rotate_dim": ROPE},
+            {"type": "mha_dots", "input_name_queries": "queries", "input_name_keys": "keys"},
+            {"type": "attention_offset", "offset": "causal"},
+            {"type": "mha_sum", "input_name_values": "values"}, {"type": "linear"},
+            {"type": "merge_streams", "input_name_1": "residual", "merge_type": "add"}]
+    ffn = [{"type": "make_stream", "output_name": "residual"}, {"type": "norm", "norm_type": "layer_norm"},
+           {"type": "linear", "output_dim": 4 * width}, {"type": "activation"}, {"type": "linear", "output_dim": width},
+           {"type": "merge_streams", "input_name_1": "residual", "merge_type": "add"}]
+    head = [{"type": "norm", "norm_type": "layer_norm"}, {"type": "linear", "output_dim": vocab}]
+    return {"blocks": [{"config": [{"type": "embedding", "output_dim": width, "num_classes": vocab}]},
+                       {"config": attn + ffn, "repeat": depth}, {"config": head}],
+            "input_streams": {"emb_ids": ["B", "L_in"]}}
+
+
+def layer_config(width: int, depth: int, heads: int, max_length: int, vocab: int) -> dict:
+    return {"dim_model": width, "vocab_size": vocab, "dim_rope": ROPE, "max_length": max_length,
+            "layers": [{"type": "Attention", "heads": heads}, {"type": "FFN", "ff_mult": 4}] * depth}
+
+
+class Logits(nn.Module):
+    """ids -> logits for a ConfigaFormer, so every model has the same call."""
+
+    def __init__(self, model: ConfigaFormer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model({"emb_ids": ids})[self.model.outputs[0]]
+
+
+def build(name: str, width: int, depth: int, heads: int, seq: int, vocab: int) -> nn.Module | None:
+    if name == "a_ops":
+        return Logits(ConfigaFormer(seed000_config(width, depth, heads, vocab), verbose=False))
+    if name == "b_layers":
+        return Logits(ConfigaFormer.from_config(layer_config(width, depth, heads, seq, vocab), verbose=False))
+    if name == "c_reference":
+        return ReferenceGPT(width, depth, heads, seq, vocab)
+    try:
+        from x_transformers import Decoder, TransformerWrapper
+    except ImportError:
+        return None
+    return TransformerWrapper(num_tokens=vocab, max_seq_len=seq, use_abs_pos_emb=False,
+                              attn_layers=Decoder(dim=width, depth=depth, heads=heads, rotary_pos_emb=True,
+                                                  rotary_emb_dim=ROPE, attn_flash=True))
+
+
+def measure(model: nn.Module, shape: tuple, device: torch.device, compile_mode: bool, steps: int) -> dict:
+    width, depth, heads, seq, batch, vocab = shape
+    model = model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    runner = torch.compile(model) if compile_mode else model
+    ids = torch.randint(0, vocab, (batch, seq + 1), device=device)
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+    def step() -> None:
+        with autocast:
+            logits = runner(inputs)
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = median(timed(step, device, warmup=3 if compile_mode or device.type == "cuda" else 1, repeats=steps))
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    params = sum(p.numel() for p in model.parameters())
+    result = {"tok_s": batch * seq / seconds, "peak_mb": peak, "params": params}
+    if device.type == "cuda":  # model FLOPs utilisation against the dense bf16 peak of the card
+        flops_per_token = 6 * params + 12 * depth * width * seq  # weights fwd+bwd, plus attention scores
+        peak_flops = 989e12 if "H100" in torch.cuda.get_device_name(device) else (989e12 if "H200" in torch.cuda.get_device_name(device) else float("nan"))
+        result["mfu"] = flops_per_token * result["tok_s"] / peak_flops
+    return result
+
+
+def graph_breaks(shape: tuple, device: torch.device) -> int:
+    width, depth, heads, seq, batch, vocab = shape
+    model = build("a_ops", width, depth, heads, seq, vocab).to(device)
+    ids = torch.randint(0, vocab, (2, min(seq, 64)), device=device)
+    torch._dynamo.reset()
+    return torch._dynamo.explain(model)(ids).graph_break_count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cuda = torch.cuda.is_available()
+    parser.add_argument("--shapes", default="gpt2,search" if cuda else "search")
+    parser.add_argument("--modes", default="eager,compile")
+    parser.add_argument("--models", default="a_ops,b_layers,c_reference,d_xtransformers")
+    parser.add_argument("--steps", type=int, default=20 if cuda else 3)
+    parser.add_argument("--batch", type=int, help="override the shape's batch size (e.g. for a small CPU)")
+    args = parser.parse_args()
+    device = torch.device("cuda" if cuda else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    print(f"device: {device_name(device)}; torch {torch.__version__}; {'bf16 autocast' if cuda else 'fp32'}")
+    rows = []
+    for shape_name in args.shapes.split(","):
+        shape = SHAPES[shape_name]
+        if args.batch:
+            shape = shape[:4] + (args.batch, shape[5])
+        width, depth, heads, seq, batch, vocab = shape
+        print(f"\nshape {shape_name}: width {width}, depth {depth}, heads {heads}, seq {seq}, batch {batch}, vocab {vocab}; "
+              f"graph breaks in a compiled (a): {graph_breaks(shape, device)}")
+        for mode in args.modes.split(","):
+            results = {}
+            for name in args.models.split(","):
+                torch.manual_seed(0)
+                model = build(name, width, depth, heads, seq, vocab)
+                if model is None:
+                    print(f"  {name}: not importable, skipped")
+                    continue
+                results[name] = measure(model, shape, device, mode == "compile", args.steps)
+                del model
+                gc.collect()
+                if cuda:
+                    torch.cuda.empty_cache()
+            reference = results.get("c_reference")
+            for name, r in results.items():
+                row = {"shape": shape_name, "mode": mode, "model": name, "params": f"{r['params'] / 1e6:.1f}M",
+                       "tokens/s": f"{r['tok_s']:,.0f}",
+                       "vs (c)": f"{r['tok_s'] / reference['tok_s']:.3f}" if reference else "",
+                       "peak MiB": "n/a" if math.isnan(r["peak_mb"]) else f"{r['peak_mb']:,.0f}",
+                       "mem vs (c)": "" if math.isnan(r["peak_mb"]) or not reference else f"{r['peak_mb'] / reference['peak_mb']:.3f}"}
+                if "mfu" in r:
+                    row["MFU"] = f"{r['mfu']:.3f}"
+                if "d_xtransformers" in results and name != "d_xtransformers":
+                    row["vs (d)"] = f"{r['tok_s'] / results['d_xtransformers']['tok_s']:.3f}"
+                rows.append(row)
+    print()
+    print_table(rows, ["shape", "mode", "model", "params", "tokens/s", "vs (c)", "vs (d)", "peak MiB", "mem vs (c)", "MFU"])
+
+
+if __name__ == "__main__":
+    main()
