@@ -6,6 +6,8 @@
   (d) x-transformers' TransformerWrapper, when it is importable.
 
 Each figure is printed with its ratio to (c), measured in the same process. bf16 autocast on CUDA, fp32 on a CPU.
+Modes: eager, compile (torch.compile's default), cudagraphs (its reduce-overhead mode: CUDA graphs, which a
+launch-bound search-scale model needs).
 
     python benchmarks/model_throughput.py                      # both shapes on CUDA; the search shape on a CPU
     python benchmarks/model_throughput.py --shapes gpt2 --modes eager
@@ -143,16 +145,20 @@ def build(name: str, width: int, depth: int, heads: int, seq: int, vocab: int) -
                                                   rotary_emb_dim=ROPE, attn_flash=True))
 
 
-def measure(model: nn.Module, shape: tuple, device: torch.device, compile_mode: bool, steps: int) -> dict:
+def measure(model: nn.Module, shape: tuple, device: torch.device, mode: str, steps: int) -> dict:
+    """Median training-step throughput; mode is eager, compile, or cudagraphs (compile's reduce-overhead)."""
     width, depth, heads, seq, batch, vocab = shape
     model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    runner = torch.compile(model) if compile_mode else model
+    runner = {"eager": model, "compile": None, "cudagraphs": None}[mode] or \
+        torch.compile(model, mode="reduce-overhead" if mode == "cudagraphs" else None)
     ids = torch.randint(0, vocab, (batch, seq + 1), device=device)
     inputs, targets = ids[:, :-1], ids[:, 1:]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
     def step() -> None:
+        if mode == "cudagraphs":
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast:
             logits = runner(inputs)
         F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)).backward()
@@ -161,7 +167,7 @@ def measure(model: nn.Module, shape: tuple, device: torch.device, compile_mode: 
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = median(timed(step, device, warmup=3 if compile_mode or device.type == "cuda" else 1, repeats=steps))
+    seconds = median(timed(step, device, warmup=3 if mode != "eager" or device.type == "cuda" else 1, repeats=steps))
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
     params = sum(p.numel() for p in model.parameters())
     result = {"tok_s": batch * seq / seconds, "peak_mb": peak, "params": params}
@@ -184,7 +190,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cuda = torch.cuda.is_available()
     parser.add_argument("--shapes", default="gpt2,search" if cuda else "search")
-    parser.add_argument("--modes", default="eager,compile")
+    parser.add_argument("--modes", default="eager,compile", help="eager, compile, cudagraphs (CUDA only)")
     parser.add_argument("--models", default="a_ops,b_layers,c_reference,d_xtransformers")
     parser.add_argument("--steps", type=int, default=20 if cuda else 3)
     parser.add_argument("--batch", type=int, help="override the shape's batch size (e.g. for a small CPU)")
@@ -208,7 +214,7 @@ def main() -> None:
                 if model is None:
                     print(f"  {name}: not importable, skipped")
                     continue
-                results[name] = measure(model, shape, device, mode == "compile", args.steps)
+                results[name] = measure(model, shape, device, mode, args.steps)
                 del model
                 gc.collect()
                 if cuda:

@@ -52,7 +52,8 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--packing", default="1,2,4,8" if cuda else "1,2", help="trials per device")
-    parser.add_argument("--trials", type=int, default=8, help="trials per packing level")
+    parser.add_argument("--waves", type=int, default=2, help="trials per level = waves x packing (at least 4), so that "
+                        "worker start-up amortises over several trials per worker, as in a real search")
     parser.add_argument("--tokens", type=int, default=4_194_304 if cuda else 131_072, help="training tokens per trial")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="packing-"))
@@ -61,20 +62,21 @@ def main() -> None:
     space = load_space(space_path)
     ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     print(f"device: {torch.cuda.get_device_name() if cuda else f'CPU, {os.cpu_count()} cores'}; "
-          f"{args.trials} trials per level, {args.tokens:,} tokens each, search-scale model (256 wide, 4 layers, seq 256, batch 32)")
+          f"{args.waves} waves of trials per level, {args.tokens:,} tokens each, search-scale model (256 wide, 4 layers, seq 256, batch 32)")
     rows, base = [], None
     for packing in (int(k) for k in args.packing.split(",")):
+        count = max(4, args.waves * packing)
         resources = orchestrate.Resources(cpus_per_trial=1, gpus_per_trial=1 / packing if cuda else 0, concurrency=packing)
         study = open_study(space, f"sqlite:///{workdir}/packing-{packing}.db")
         start = time.perf_counter()
-        orchestrate.run_trials(space, study, 256, args.trials, resources, Progress(args.trials, 0, [], verbosity=0))
+        orchestrate.run_trials(space, study, 256, count, resources, Progress(count, 0, [], verbosity=0))
         wall = time.perf_counter() - start
         done = [t for t in study.trials if t.user_attrs.get("status") == "ok"]
         tokens = sum(t.user_attrs["steps"] * 32 * 256 for t in done)
         aggregate = tokens / wall
         base = base or aggregate
         mean = lambda key: sum(t.user_attrs[key] for t in done) / len(done)  # noqa: E731
-        rows.append({"per device": packing, "trials ok": f"{len(done)}/{args.trials}", "wall s": f"{wall:.1f}",
+        rows.append({"per device": packing, "trials ok": f"{len(done)}/{count}", "wall s": f"{wall:.1f}",
                      "aggregate tok/s": f"{aggregate:,.0f}", "speed-up": f"{aggregate / base:.2f}x",
                      "per-trial train tok/s": f"{mean('train_tok_s'):,.0f}",
                      "latency ms": f"{mean('latency_ms'):.3f}", "latency cv": f"{mean('latency_cv'):.3f}",

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from . import ops as _ops  # noqa: F401  (registers every op type)
 from .errors import ConfigError
 from .ops.attention import AttentionOffset, FusedAttention, MhaDots, MhaSum
-from .ops.dense import Embedding, PositionEmbedding
+from .ops.dense import Embedding, FusedLinear, Linear, PositionEmbedding
 from .registry import OpError, op_class, resolve_keys
 from .shapes import Shape, parse_shape, shape_to_config
 
@@ -112,18 +112,40 @@ def _attention_chain(ops: Sequence[nn.Module], i: int, final: set[str]) -> Optio
     return offset_at, sum_at
 
 
-def plan_steps(ops: Sequence[nn.Module], outputs: Sequence[str], fuse_attention: bool = True) -> list[nn.Module]:
-    """The forward plan: the ops, with every fusable attention chain run as one FusedAttention step."""
-    if not fuse_attention:
-        return list(ops)
+def _sibling_linears(ops: Sequence[nn.Module], i: int) -> list[int]:
+    """ops[i] and the linear ops right after it that read the same stream with the same bias setting, as long as
+    none of them overwrites that stream or writes another's output."""
+    first = ops[i]
+    group, written = [i], {first.outputs[0]}
+    for j in range(i + 1, len(ops)):
+        op = ops[j]
+        if not (type(op) is Linear and op.inputs == first.inputs and (op.proj.bias is None) == (first.proj.bias is None)
+                and op.outputs[0] not in written):
+            break
+        group.append(j)
+        written.add(op.outputs[0])
+    return group if first.inputs[0] not in written else [i]
+
+
+def plan_steps(ops: Sequence[nn.Module], outputs: Sequence[str], fuse_attention: bool = True,
+               fuse_linears: bool = True) -> list[nn.Module]:
+    """The forward plan: the ops in order, with each fusable attention chain run as one FusedAttention step and
+    each run of sibling linears as one FusedLinear step. Both give the same numbers as the ops they replace."""
     skip, fused = set(), {}
     for i, op in enumerate(ops):
-        if isinstance(op, MhaDots):
+        if i in skip:
+            continue
+        if fuse_attention and isinstance(op, MhaDots):
             chain = _attention_chain(ops, i, set(outputs))
             if chain is not None:
                 offset_at, sum_at = chain
                 skip.update({i} | ({offset_at} if offset_at is not None else set()))
                 fused[sum_at] = FusedAttention(op, ops[offset_at] if offset_at is not None else None, ops[sum_at])
+        elif fuse_linears and type(op) is Linear:
+            group = _sibling_linears(ops, i)
+            if len(group) > 1:
+                skip.update(group[1:])
+                fused[i] = FusedLinear([ops[j] for j in group])
     return [fused.get(i, op) for i, op in enumerate(ops) if i not in skip]
 
 
@@ -136,7 +158,8 @@ class ConfigaFormer(nn.Module):
     """
 
     def __init__(self, model_config: Mapping[str, Any], input_streams: Optional[Mapping[str, Sequence]] = None,
-                 verbose: bool = True, fuse_attention: bool = True, source: Optional[str] = None) -> None:
+                 verbose: bool = True, fuse_attention: bool = True, fuse_linears: bool = True,
+                 source: Optional[str] = None) -> None:
         super().__init__()
         blocks, shapes, outputs = _check_structure(model_config, input_streams, source)
         self.input_shapes = dict(shapes)
@@ -162,7 +185,7 @@ class ConfigaFormer(nn.Module):
         self.ops = nn.ModuleList(built)
         self.outputs = list(outputs)
         self.stream_shapes = shapes
-        self.plan = plan_steps(built, outputs, fuse_attention)
+        self.plan = plan_steps(built, outputs, fuse_attention, fuse_linears)
         self.config = {"blocks": copy.deepcopy(list(blocks)), "outputs": list(outputs),
                        "input_streams": {n: shape_to_config(s) for n, s in self.input_shapes.items()}}
         self._summary = "\n\n\n".join(sections)

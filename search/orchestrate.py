@@ -72,12 +72,14 @@ class StudySearcher(Searcher):
 
 def run_trial(config: dict, space: SearchSpace) -> None:
     """The Ray trainable: measure one candidate (or hand back a measured twin's result) and report it once."""
+    started = time.time()
     if config["reuse"] is not None:
         metrics = config["reuse"]
     else:
         device = "cuda" if ray.get_gpu_ids() else "cpu"
         metrics = trial_module.run(space, config["params"], device)
         metrics["node"] = ray.get_runtime_context().get_node_id()[:12]
+    metrics.update(started_at=started, ended_at=time.time())  # wall clock, for the scheduler's share
     tune.report({"metrics": json.dumps(metrics, default=str)})
 
 

@@ -8,12 +8,9 @@ as in the analytic convention, so that norm types compare fairly.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
@@ -21,12 +18,14 @@ from torch import nn
 
 from configaformer import ConfigaFormer
 
+from .devicegate import DeviceGate
+
 # aten ops the library emits that carry no matrix-product FLOPs: counted as 0, silently.
 ZERO_FLOP_OPS = (
     "aten::add", "aten::add_", "aten::sub", "aten::mul", "aten::mul_", "aten::div", "aten::neg", "aten::square", "aten::pow",
     "aten::gelu", "aten::relu", "aten::silu", "aten::sigmoid", "aten::tanh", "aten::softmax", "aten::layer_norm",
     "aten::rms_norm", "aten::norm", "aten::linalg_vector_norm", "aten::clamp", "aten::clamp_min", "aten::dropout",
-    "aten::embedding", "aten::cat", "aten::chunk", "aten::split", "aten::narrow", "aten::slice", "aten::select",
+    "aten::embedding", "aten::cat", "aten::chunk", "aten::split", "aten::split_with_sizes", "aten::narrow", "aten::slice", "aten::select",
     "aten::masked_fill", "aten::tril", "aten::ones", "aten::arange", "aten::abs", "aten::repeat_interleave",
     "aten::constant_pad_nd", "aten::pad", "aten::unsqueeze", "aten::expand", "aten::to", "aten::type_as",
     "aten::bitwise_not", "aten::rsub", "aten::zeros", "aten::full", "aten::reshape", "aten::view", "aten::permute",
@@ -115,18 +114,6 @@ def estimate_peak_memory(build: Callable[[], ConfigaFormer], batch_size: int, se
 
 
 @contextlib.contextmanager
-def device_lock(device: torch.device) -> Iterator[None]:
-    """Exclusive use of a device across processes (trials packed on one GPU never time each other)."""
-    name = f"configaformer-latency-{device.type}{device.index if device.index is not None else ''}.lock"
-    with open(Path(tempfile.gettempdir()) / name, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
 def _single_thread() -> Iterator[None]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -139,15 +126,16 @@ def _single_thread() -> Iterator[None]:
 @torch.no_grad()
 def measure_latency(model: ConfigaFormer, batch_size: int, seq_len: int, device: torch.device,
                     repeats: int = 20, warmup: int = 3) -> Mapping[str, float]:
-    """Median forward time (ms) and its coefficient of variation, after warm-up, holding the device lock.
-    On the CPU it runs single-threaded: the only setting that stays steady beside other busy processes."""
+    """Median forward time (ms) and its coefficient of variation, after warm-up, with the device to itself (trials
+    packed on the GPU pause meanwhile). On the CPU it runs single-threaded: the setting that stays steady beside
+    other busy processes."""
     from .train import autocast
 
     model.eval()
     ids = torch.zeros(batch_size, seq_len, dtype=torch.long, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
     times = []
-    with device_lock(device), (_single_thread() if device.type == "cpu" else contextlib.nullcontext()), autocast(device):
+    with DeviceGate(device).exclusive(), (_single_thread() if device.type == "cpu" else contextlib.nullcontext()), autocast(device):
         for i in range(warmup + repeats):
             sync(device)
             start = time.perf_counter()

@@ -7,7 +7,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -70,8 +70,10 @@ def evaluate(model: ConfigaFormer, batches: list, device: torch.device) -> float
     return total / count
 
 
-def train(model: ConfigaFormer, corpus: Corpus, cfg: Mapping, device: torch.device) -> TrainResult:
-    """Train on cfg['tokens'] tokens; raises TrialFailure('nan_loss' or 'oom')."""
+def train(model: ConfigaFormer, corpus: Corpus, cfg: Mapping, device: torch.device,
+          checkpoint: Callable[[], None] = lambda: None) -> TrainResult:
+    """Train on cfg['tokens'] tokens, calling `checkpoint` between steps (where a packed trial yields the GPU to
+    a latency probe); raises TrialFailure('nan_loss' or 'oom')."""
     batch, seq = cfg["batch_size"], cfg["seq_len"]
     steps = max(1, cfg["tokens"] // (batch * seq))
     torch.manual_seed(cfg["seed"])
@@ -84,6 +86,7 @@ def train(model: ConfigaFormer, corpus: Corpus, cfg: Mapping, device: torch.devi
     try:
         start = time.perf_counter()
         for step in range(steps):
+            checkpoint()
             inputs, targets = (t.to(device, non_blocking=True) for t in next(batches))
             with autocast(device):
                 loss = lm_loss(model, inputs, targets)

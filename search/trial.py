@@ -15,6 +15,7 @@ from configaformer import ConfigaFormer
 
 from .candidate import constraint_values, make_candidate, violations
 from .data import load_corpus
+from .devicegate import DeviceGate
 from .errors import TrialFailure
 from .probes import estimate_peak_memory, measure_latency
 from .space import SearchSpace
@@ -47,7 +48,8 @@ def run(space: SearchSpace, params: Mapping[str, Any], device: Optional[torch.de
         metrics.update(candidate.metrics)
         metrics.update(config_key=candidate.key, model_config=candidate.model_config, train=candidate.train)
         lap("build_s")
-        result = train(candidate.model, corpus, candidate.train, device)
+        with DeviceGate(device).sharing() as checkpoint:
+            result = train(candidate.model, corpus, candidate.train, device, checkpoint)
         metrics.update(val_loss=result.val_loss, train_loss=result.train_loss, train_tok_s=result.train_tok_s,
                        steps=result.steps)
         if result.val_bpb is not None:

@@ -34,3 +34,33 @@ def test_trial_on_cuda_measures_memory_and_latency(tmp_path):
     assert metrics["peak_mem_mb"] > 4 * metrics["params"] * 4 / 2**20  # weights, grads and AdamW state, at least
     assert metrics["latency_ms"] > 0 and metrics["val_bpb"] < 6.5
     print({k: metrics[k] for k in ("val_bpb", "train_tok_s", "peak_mem_mb", "latency_ms", "latency_cv")})
+
+
+def test_latency_probe_has_the_gpu_to_itself():
+    import threading
+    import time
+
+    from configaformer_search.devicegate import DeviceGate
+
+    device = torch.device("cuda")
+    steps, stop = [0], threading.Event()
+
+    def trainer():
+        x = torch.randn(1024, 1024, device=device)
+        with DeviceGate(device).sharing() as checkpoint:
+            while not stop.is_set():
+                checkpoint()
+                x = (x @ x).tanh()
+                steps[0] += 1
+
+    thread = threading.Thread(target=trainer)
+    thread.start()
+    time.sleep(0.5)
+    with DeviceGate(device).exclusive():
+        paused_at = steps[0]
+        time.sleep(0.5)
+        assert steps[0] == paused_at  # the trainer waits at the gate while the probe holds the device
+    time.sleep(0.5)
+    stop.set()
+    thread.join()
+    assert steps[0] > paused_at  # and carries on afterwards

@@ -71,3 +71,34 @@ def test_causal_chain_uses_is_causal_for_the_flash_kernel():
     model = attention_model("causal")
     steps = [s for s in model.plan if isinstance(s, FusedAttention)]
     assert [s.offset_kind for s in steps] == ["causal", "causal"]
+
+
+def test_sibling_linears_run_as_one_gemm_with_the_same_numbers():
+    from helpers import seed000_blocks, seed000_streams
+
+    from configaformer.ops.dense import FusedLinear
+
+    fused = ConfigaFormer({"blocks": seed000_blocks()}, seed000_streams(), verbose=False)
+    separate = ConfigaFormer({"blocks": seed000_blocks()}, seed000_streams(), verbose=False, fuse_linears=False)
+    separate.load_state_dict(fused.state_dict())
+    assert list(fused.state_dict()) == list(separate.state_dict())
+    groups = [step for step in fused.plan if isinstance(step, FusedLinear)]
+    assert [g.outputs for g in groups] == [("queries", "keys", "values")] * 2  # one per attention layer
+    data = {"emb_ids": torch.randint(0, 101, (2, 9)), "attn_offset": get_alibi(4)}
+    out_f, out_s = fused(data)["x"], separate(data)["x"]
+    torch.testing.assert_close(out_f, out_s, atol=1e-5, rtol=1e-5)
+    grads_f = torch.autograd.grad(out_f.square().sum(), list(fused.parameters()))
+    grads_s = torch.autograd.grad(out_s.square().sum(), list(separate.parameters()))
+    for g_f, g_s in zip(grads_f, grads_s):
+        torch.testing.assert_close(g_f, g_s, atol=1e-5, rtol=1e-5)
+
+
+def test_a_linear_that_overwrites_its_input_ends_the_group():
+    ops = [{"type": "linear", "output_name": "a"}, {"type": "linear"}, {"type": "linear", "output_name": "b"}]
+    model = ConfigaFormer({"blocks": [{"config": ops}]}, {"x": ["B", 8]}, verbose=False)
+    reference = ConfigaFormer({"blocks": [{"config": ops}]}, {"x": ["B", 8]}, verbose=False, fuse_linears=False)
+    reference.load_state_dict(model.state_dict())
+    x = torch.randn(3, 8)
+    out, expected = model({"x": x}), reference({"x": x})
+    for name in ("a", "x", "b"):
+        torch.testing.assert_close(out[name], expected[name])

@@ -71,6 +71,26 @@ def _relu2(x):
     return F.relu(x).square()
 
 
+class FusedLinear(nn.Module):
+    """Sibling `linear` ops that read one stream (queries, keys and values, say) as a single GEMM.
+
+    The weights are concatenated at run time, so the parameters, the state_dict and the summary stay those of the
+    separate ops; only the number of kernels drops, which is what a launch-bound model needs.
+    """
+
+    def __init__(self, members: list[Linear]) -> None:
+        super().__init__()
+        self.members = members  # a list, not a ModuleList: the ops own their parameters
+        self.inputs = members[0].inputs
+        self.outputs = tuple(m.outputs[0] for m in members)
+        self.sizes = [m.proj.out_features for m in members]
+
+    def forward(self, x):
+        weight = torch.cat([m.proj.weight for m in self.members])
+        bias = torch.cat([m.proj.bias for m in self.members]) if self.members[0].proj.bias is not None else None
+        return F.linear(x, weight, bias).split(self.sizes, dim=-1)
+
+
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "relu2": _relu2, "silu": F.silu,
                "sigmoid": torch.sigmoid, "tanh": torch.tanh, "none": None}
 
