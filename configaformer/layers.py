@@ -13,7 +13,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from .errors import ConfigError
-from .ops.dense import ACTIVATIONS
+from .ops.dense import check_activation
 from .ops.norms import NORM_TYPES
 from .registry import Key, OpError, positive, probability, resolve_keys
 
@@ -25,14 +25,6 @@ _POSITIVE_OR_NONE = Key(None, (int, type(None)), check=lambda v: None if v is No
 def _classifiers(value) -> str | None:
     ok = value and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value)
     return None if ok else "expected a non-empty list of positive class counts"
-
-
-def _activation(value) -> str | None:
-    names = [value] if isinstance(value, str) else value
-    if isinstance(value, list) and not 2 <= len(value) <= 4:
-        return "a GLU takes a list of 2 to 4 activations"
-    bad = [n for n in names if n not in ACTIVATIONS]
-    return f"unknown activation {bad[0]!r}; known: {', '.join(ACTIVATIONS)}" if bad else None
 
 
 MODEL_KEYS = {
@@ -58,9 +50,9 @@ LAYER_KEYS = {
     "Attention": {**COMMON_KEYS, "heads": Key(types=(int,), check=positive), "kv_heads": _POSITIVE_OR_NONE,
                   "dim_head": _POSITIVE_OR_NONE, "qk_norm": Key(False, (bool,)), "gated": Key(False, (bool,))},
     "FFN": {**COMMON_KEYS, "ff_mult": Key(4.0, (float,), check=positive), "dim_ff": _POSITIVE_OR_NONE,
-            "activation": Key("gelu", (str, list), check=_activation)},
+            "activation": Key("gelu", (str, list), check=check_activation)},
     "gMLP": {**COMMON_KEYS, "ff_mult": Key(4.0, (float,), check=positive), "dim_ff": _POSITIVE_OR_NONE,
-             "activation": Key("gelu", (str, list), check=_activation)},
+             "activation": Key("gelu", (str, list), check=check_activation)},
 }
 
 

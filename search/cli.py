@@ -10,11 +10,9 @@ import argparse
 import sys
 from typing import Callable, Optional, Sequence
 
+from .errors import UsageError
+
 COMMANDS = ("run", "validate", "front", "trials", "plot", "export")
-
-
-class UsageError(Exception):
-    """Bad command-line input: printed as one line, exit status 2."""
 
 
 def _format(value: float) -> str:

@@ -7,6 +7,10 @@ class SpaceError(ValueError):
     """Bad user input: one line naming the file, the field path, what was found and what was expected."""
 
 
+class UsageError(ValueError):
+    """Bad command-line input (a flag, a run folder, a trial number): one line, exit status 2."""
+
+
 class TrialFailure(Exception):
     """A trial that cannot finish: `kind` is a short reason code (oom, nan_loss, rejected, constraint, error)."""
 

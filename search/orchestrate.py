@@ -27,6 +27,7 @@ from ray.tune.search import Searcher  # noqa: E402
 
 from . import trial as trial_module  # noqa: E402
 from .candidate import config_key  # noqa: E402
+from .errors import UsageError  # noqa: E402
 from .front import front_trials  # noqa: E402
 from .progress import Progress  # noqa: E402
 from .space import SearchSpace  # noqa: E402
@@ -92,8 +93,6 @@ class Resources:
 
 def plan_resources(space: SearchSpace, gpus_per_trial: Optional[float], concurrency: Optional[int]) -> Resources:
     """Per-trial resources from the space or the flags, and how many trials run at once on this cluster."""
-    from .cli import UsageError
-
     cpus = float(space.resources["cpus_per_trial"])
     gpus = float(space.resources["gpus_per_trial"] if gpus_per_trial is None else gpus_per_trial)
     available = ray.cluster_resources()

@@ -16,6 +16,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from .errors import SpaceError
 from .space import SearchSpace
 
 STUDY_FILE = "study.db"
@@ -51,9 +52,7 @@ def open_study(space: SearchSpace, storage: str, sampler: Optional[optuna.sample
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(names)
         study.set_user_attr("space", str(Path(space.path).resolve()))
-    elif study.metric_names != names or [d.name.lower()[:3] for d in study.directions] != [d[:3] for d in directions]:
-        from .errors import SpaceError
-
+    elif study.metric_names != names or [d.name.lower() for d in study.directions] != directions:
         raise SpaceError(f"{space.path}: objectives: the study '{space.name}' in {storage} optimises {', '.join(study.metric_names)}; "
                          f"the space asks for {', '.join(names)} (use --fresh or another --out)")
     return study

@@ -67,10 +67,11 @@ def run(space: SearchSpace, params: Mapping[str, Any], device: Optional[torch.de
             metrics.update(measure_latency(candidate.model, probes["batch_size"], probes["seq_len"], device,
                                            probes["latency_repeats"], probes["latency_warmup"]))
         lap("probe_s")
-        over = violations(space.constraints, metrics)
         metrics["constraints"] = constraint_values(space.constraints, metrics)
-        status = {"status": "ok"} if not over else {"status": "ok", "violations": "; ".join(over)}
-        return {**status, **metrics, "device": str(device), "timings": timings}
+        over = violations(space.constraints, metrics)
+        if over:  # measured, but infeasible: recorded with its values, kept off the front
+            metrics["violations"] = "; ".join(over)
+        return {"status": "ok", **metrics, "device": str(device), "timings": timings}
     except TrialFailure as failure:
         metrics.update(failure.metrics)
         lap("failed_s")

@@ -95,7 +95,8 @@ ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "relu2": _relu2, "silu": F.silu,
                "sigmoid": torch.sigmoid, "tanh": torch.tanh, "none": None}
 
 
-def _check_activation(value) -> str | None:
+def check_activation(value) -> str | None:
+    """None for a valid activation name or GLU list, else the problem."""
     names = [value] if isinstance(value, str) else value
     if isinstance(value, list) and not 2 <= len(value) <= 4:
         return "a GLU takes a list of 2 to 4 activations"
@@ -108,7 +109,7 @@ class Activation(Op):
     """A pointwise nonlinearity, or with a list of k names a GLU: the last dim splits into k parts, each goes
     through its own activation, and the parts multiply (['gelu', 'none'] is GEGLU, ['silu', 'none'] SwiGLU)."""
 
-    keys = {**Op.keys, "activation_function": Key("gelu", (str, list), check=_check_activation)}
+    keys = {**Op.keys, "activation_function": Key("gelu", (str, list), check=check_activation)}
 
     def build(self, cfg, shape):
         names = cfg["activation_function"]

@@ -1,0 +1,114 @@
+"""Hypervolume after N trials for the tpe, nsga2 and random samplers on a space (small.yaml), over several seeds,
+on a CPU; random also at 2N. Target: the default sampler at N reaches random's hypervolume at 2N.
+
+Trials run through the real pipeline (configaformer_search.trial.run) without Ray. Each distinct config is
+measured once and shared by every study (a manager dict), so samplers are compared on the same measurements.
+All hypervolumes use one reference point: the worst value of each objective over everything measured, plus 10%.
+
+    python benchmarks/search_efficiency.py                 # N = the space's search.trials, 3 seeds, 2 processes
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import print_table  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_study(job: tuple) -> tuple:
+    """One (sampler, seed) study of `count` trials; returns the objective values of each trial in order."""
+    import optuna
+
+    from configaformer_search import trial as trial_module
+    from configaformer_search.candidate import config_key
+    from configaformer_search.space import load_space
+    from configaformer_search.study import make_sampler
+
+    space_path, sampler_name, seed, count, budget, cache = job
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = load_space(space_path)
+    directions = ["minimize" if d == "min" else "maximize" for d in space.objectives.values()]
+    study = optuna.create_study(directions=directions, sampler=make_sampler(space, sampler_name, seed, budget))
+    values = []
+    for _ in range(count):
+        trial = study.ask()
+        params = space.sample(trial)
+        key = config_key(*space.resolve(params, 256))
+        if key not in cache:
+            cache[key] = trial_module.run(space, params, device="cpu")
+        metrics = cache[key]
+        for name, value in (metrics.get("constraints") or {}).items():
+            trial.set_constraint(name, value)
+        if metrics["status"] == "ok":
+            point = [metrics[name] for name in space.objectives]
+            study.tell(trial, point)
+            values.append(point if all(v <= 0 for v in (metrics.get("constraints") or {}).values()) else None)
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            values.append(None)
+    return sampler_name, seed, values, directions
+
+
+def hypervolume(points: list, reference: list, directions: list) -> float:
+    import numpy as np
+    from optuna._hypervolume import compute_hypervolume
+
+    signs = np.array([1.0 if d == "minimize" else -1.0 for d in directions])
+    ref = np.array(reference) * signs
+    kept = np.array([p for p in points if p is not None], dtype=float).reshape(-1, len(ref)) * signs
+    kept = kept[(kept < ref).all(axis=1)]
+    if not len(kept):
+        return 0.0
+    from optuna.study._multi_objective import _is_pareto_front
+
+    return float(compute_hypervolume(kept[_is_pareto_front(kept, assume_unique_lexsorted=False)], ref))
+
+
+def main() -> None:
+    from configaformer_search.space import load_space
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--space", default=str(ROOT / "spaces" / "small.yaml"))
+    parser.add_argument("--trials", type=int, help="N (default: the space's search.trials)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--processes", type=int, default=2)
+    args = parser.parse_args()
+    space = load_space(args.space)
+    n = args.trials or space.search["trials"]
+    start = time.perf_counter()
+    with multiprocessing.Manager() as manager:
+        cache = manager.dict()
+        jobs = [(args.space, name, seed, n * (2 if name == "random" else 1), n, cache)
+                for seed in range(args.seeds) for name in ("random", "tpe", "nsga2")]
+        with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
+            results = pool.map(run_study, jobs, chunksize=1)
+        measured = len(cache)
+    directions = results[0][3]
+    every = [p for _, _, values, _ in results for p in values if p is not None]
+    reference = [max(p[i] for p in every) * 1.1 if d == "minimize" else min(p[i] for p in every) * 0.9
+                 for i, d in enumerate(directions)]
+    table: dict = {}
+    for name, seed, values, _ in results:
+        table.setdefault((name, n), []).append(hypervolume(values[:n], reference, directions))
+        if name == "random":
+            table.setdefault((name, 2 * n), []).append(hypervolume(values, reference, directions))
+    target = statistics.mean(table[("random", 2 * n)])
+    rows = [{"sampler": name, "trials": count, "hypervolume (mean)": f"{statistics.mean(v):.4g}",
+             "std": f"{statistics.pstdev(v):.3g}", "per seed": ", ".join(f"{x:.3g}" for x in v),
+             "vs random at 2N": f"{statistics.mean(v) / target:.2f}"} for (name, count), v in table.items()]
+    print(f"space {Path(args.space).name}: N = {n}, {args.seeds} seeds, {measured} distinct configs measured in "
+          f"{time.perf_counter() - start:.0f} s; objectives {', '.join(space.objectives)}; "
+          f"reference point {', '.join(f'{r:.4g}' for r in reference)}")
+    print_table(rows, list(rows[0]))
+
+
+if __name__ == "__main__":
+    main()
