@@ -11,6 +11,7 @@ All hypervolumes use one reference point: the worst value of each objective over
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import statistics
 import sys
@@ -32,9 +33,10 @@ def run_study(job: tuple) -> tuple:
     from configaformer_search.space import load_space
     from configaformer_search.study import make_sampler
 
-    space_path, sampler_name, seed, count, budget, cache = job
+    space_path, sampler_name, seed, count, budget, cache, overrides = job
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(space_path)
+    space.search.update({k: v for k, v in overrides.items() if v is not None})
     directions = ["minimize" if d == "min" else "maximize" for d in space.objectives.values()]
     study = optuna.create_study(directions=directions, sampler=make_sampler(space, sampler_name, seed, budget))
     values = []
@@ -80,17 +82,26 @@ def main() -> None:
     parser.add_argument("--trials", type=int, help="N (default: the space's search.trials)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--cache", help="JSON file of measured configs, read and updated, so that sampler settings "
+                        "can be compared without measuring again")
+    parser.add_argument("--startup-trials", type=int, help="override TPE's startup trials")
+    parser.add_argument("--population-size", type=int, help="override NSGA-II's population")
     args = parser.parse_args()
+    overrides = {"startup_trials": args.startup_trials, "population_size": args.population_size}
     space = load_space(args.space)
     n = args.trials or space.search["trials"]
     start = time.perf_counter()
+    cache_path = Path(args.cache) if args.cache else None
+    known = json.loads(cache_path.read_text()) if cache_path and cache_path.exists() else {}
     with multiprocessing.Manager() as manager:
-        cache = manager.dict()
-        jobs = [(args.space, name, seed, n * (2 if name == "random" else 1), n, cache)
+        cache = manager.dict(known)
+        jobs = [(args.space, name, seed, n * (2 if name == "random" else 1), n, cache, overrides)
                 for seed in range(args.seeds) for name in ("random", "tpe", "nsga2")]
         with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
             results = pool.map(run_study, jobs, chunksize=1)
-        measured = len(cache)
+        measured = len(cache) - len(known)
+        if cache_path:
+            cache_path.write_text(json.dumps(dict(cache)))
     directions = results[0][3]
     every = [p for _, _, values, _ in results for p in values if p is not None]
     reference = [max(p[i] for p in every) * 1.1 if d == "minimize" else min(p[i] for p in every) * 0.9
@@ -104,7 +115,8 @@ def main() -> None:
     rows = [{"sampler": name, "trials": count, "hypervolume (mean)": f"{statistics.mean(v):.4g}",
              "std": f"{statistics.pstdev(v):.3g}", "per seed": ", ".join(f"{x:.3g}" for x in v),
              "vs random at 2N": f"{statistics.mean(v) / target:.2f}"} for (name, count), v in table.items()]
-    print(f"space {Path(args.space).name}: N = {n}, {args.seeds} seeds, {measured} distinct configs measured in "
+    settings = ", ".join(f"{k} {v}" for k, v in overrides.items() if v is not None) or "defaults"
+    print(f"space {Path(args.space).name} ({settings}): N = {n}, {args.seeds} seeds, {measured} new configs measured in "
           f"{time.perf_counter() - start:.0f} s; objectives {', '.join(space.objectives)}; "
           f"reference point {', '.join(f'{r:.4g}' for r in reference)}")
     print_table(rows, list(rows[0]))

@@ -81,10 +81,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     corpus = load_corpus(space.data)
     storage = args.storage or default_storage(out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    if args.fresh:
-        _delete_run(out_dir, storage, space.name)
-    study = _storage_call(storage, lambda: open_study(space, storage))
+    try:
+        if args.fresh:
+            _delete_run(out_dir, storage, space.name)
+        study = _storage_call(storage, lambda: open_study(space, storage))
+    except UsageError:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # bad input leaves nothing behind
+        raise
     # A resumed search must not replay the first session's random draws: the seed moves with the trial count.
     seed = space.search["seed"] if args.seed is None else args.seed
     study.sampler = make_sampler(space, args.sampler or space.search["sampler"], seed + len(study.trials), n_trials)

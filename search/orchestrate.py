@@ -111,8 +111,11 @@ def connect(address: Optional[str]) -> bool:
     """Join a Ray cluster (address) or start a quiet local one; False when Ray was already running here."""
     if ray.is_initialized():
         return False
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-             configure_logging=True)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                 configure_logging=True)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise UsageError(f"--address {address}: cannot join the Ray cluster ({str(err).splitlines()[0]})") from None
     return True
 
 
