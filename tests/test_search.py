@@ -158,7 +158,8 @@ def test_export_refuses_unknown_trials_and_impossible_picks(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     study = optuna.create_study(storage=default_storage(out), study_name="tiny", directions=["minimize", "minimize"])
-    study.set_metric_names(["val_loss", "latency_ms"])
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        study.set_metric_names(["val_loss", "latency_ms"])
     trial = study.ask()
     trial.set_user_attr("model_config", {"dim_model": 16, "vocab_size": 8, "layers": [{"type": "FFN"}]})
     study.tell(trial, [1.0, 2.0])
