@@ -7,6 +7,7 @@ line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -72,25 +73,37 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--concurrency: expected a positive count, got {args.concurrency}")
     out_dir = Path(args.out or Path("runs") / space.name)
     verbosity = 0 if args.quiet else 1 + args.verbose
-    say = print if verbosity > 0 else (lambda *a, **k: None)
 
     from . import orchestrate
     from .data import load_corpus
-    from .progress import Progress
-    from .study import default_storage, finished, make_sampler, mark_interrupted, open_study
+    from .study import default_storage, open_study
 
+    orchestrate.check_address(args.address)
     corpus = load_corpus(space.data)
     storage = args.storage or default_storage(out_dir)
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
+    study = None
     try:
         if args.fresh:
             _delete_run(out_dir, storage, space.name)
         study = _storage_call(storage, lambda: open_study(space, storage))
+        _search(space, study, corpus, storage, out_dir, n_trials, args, verbosity)
     except UsageError:
-        if created and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # bad input leaves nothing behind
+        if created and (study is None or not study.trials):
+            shutil.rmtree(out_dir, ignore_errors=True)  # bad input leaves nothing behind
         raise
+    _finish_run(study, out_dir, verbosity)
+    return 0
+
+
+def _search(space, study, corpus, storage: str, out_dir, n_trials: int, args: argparse.Namespace, verbosity: int) -> None:
+    """Resume bookkeeping, then the trials still owed through Ray."""
+    from . import orchestrate
+    from .progress import Progress
+    from .study import finished, make_sampler, mark_interrupted
+
+    say = print if verbosity > 0 else (lambda *a, **k: None)
     # A resumed search must not replay the first session's random draws: the seed moves with the trial count.
     seed = space.search["seed"] if args.seed is None else args.seed
     study.sampler = make_sampler(space, args.sampler or space.search["sampler"], seed + len(study.trials), n_trials)
@@ -101,26 +114,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     say(f"run folder {out_dir}, study {storage}")
     if done or interrupted:
         say(f"resuming: {done} finished trials kept" + (f", {interrupted} interrupted trials marked failed and owed again" if interrupted else ""))
-    if done < n_trials:
-        started_ray = orchestrate.connect(args.address)
-        try:
-            resources = orchestrate.plan_resources(space, args.gpus_per_trial, args.concurrency)
-            cluster = orchestrate.describe_cluster()
-            say(f"Ray: {cluster['nodes']} node(s), {cluster['cpus']:g} CPUs, {cluster['gpus']:g} GPUs; "
-                f"{resources.concurrency} trial(s) at a time, each {resources.cpus_per_trial:g} CPU + {resources.gpus_per_trial:g} GPU")
-            say(f"running {n_trials - done} trial(s) of {n_trials}, objectives: "
-                + ", ".join(f"{m} ({d})" for m, d in space.objectives.items()))
-            progress = Progress(n_trials, done, list(space.objectives), verbosity)
-            orchestrate.run_trials(space, study, corpus.vocab_size, n_trials - done, resources, progress)
-        finally:
-            if started_ray:
-                import ray
-
-                ray.shutdown()
-    else:
+    if done >= n_trials:
         say(f"the study already has {done} finished trials (asked for {n_trials}): nothing to run")
-    _finish_run(study, out_dir, verbosity)
-    return 0
+        return
+    started_ray = orchestrate.connect(args.address)
+    try:
+        resources = orchestrate.plan_resources(space, args.gpus_per_trial, args.concurrency)
+        cluster = orchestrate.describe_cluster()
+        say(f"Ray: {cluster['nodes']} node(s), {cluster['cpus']:g} CPUs, {cluster['gpus']:g} GPUs; "
+            f"{resources.concurrency} trial(s) at a time, each {resources.cpus_per_trial:g} CPU + {resources.gpus_per_trial:g} GPU")
+        say(f"running {n_trials - done} trial(s) of {n_trials}, objectives: "
+            + ", ".join(f"{m} ({d})" for m, d in space.objectives.items()))
+        progress = Progress(n_trials, done, list(space.objectives), verbosity)
+        orchestrate.run_trials(space, study, corpus.vocab_size, n_trials - done, resources, progress)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
 
 
 def _storage_call(storage: str, call: Callable):

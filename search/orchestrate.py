@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -105,6 +106,19 @@ def plan_resources(space: SearchSpace, gpus_per_trial: Optional[float], concurre
         fit = min(fit, math.floor(available["GPU"] / gpus + 1e-9))
     chosen = concurrency or space.resources["concurrency"] or max(1, fit)
     return Resources(cpus, gpus, chosen)
+
+
+def check_address(address: Optional[str]) -> None:
+    """Fail fast on a HOST:PORT (or ray://HOST:PORT) that nothing answers, before Ray retries it for minutes."""
+    if not address or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as err:
+        raise UsageError(f"--address {address}: nothing answers there ({err.strerror or err})") from None
 
 
 def connect(address: Optional[str]) -> bool:

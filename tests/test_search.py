@@ -138,6 +138,7 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
     (["run", "{tmp}/bad.yaml"], "bad.yaml: objectives.accuracy: unknown metric"),
     (["run", "{tmp}/space.yaml", "--trials", "0"], "--trials: expected a positive count"),
     (["run", "{tmp}/space.yaml", "--storage", "nosuchdb://x"], "--storage nosuchdb://x:"),
+    (["run", "{tmp}/space.yaml", "--address", "127.0.0.1:1"], "--address 127.0.0.1:1: nothing answers there"),
     (["front", "{tmp}/nowhere"], "nowhere: not a run folder (no study.db)"),
     (["trials", "{tmp}/nowhere", "--format", "parquet"], "nowhere: not a run folder"),
     (["export", "{tmp}/nowhere", "--knee"], "nowhere: not a run folder"),
