@@ -14,7 +14,7 @@ from einops import rearrange
 from torch import nn
 
 from ..offsets import alibi_bias, alibi_slopes, causal_mask
-from ..registry import Key, OpError, positive, register
+from ..registry import Key, OpError, register
 from ..shapes import format_shape
 from .base import Op, expect_int, expect_rank
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import Key, OpError, positive, probability, register
-from .base import STREAM_IN, STREAM_OUT, Op, expect_int, expect_rank
+from .base import STREAM_OUT, Op, expect_int, expect_rank
 
 INIT_STD = 0.02  # GPT-2's initialisation, which trains well in short runs
 
