@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import device_name, median, print_table, timed  # noqa: E402
 
 from configaformer import ConfigaFormer  # noqa: E402
+from configaformer_search.probes import LogitsOnly  # noqa: E402
 
 SHAPES = {  # name: (width, depth, heads, seq_len, batch, vocab)
     "gpt2": (768, 12, 12, 1024, 16, 50304),
@@ -118,22 +119,11 @@ def layer_config(width: int, depth: int, heads: int, max_length: int, vocab: int
             "layers": [{"type": "Attention", "heads": heads}, {"type": "FFN", "ff_mult": 4}] * depth}
 
 
-class Logits(nn.Module):
-    """ids -> logits for a ConfigaFormer, so every model has the same call."""
-
-    def __init__(self, model: ConfigaFormer) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model({"emb_ids": ids})[self.model.outputs[0]]
-
-
 def build(name: str, width: int, depth: int, heads: int, seq: int, vocab: int) -> nn.Module | None:
     if name == "a_ops":
-        return Logits(ConfigaFormer(seed000_config(width, depth, heads, vocab), verbose=False))
+        return LogitsOnly(ConfigaFormer(seed000_config(width, depth, heads, vocab), verbose=False))
     if name == "b_layers":
-        return Logits(ConfigaFormer.from_config(layer_config(width, depth, heads, seq, vocab), verbose=False))
+        return LogitsOnly(ConfigaFormer.from_config(layer_config(width, depth, heads, seq, vocab), verbose=False))
     if name == "c_reference":
         return ReferenceGPT(width, depth, heads, seq, vocab)
     try:

@@ -59,22 +59,8 @@ def run_study(job: tuple) -> tuple:
     return sampler_name, seed, values, directions
 
 
-def hypervolume(points: list, reference: list, directions: list) -> float:
-    import numpy as np
-    from optuna._hypervolume import compute_hypervolume
-
-    signs = np.array([1.0 if d == "minimize" else -1.0 for d in directions])
-    ref = np.array(reference) * signs
-    kept = np.array([p for p in points if p is not None], dtype=float).reshape(-1, len(ref)) * signs
-    kept = kept[(kept < ref).all(axis=1)]
-    if not len(kept):
-        return 0.0
-    from optuna.study._multi_objective import _is_pareto_front
-
-    return float(compute_hypervolume(kept[_is_pareto_front(kept, assume_unique_lexsorted=False)], ref))
-
-
 def main() -> None:
+    from configaformer_search.front import hypervolume_of
     from configaformer_search.space import load_space
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,9 +94,9 @@ def main() -> None:
                  for i, d in enumerate(directions)]
     table: dict = {}
     for name, seed, values, _ in results:
-        table.setdefault((name, n), []).append(hypervolume(values[:n], reference, directions))
+        table.setdefault((name, n), []).append(hypervolume_of([p for p in values[:n] if p], reference, directions))
         if name == "random":
-            table.setdefault((name, 2 * n), []).append(hypervolume(values, reference, directions))
+            table.setdefault((name, 2 * n), []).append(hypervolume_of([p for p in values if p], reference, directions))
     target = statistics.mean(table[("random", 2 * n)])
     rows = [{"sampler": name, "trials": count, "hypervolume (mean)": f"{statistics.mean(v):.4g}",
              "std": f"{statistics.pstdev(v):.3g}", "per seed": ", ".join(f"{x:.3g}" for x in v),

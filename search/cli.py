@@ -135,13 +135,15 @@ def _search(space, study, corpus, storage: str, out_dir, n_trials: int, args: ar
 
 
 def _storage_call(storage: str, call: Callable):
-    """Run an Optuna storage call; a bad storage URL becomes a one-line usage error."""
+    """Run an Optuna storage call; a bad or unreachable storage URL becomes a one-line usage error."""
+    from .errors import SpaceError
+
     try:
         return call()
-    except (ValueError, ImportError) as err:
-        if "storage" in str(err).lower() or "url" in str(err).lower() or isinstance(err, ImportError):
-            raise UsageError(f"--storage {storage}: {str(err).splitlines()[0]}") from None
-        raise
+    except SpaceError:
+        raise  # the space and the stored study disagree: not the URL's fault
+    except (ValueError, ImportError) as err:  # Optuna's errors for malformed URLs and missing drivers
+        raise UsageError(f"--storage {storage}: {str(err).splitlines()[0]}") from None
     except Exception as err:  # sqlalchemy's errors for unreachable or malformed databases
         if type(err).__module__.startswith("sqlalchemy"):
             raise UsageError(f"--storage {storage}: {str(err).splitlines()[0]}") from None

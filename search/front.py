@@ -36,25 +36,25 @@ def front_frame(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("number") if rows else pd.DataFrame()
 
 
-def _as_minimised(study: optuna.Study, values: Sequence[Sequence[float]]) -> np.ndarray:
-    signs = np.array([1.0 if d == optuna.study.StudyDirection.MINIMIZE else -1.0 for d in study.directions])
-    return np.asarray(values, dtype=float) * signs
+def _minimised(values: Sequence[Sequence[float]], directions: Sequence) -> np.ndarray:
+    signs = np.array([1.0 if d in ("minimize", optuna.study.StudyDirection.MINIMIZE) else -1.0 for d in directions])
+    return np.asarray(values, dtype=float).reshape(-1, len(signs)) * signs
+
+
+def hypervolume_of(points: Sequence[Sequence[float]], reference: Sequence[float], directions: Sequence) -> float:
+    """Hypervolume that `points` dominate against `reference`, both in the objectives' own units; directions are
+    'minimize'/'maximize' or Optuna's StudyDirection. Dominated points may be included."""
+    ref = _minimised([reference], directions)[0]
+    kept = _minimised(points, directions)
+    kept = kept[(kept < ref).all(axis=1)]
+    return float(compute_hypervolume(kept, ref)) if len(kept) else 0.0
 
 
 def hypervolume(study: optuna.Study, reference: Sequence[float], trials: Optional[Sequence[FrozenTrial]] = None) -> float:
-    """Hypervolume dominated by the feasible front, against a reference point in the objectives' own units."""
+    """Hypervolume of the study's complete, feasible trials (or of `trials`) against a reference point."""
     pool = trials if trials is not None else study.get_trials(deepcopy=False)
-    front = _get_feasible_trials([t for t in pool if t.state == TrialState.COMPLETE])
-    ref = _as_minimised(study, [reference])[0]
-    points = _as_minimised(study, [t.values for t in front]) if front else np.empty((0, len(ref)))
-    points = points[(points < ref).all(axis=1)]
-    return float(compute_hypervolume(points, ref)) if len(points) else 0.0
-
-
-def hypervolume_history(study: optuna.Study, reference: Sequence[float]) -> list[float]:
-    """Hypervolume after each trial, in trial order."""
-    trials = study.get_trials(deepcopy=False)
-    return [hypervolume(study, reference, trials[: i + 1]) for i in range(len(trials))]
+    feasible = _get_feasible_trials([t for t in pool if t.state == TrialState.COMPLETE])
+    return hypervolume_of([t.values for t in feasible], reference, study.directions)
 
 
 def reference_point(study: optuna.Study, margin: float = 0.1) -> list[float]:
@@ -115,7 +115,7 @@ def pick(study: optuna.Study, expression: str) -> FrozenTrial:
 def knee(study: optuna.Study) -> FrozenTrial:
     """The front trial nearest the ideal point once each objective is scaled to [0, 1] across the front."""
     front = _nonempty_front(study)
-    points = _as_minimised(study, [t.values for t in front])
+    points = _minimised([t.values for t in front], study.directions)
     span = points.max(axis=0) - points.min(axis=0)
     scaled = (points - points.min(axis=0)) / np.where(span > 0, span, 1.0)
     return front[int(np.argmin(np.linalg.norm(scaled, axis=1)))]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import optuna
 
-from .front import front_trials, hypervolume_history, reference_point
+from .front import front_trials, reference_point
 
 
 def plot_study(study: optuna.Study, path: Path) -> list[Path]:
@@ -37,11 +37,10 @@ def plot_study(study: optuna.Study, path: Path) -> list[Path]:
 
         history_path = path.with_name(path.stem + "_hypervolume.png")
         reference = reference_point(study)
-        figure, axes = plt.subplots(figsize=(7, 4))
-        axes.plot(range(len(study.trials)), hypervolume_history(study, reference), marker="o", markersize=3)
-        axes.set(xlabel="trial", ylabel="hypervolume", title=f"Hypervolume history (reference {', '.join(f'{r:.3g}' for r in reference)})")
-        axes.grid(alpha=0.3)
-        figure.savefig(history_path, dpi=120, bbox_inches="tight")
+        axes = optuna.visualization.matplotlib.plot_hypervolume_history(study, reference)
+        axes.set_title(f"Hypervolume history (reference {', '.join(f'{r:.3g}' for r in reference)})")
+        axes.figure.set_size_inches(7, 4)
+        axes.figure.savefig(history_path, dpi=120, bbox_inches="tight")
         plt.close("all")
         written.append(history_path)
         written += _html(study, path, names)

@@ -54,8 +54,8 @@ def _matmul_flops(inputs: list, outputs: list) -> int:
     return math.prod(_shape(outputs[0])) * a[-1]
 
 
-class _LogitsOnly(nn.Module):
-    """ids -> logits, a tensor-in tensor-out view of a model for fvcore's tracer."""
+class LogitsOnly(nn.Module):
+    """ids -> logits: a tensor-in, tensor-out view of a model (for fvcore's tracer, and for benchmarks)."""
 
     def __init__(self, model: ConfigaFormer) -> None:
         super().__init__()
@@ -70,7 +70,7 @@ def flop_analysis(model: ConfigaFormer, batch_size: int, seq_len: int) -> Any:
     from fvcore.nn import FlopCountAnalysis
 
     ids = torch.zeros(batch_size, seq_len, dtype=torch.long, device=next(model.parameters()).device)
-    analysis = FlopCountAnalysis(_LogitsOnly(model), (ids,))
+    analysis = FlopCountAnalysis(LogitsOnly(model), (ids,))
     analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flops, "aten::matmul", _matmul_flops,
                            **{op: _no_flops for op in ZERO_FLOP_OPS})
     return analysis.uncalled_modules_warnings(False)
