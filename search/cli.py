@@ -14,6 +14,7 @@ from typing import Callable, Optional, Sequence
 from .errors import UsageError
 
 COMMANDS = ("run", "validate", "front", "trials", "plot", "export")
+TUNE_SCRATCH = ".tune"  # Ray Tune's own records inside a run folder, deleted when its trials are done
 
 
 def _format(value: float) -> str:
@@ -126,7 +127,8 @@ def _search(space, study, corpus, storage: str, out_dir, n_trials: int, args: ar
         say(f"running {n_trials - done} trial(s) of {n_trials}, objectives: "
             + ", ".join(f"{m} ({d})" for m, d in space.objectives.items()))
         progress = Progress(n_trials, done, list(space.objectives), verbosity)
-        orchestrate.run_trials(space, study, corpus.vocab_size, n_trials - done, resources, progress)
+        orchestrate.run_trials(space, study, corpus.vocab_size, n_trials - done, resources, progress,
+                               scratch=out_dir / TUNE_SCRATCH)
     finally:
         if started_ray:
             import ray

@@ -16,6 +16,7 @@ import socket
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's console output stays off unless asked for
@@ -134,18 +135,24 @@ def connect(address: Optional[str]) -> bool:
 
 
 def run_trials(space: SearchSpace, study: optuna.Study, vocab_size: int, count: int, resources: Resources,
-               progress: Progress) -> StudySearcher:
-    """Run `count` more trials through Ray Tune, recording each in the study as it finishes."""
+               progress: Progress, scratch: Optional[Path] = None) -> StudySearcher:
+    """Run `count` more trials through Ray Tune, recording each in the study as it finishes.
+
+    Tune keeps its own records in `scratch` (a temporary folder if None), deleted afterwards: the study is what
+    persists. A search folder's scratch left by a killed run is cleared here."""
     searcher = StudySearcher(space, study, vocab_size, progress)
     trainable = tune.with_resources(tune.with_parameters(run_trial, space=space),
                                     {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
-    scratch = tempfile.mkdtemp(prefix="configaformer-tune-")  # Tune's own records: the study is what persists
+    if scratch is None:
+        scratch = Path(tempfile.mkdtemp(prefix="configaformer-tune-"))
+    else:
+        shutil.rmtree(scratch, ignore_errors=True)  # a killed run's records
     try:
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=count, reuse_actors=True,
                                         max_concurrent_trials=resources.concurrency),
-            run_config=tune.RunConfig(storage_path=scratch, name="trials", verbose=0,
+            run_config=tune.RunConfig(storage_path=str(scratch.resolve()), name="trials", verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
         tuner.fit()

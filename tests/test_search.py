@@ -103,6 +103,7 @@ def test_killed_search_resumes_without_losing_or_duplicating_trials(ray_local, t
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     before = {t.number: t.values for t in load_existing(storage).trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert (out / ".tune").is_dir()  # Ray Tune's records of the killed run stay in its folder, not in /tmp
 
     assert main(["run", str(space), "--trials", "5", "--out", str(out), "--concurrency", "1", "-q"]) == 0
     study = study_of(out)
@@ -112,6 +113,7 @@ def test_killed_search_resumes_without_losing_or_duplicating_trials(ray_local, t
     assert all(t.state == optuna.trial.TrialState.FAIL for t in interrupted)
     assert {n: v for n, v in ((t.number, t.values) for t in complete) if n in before} == before  # nothing lost
     assert len({t.number for t in study.trials}) == len(study.trials)
+    assert not (out / ".tune").exists()
 
 
 def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
