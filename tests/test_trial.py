@@ -1,6 +1,7 @@
 """One trial end to end without Ray: real training on the embedded corpus, real fvcore, real probes."""
 
 import math
+import time
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from helpers import TINY_SPACE, write_space
 from configaformer import ConfigaFormer
 from configaformer_search import trial
 from configaformer_search.data import embedded_corpus, load_corpus, val_batches
-from configaformer_search.probes import count_flops, estimate_peak_memory, flop_analysis
+from configaformer_search.probes import LATENCY_ROUNDS, count_flops, estimate_peak_memory, flop_analysis, measure_latency
 from configaformer_search.space import load_space
 from configaformer_search.train import evaluate
 
@@ -61,6 +62,27 @@ def test_every_library_op_has_a_flop_handle():
     assert dict(analysis.unsupported_ops()) == {}
     alibi = flop_analysis(ConfigaFormer.from_config({**config, "position": "alibi"}, verbose=False).eval(), 1, 16)
     assert alibi.total() > 0 and dict(alibi.unsupported_ops()) == {}
+
+
+class Stalling(torch.nn.Module):
+    """A model whose forward takes 1 ms, and 20 ms on every third call while `stalls` is set: a disturbed probe."""
+
+    def __init__(self, stalls: bool) -> None:
+        super().__init__()
+        self.stalls, self.calls = stalls, 0
+
+    def forward(self, streams):
+        self.calls += 1
+        time.sleep(0.02 if self.stalls and self.calls % 3 == 0 else 0.001)
+        return streams
+
+
+def test_a_disturbed_latency_round_is_measured_again():
+    steady = measure_latency(Stalling(False), 1, 8, torch.device("cpu"), repeats=6, warmup=1)
+    disturbed = measure_latency(Stalling(True), 1, 8, torch.device("cpu"), repeats=6, warmup=1)
+    assert steady["latency_rounds"] == 1 and steady["latency_cv"] < 0.25
+    assert disturbed["latency_rounds"] == LATENCY_ROUNDS and disturbed["latency_cv"] > 0.25  # every round stalled
+    assert 0.9 < steady["latency_ms"] < 5 and 0.9 < disturbed["latency_ms"] < 20  # the median shrugs off the stalls
 
 
 def test_cpu_memory_estimate_grows_with_batch(tiny_space):
