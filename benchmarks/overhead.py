@@ -44,7 +44,7 @@ def main() -> None:
     searcher = orchestrate.run_trials(space, study, corpus.vocab_size, args.trials, resources,
                                       Progress(args.trials, 0, [], verbosity=0))
     wall = time.perf_counter() - start
-    trials = sorted(study.trials, key=lambda t: t.user_attrs["started_at"])
+    trials = sorted((t for t in study.trials if "reused_from" not in t.user_attrs), key=lambda t: t.user_attrs["started_at"])
     parts = {"data": 0.0, "build + FLOPs": 0.0, "training": 0.0, "probes": 0.0, "trial wrapper": 0.0}
     keys = {"data_s": "data", "build_s": "build + FLOPs", "train_s": "training", "probe_s": "probes"}
     for trial in trials:

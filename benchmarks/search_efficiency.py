@@ -3,7 +3,10 @@ on a CPU; random also at 2N. Target: the default sampler at N reaches random's h
 
 Trials run through the real pipeline (configaformer_search.trial.run) without Ray. Each distinct config is
 measured once and shared by every study (a manager dict), so samplers are compared on the same measurements.
-All hypervolumes use one reference point: the worst value of each objective over everything measured, plus 10%.
+As in a search, a suggestion that repeats a config measured earlier in the same study is told its result and does
+not count: N is the number of configs each study measured. All hypervolumes use one reference point: the worst
+value of each objective over everything measured, plus 10%. Seeds spread widely at N = 12; use --seeds 10 (and
+--cache) for figures to compare.
 
     python benchmarks/search_efficiency.py                 # N = the space's search.trials, 3 seeds, 2 processes
 """
@@ -30,6 +33,7 @@ def run_study(job: tuple) -> tuple:
 
     from configaformer_search import trial as trial_module
     from configaformer_search.candidate import config_key
+    from configaformer_search.orchestrate import StudySearcher
     from configaformer_search.space import load_space
     from configaformer_search.study import make_sampler
 
@@ -39,8 +43,10 @@ def run_study(job: tuple) -> tuple:
     space.search.update({k: v for k, v in overrides.items() if v is not None})
     directions = ["minimize" if d == "min" else "maximize" for d in space.objectives.values()]
     study = optuna.create_study(directions=directions, sampler=make_sampler(space, sampler_name, seed, budget))
-    values = []
-    for _ in range(count):
+    values, seen = [], set()
+    for _ in range(count * StudySearcher.MAX_REPEATS):
+        if len(values) == count:
+            break
         trial = study.ask()
         params = space.sample(trial)
         key = config_key(*space.resolve(params, 256))
@@ -49,13 +55,12 @@ def run_study(job: tuple) -> tuple:
         metrics = cache[key]
         for name, value in (metrics.get("constraints") or {}).items():
             trial.set_constraint(name, value)
-        if metrics["status"] == "ok":
-            point = [metrics[name] for name in space.objectives]
-            study.tell(trial, point)
-            values.append(point if all(v <= 0 for v in (metrics.get("constraints") or {}).values()) else None)
-        else:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            values.append(None)
+        ok = metrics["status"] == "ok"
+        point = [metrics[name] for name in space.objectives] if ok else None
+        study.tell(trial, point, state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL)
+        if key not in seen:  # a repeat is told its result but costs nothing
+            seen.add(key)
+            values.append(point if ok and all(v <= 0 for v in (metrics.get("constraints") or {}).values()) else None)
     return sampler_name, seed, values, directions
 
 

@@ -83,16 +83,18 @@ def _build(model_config: dict, vocab_size: int) -> ConfigaFormer:
 def make_candidate(space: SearchSpace, params: Mapping[str, Any], vocab_size: int) -> Candidate:
     """Resolve, build and cheaply measure a candidate; raises TrialFailure('rejected' or 'constraint')."""
     model_config, train = space.resolve(params, vocab_size)
-    key = config_key(model_config, train)
-    _check_train(train)
+    key = config_key(model_config, train)  # failures carry it too: a repeat of a refused config is refused for free
     try:
+        _check_train(train)
         model = _build(model_config, vocab_size)
     except ConfigError as err:
-        raise TrialFailure("rejected", str(err)) from None
+        raise TrialFailure("rejected", str(err), {"config_key": key}) from None
+    except TrialFailure as failure:
+        raise TrialFailure(failure.kind, failure.message, {"config_key": key}) from None
     probe_len = space.probes["seq_len"]
     metrics = {"params": model.num_params(), "nonemb_params": model.num_params(non_embedding=True)}
     metrics["flops"] = count_flops(model, space.probes["batch_size"], probe_len)
     over = violations(space.constraints, metrics, only=CHEAP_METRICS)
     if over:
-        raise TrialFailure("constraint", "; ".join(over), metrics)
+        raise TrialFailure("constraint", "; ".join(over), dict(metrics, config_key=key))
     return Candidate(dict(params), model_config, train, model, metrics, key)

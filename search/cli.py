@@ -102,14 +102,14 @@ def _search(space, study, corpus, storage: str, out_dir, n_trials: int, args: ar
     """Resume bookkeeping, then the trials still owed through Ray."""
     from . import orchestrate
     from .progress import Progress
-    from .study import finished, make_sampler, mark_interrupted
+    from .study import make_sampler, mark_interrupted, measured
 
     say = print if verbosity > 0 else (lambda *a, **k: None)
     # A resumed search must not replay the first session's random draws: the seed moves with the trial count.
     seed = space.search["seed"] if args.seed is None else args.seed
     study.sampler = make_sampler(space, args.sampler or space.search["sampler"], seed + len(study.trials), n_trials)
     interrupted = mark_interrupted(study)
-    done = len(finished(study))
+    done = len(measured(study))
     size = space.size()
     say(f"space '{space.name}' ({f'{size:,} configs' if size else 'continuous'}), corpus: {corpus.description}")
     say(f"run folder {out_dir}, study {storage}")
@@ -127,8 +127,11 @@ def _search(space, study, corpus, storage: str, out_dir, n_trials: int, args: ar
         say(f"running {n_trials - done} trial(s) of {n_trials}, objectives: "
             + ", ".join(f"{m} ({d})" for m, d in space.objectives.items()))
         progress = Progress(n_trials, done, list(space.objectives), verbosity)
-        orchestrate.run_trials(space, study, corpus.vocab_size, n_trials - done, resources, progress,
-                               scratch=out_dir / TUNE_SCRATCH)
+        searcher = orchestrate.run_trials(space, study, corpus.vocab_size, n_trials - done, resources, progress,
+                                          scratch=out_dir / TUNE_SCRATCH)
+        if searcher.exhausted:
+            say(f"stopped early: the sampler proposed only measured configs {searcher.MAX_REPEATS} times in a row "
+                f"(the space looks exhausted at {len(measured(study))} measured trials)")
     finally:
         if started_ray:
             import ray
@@ -184,8 +187,10 @@ def _finish_run(study, out_dir, verbosity: int) -> None:
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state.name.lower() for t in trials)
     reasons = Counter(t.user_attrs.get("reason", "error") for t in trials if t.state == TrialState.FAIL)
+    reused = sum("reused_from" in t.user_attrs for t in trials)
     print(f"\n{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
-          + (" (" + ", ".join(f"{r} {n}" for r, n in reasons.most_common()) + ")" if reasons else ""))
+          + (" (" + ", ".join(f"{r} {n}" for r, n in reasons.most_common()) + ")" if reasons else "")
+          + (f"; {reused} of them repeated a measured config and reused its result" if reused else ""))
     if front:
         print(f"Pareto front ({len(front)} trials):")
         print(front_frame(study).to_string(float_format=lambda v: f"{v:.4g}"))

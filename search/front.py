@@ -21,8 +21,9 @@ KEY_COLUMNS = ("flops", "params", "nonemb_params", "val_bpb", "peak_mem_source",
 
 
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Pareto-optimal trials among the complete, feasible ones (Optuna's best_trials), by number."""
-    return sorted(study.best_trials, key=lambda t: t.number)
+    """Pareto-optimal trials among the complete, feasible ones (Optuna's best_trials), by number; a twin that
+    reused another trial's measurement is left out (the trial it copies stands for it)."""
+    return sorted((t for t in study.best_trials if "reused_from" not in t.user_attrs), key=lambda t: t.number)
 
 
 def front_frame(study: optuna.Study) -> pd.DataFrame:

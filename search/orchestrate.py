@@ -37,24 +37,40 @@ from .study import measured_by_key, record  # noqa: E402
 
 
 class StudySearcher(Searcher):
-    """Suggests each Ray trial from an Optuna study (ask, define-by-run) and records its result (tell)."""
+    """Suggests each Ray trial from an Optuna study (ask, define-by-run) and records its result (tell).
+
+    A suggestion identical to a config already measured is told its twin's result at once and costs no Ray trial
+    and no budget; the study is asked again. After MAX_REPEATS such suggestions in a row the space counts as
+    exhausted and the search ends early.
+    """
+
+    MAX_REPEATS = 100
 
     def __init__(self, space: SearchSpace, study: optuna.Study, vocab_size: int, progress: Progress) -> None:
         super().__init__()
         self.space, self.study, self.vocab_size, self.progress = space, study, vocab_size, progress
         self.measured = measured_by_key(study)
         self.live: dict[str, tuple[optuna.Trial, dict]] = {}
+        self.exhausted = False
         self.study_seconds = 0.0  # time spent asking and telling the study (the storage's share of a search)
 
-    def suggest(self, trial_id: str) -> Optional[dict]:
+    def suggest(self, trial_id: str) -> Optional[dict | str]:
         start = time.perf_counter()
-        trial = self.study.ask()
-        params = self.space.sample(trial)
-        reuse = self.measured.get(config_key(*self.space.resolve(params, self.vocab_size)))
-        self.live[trial_id] = (trial, params)
-        self.study_seconds += time.perf_counter() - start
-        self.progress.started()
-        return {"params": params, "reuse": reuse, "number": trial.number}
+        try:
+            for _ in range(self.MAX_REPEATS):
+                trial = self.study.ask()
+                params = self.space.sample(trial)
+                twin = self.measured.get(config_key(*self.space.resolve(params, self.vocab_size)))
+                if twin is None:
+                    self.live[trial_id] = (trial, params)
+                    self.progress.started()
+                    return {"params": params, "number": trial.number}
+                record(self.study, trial, twin)
+                self.progress.finished(trial.number, params, twin, len(front_trials(self.study)), counted=False)
+            self.exhausted = True
+            return Searcher.FINISHED
+        finally:
+            self.study_seconds += time.perf_counter() - start
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         if trial_id not in self.live:
@@ -68,20 +84,17 @@ class StudySearcher(Searcher):
         start = time.perf_counter()
         record(self.study, trial, metrics)
         self.study_seconds += time.perf_counter() - start
-        if "config_key" in metrics and "reused_from" not in metrics:
+        if "config_key" in metrics:
             self.measured[metrics["config_key"]] = dict(metrics, reused_from=trial.number)
         self.progress.finished(trial.number, params, metrics, len(front_trials(self.study)))
 
 
 def run_trial(config: dict, space: SearchSpace) -> None:
-    """The Ray trainable: measure one candidate (or hand back a measured twin's result) and report it once."""
+    """The Ray trainable: measure one candidate and report it once."""
     started = time.time()
-    if config["reuse"] is not None:
-        metrics = config["reuse"]
-    else:
-        device = "cuda" if ray.get_gpu_ids() else "cpu"
-        metrics = trial_module.run(space, config["params"], device)
-        metrics["node"] = ray.get_runtime_context().get_node_id()[:12]
+    device = "cuda" if ray.get_gpu_ids() else "cpu"
+    metrics = trial_module.run(space, config["params"], device)
+    metrics["node"] = ray.get_runtime_context().get_node_id()[:12]
     metrics.update(started_at=started, ended_at=time.time())  # wall clock, for the scheduler's share
     tune.report({"metrics": json.dumps(metrics, default=str)})
 

@@ -14,7 +14,8 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-    """Counts and prints trial outcomes. verbosity 0 prints nothing, 1 a line per trial, 2 adds the params."""
+    """Counts and prints trial outcomes. verbosity 0 prints nothing, 1 a line per measured trial, 2 adds the params
+    and a line for each repeated suggestion that reused a measurement."""
 
     def __init__(self, total: int, done_before: int, objectives: Sequence[str], verbosity: int = 1) -> None:
         self.total, self.done_before, self.objectives = total, done_before, list(objectives)
@@ -22,6 +23,7 @@ class Progress:
         self.start = time.monotonic()
         self.done = 0
         self.running = 0
+        self.reused = 0
         self.failures: Counter = Counter()
 
     def say(self, text: str) -> None:
@@ -31,25 +33,35 @@ class Progress:
     def started(self) -> None:
         self.running += 1
 
-    def finished(self, number: int, params: Mapping[str, Any], metrics: Mapping[str, Any], front_size: int) -> None:
-        self.running = max(0, self.running - 1)
-        self.done += 1
+    def finished(self, number: int, params: Mapping[str, Any], metrics: Mapping[str, Any], front_size: int,
+                 counted: bool = True) -> None:
+        """One line for a finished trial; counted=False for a twin that reused a measurement (no budget spent)."""
         ok = metrics.get("status") == "ok"
+        if counted:
+            self.running = max(0, self.running - 1)
+            self.done += 1
+            if not ok:
+                self.failures[metrics.get("reason", "error")] += 1
         if ok:
             outcome = "  ".join(f"{name} {metrics[name]:.4g}" for name in self.objectives if name in metrics)
             if metrics.get("violations"):
                 outcome += f"  (infeasible: {metrics['violations']})"
         else:
-            self.failures[metrics.get("reason", "error")] += 1
             outcome = f"{metrics.get('reason', 'error')}: {metrics.get('message', '')}"[:160]
-        if "reused_from" in metrics:
-            outcome += f"  (same config as #{metrics['reused_from']}: reused)"
-        elapsed = time.monotonic() - self.start
-        remaining = self.total - self.done_before - self.done
-        eta = f" · ~{_clock(elapsed / self.done * remaining)} left" if remaining > 0 else ""
         count = self.done_before + self.done
-        self.say(f"[{count:>{len(str(self.total))}}/{self.total}] #{number:<3} {'ok  ' if ok else 'FAIL'} {outcome}")
-        self.say(f"        done {count} · failed {sum(self.failures.values())} · running {self.running} · "
+        width = len(str(self.total))
+        if not counted:
+            self.reused += 1
+            if self.verbosity > 1:
+                self.say(f"[{'=':>{width}}/{self.total}] #{number:<3} {'ok  ' if ok else 'FAIL'} {outcome}  "
+                         f"(same config as #{metrics['reused_from']}: reused, not counted)")
+            return
+        elapsed = time.monotonic() - self.start
+        remaining = self.total - count
+        eta = f" · ~{_clock(elapsed / self.done * remaining)} left" if remaining > 0 else ""
+        self.say(f"[{count:>{width}}/{self.total}] #{number:<3} {'ok  ' if ok else 'FAIL'} {outcome}")
+        reused = f" · {self.reused} repeats reused" if self.reused else ""
+        self.say(f"        done {count} · failed {sum(self.failures.values())}{reused} · running {self.running} · "
                  f"front {front_size} · {_clock(elapsed)} elapsed{eta}")
         if self.verbosity > 1:
             self.say("        " + " ".join(f"{k}={v}" for k, v in params.items()))

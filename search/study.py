@@ -83,10 +83,15 @@ def finished(study: optuna.Study) -> list[FrozenTrial]:
             if t.user_attrs.get("reason") != INTERRUPTED]
 
 
+def measured(study: optuna.Study) -> list[FrozenTrial]:
+    """Finished trials that ran their own measurement: the ones the trial budget counts (a reused twin is free)."""
+    return [t for t in finished(study) if "reused_from" not in t.user_attrs]
+
+
 def measured_by_key(study: optuna.Study) -> dict[str, dict[str, Any]]:
-    """config_key -> the recorded metrics of a finished trial, so an identical suggestion reuses them."""
+    """config_key -> the recorded metrics of a measured trial, so an identical suggestion reuses them."""
     return {t.user_attrs["config_key"]: dict(t.user_attrs, reused_from=t.number)
-            for t in finished(study) if "config_key" in t.user_attrs and "status" in t.user_attrs}
+            for t in measured(study) if "config_key" in t.user_attrs and "status" in t.user_attrs}
 
 
 def record(study: optuna.Study, trial: optuna.Trial, metrics: Mapping[str, Any]) -> TrialState:

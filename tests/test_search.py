@@ -15,7 +15,7 @@ from helpers import TINY_SPACE, write_space
 from configaformer import ConfigaFormer
 from configaformer.io import load_document
 from configaformer_search.cli import main
-from configaformer_search.study import default_storage, load_existing
+from configaformer_search.study import default_storage, load_existing, measured
 
 FAST = TINY_SPACE.replace("tokens: 49152", "tokens: 8192").replace("eval_tokens: 4096", "eval_tokens: 1024")
 
@@ -29,9 +29,9 @@ def test_search_makes_a_front_plots_and_an_export_that_rebuilds(ray_local, tmp_p
     out = tmp_path / "run"
     assert main(["run", str(space), "--trials", "4", "--out", str(out), "--sampler", "tpe"]) == 0
     printed = capsys.readouterr().out
-    assert "[4/4]" in printed and "front " in printed and "4 trials: 4 complete" in printed
+    assert "[4/4]" in printed and "front " in printed and "trials: " in printed
     study = study_of(out)
-    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 4
+    assert len([t for t in measured(study) if t.state == optuna.trial.TrialState.COMPLETE]) == 4
     assert study.metric_names == ["val_loss", "peak_mem_mb", "latency_ms"]
     recorded = study.trials[0].user_attrs
     assert {"flops", "params", "nonemb_params", "val_bpb", "latency_cv", "config_key", "model_config"} <= set(recorded)
@@ -59,26 +59,31 @@ def test_search_makes_a_front_plots_and_an_export_that_rebuilds(ray_local, tmp_p
     capsys.readouterr()
     assert main(["run", str(space), "--trials", "4", "--out", str(out), "-q"]) == 0
     assert capsys.readouterr().out == ""
-    assert len(study_of(out).trials) == 4
+    assert len(study_of(out).trials) == len(study.trials)
 
 
-def test_failures_are_recorded_and_identical_configs_reuse_results(ray_local, tmp_path, capsys):
+def test_failures_are_recorded_and_repeated_configs_reuse_results_for_free(ray_local, tmp_path, capsys):
+    # Two configs in all: heads 2 trains, heads 3 is impossible (32 wide). Every later suggestion repeats one.
     space_text = FAST.replace("{choice: [32, 48]}", "{choice: [32]}").replace("{choice: [2, 4]}", "{choice: [2, 3]}") \
         .replace("{choice: [rope, alibi]}", "{choice: [rope]}").replace("{choice: [4, 8], if", "{choice: [8], if")
     space = write_space(tmp_path, space_text)
     out = tmp_path / "run"
     assert main(["run", str(space), "--trials", "8", "--out", str(out), "--sampler", "random", "--concurrency", "1"]) == 0
     printed = capsys.readouterr().out
-    study = study_of(out)
-    trials = study.trials
-    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(trials) == 8 and failed and complete
-    assert all(t.user_attrs["reason"] == "rejected" and "not divisible by 3 heads" in t.user_attrs["message"] for t in failed)
-    assert f"fail (rejected {len(failed)})" in printed
-    trained = [t for t in complete if "reused_from" not in t.user_attrs]
-    assert len(trained) == 1  # the one valid config trained once; its twins reused the result
-    assert all(t.values == trained[0].values for t in complete)
+    trials = study_of(out).trials
+    own = [t for t in trials if "reused_from" not in t.user_attrs]
+    twins = [t for t in trials if "reused_from" in t.user_attrs]
+    assert sorted(t.state.name for t in own) == ["COMPLETE", "FAIL"]  # each config measured once
+    failed = next(t for t in own if t.state == optuna.trial.TrialState.FAIL)
+    assert failed.user_attrs["reason"] == "rejected" and "not divisible by 3 heads" in failed.user_attrs["message"]
+    assert len(twins) >= 100  # told their twin's result without counting, until the space was found exhausted
+    by_number = {t.number: t for t in own}
+    assert all(t.values == by_number[t.user_attrs["reused_from"]].values and t.state == by_number[t.user_attrs["reused_from"]].state
+               for t in twins)
+    assert "the space looks exhausted at 2 measured trials" in printed
+    assert f"{len(trials)} trials: " in printed and f"{len(twins)} of them repeated a measured config" in printed
+    assert main(["front", str(out), "--format", "json"]) == 0
+    assert [row["number"] for row in json.loads(capsys.readouterr().out)] == [next(t.number for t in own if t.values)]
 
 
 def test_killed_search_resumes_without_losing_or_duplicating_trials(ray_local, tmp_path):
@@ -109,7 +114,7 @@ def test_killed_search_resumes_without_losing_or_duplicating_trials(ray_local, t
     study = study_of(out)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     interrupted = [t for t in study.trials if t.user_attrs.get("reason") == "interrupted"]
-    assert len(complete) == 5 and len(interrupted) >= 1
+    assert len([t for t in complete if "reused_from" not in t.user_attrs]) == 5 and len(interrupted) >= 1
     assert all(t.state == optuna.trial.TrialState.FAIL for t in interrupted)
     assert {n: v for n, v in ((t.number, t.values) for t in complete) if n in before} == before  # nothing lost
     assert len({t.number for t in study.trials}) == len(study.trials)
