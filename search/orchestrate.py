@@ -66,7 +66,7 @@ class StudySearcher(Searcher):
                     self.progress.started()
                     return {"params": params, "number": trial.number}
                 record(self.study, trial, twin)
-                self.progress.finished(trial.number, params, twin, len(front_trials(self.study)), counted=False)
+                self.progress.repeated(trial.number, twin)
             self.exhausted = True
             return Searcher.FINISHED
         finally:

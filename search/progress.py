@@ -33,35 +33,34 @@ class Progress:
     def started(self) -> None:
         self.running += 1
 
-    def finished(self, number: int, params: Mapping[str, Any], metrics: Mapping[str, Any], front_size: int,
-                 counted: bool = True) -> None:
-        """One line for a finished trial; counted=False for a twin that reused a measurement (no budget spent)."""
-        ok = metrics.get("status") == "ok"
-        if counted:
-            self.running = max(0, self.running - 1)
-            self.done += 1
-            if not ok:
-                self.failures[metrics.get("reason", "error")] += 1
-        if ok:
-            outcome = "  ".join(f"{name} {metrics[name]:.4g}" for name in self.objectives if name in metrics)
-            if metrics.get("violations"):
-                outcome += f"  (infeasible: {metrics['violations']})"
-        else:
-            outcome = f"{metrics.get('reason', 'error')}: {metrics.get('message', '')}"[:160]
+    def finished(self, number: int, params: Mapping[str, Any], metrics: Mapping[str, Any], front_size: int) -> None:
+        """One line for a measured trial, then the running totals."""
+        self.running = max(0, self.running - 1)
+        self.done += 1
+        if metrics.get("status") != "ok":
+            self.failures[metrics.get("reason", "error")] += 1
         count = self.done_before + self.done
-        width = len(str(self.total))
-        if not counted:
-            self.reused += 1
-            if self.verbosity > 1:
-                self.say(f"[{'=':>{width}}/{self.total}] #{number:<3} {'ok  ' if ok else 'FAIL'} {outcome}  "
-                         f"(same config as #{metrics['reused_from']}: reused, not counted)")
-            return
         elapsed = time.monotonic() - self.start
         remaining = self.total - count
         eta = f" · ~{_clock(elapsed / self.done * remaining)} left" if remaining > 0 else ""
-        self.say(f"[{count:>{width}}/{self.total}] #{number:<3} {'ok  ' if ok else 'FAIL'} {outcome}")
         reused = f" · {self.reused} repeats reused" if self.reused else ""
+        self.say(f"[{count:>{len(str(self.total))}}/{self.total}] #{number:<3} {_outcome(metrics, self.objectives)}")
         self.say(f"        done {count} · failed {sum(self.failures.values())}{reused} · running {self.running} · "
                  f"front {front_size} · {_clock(elapsed)} elapsed{eta}")
         if self.verbosity > 1:
             self.say("        " + " ".join(f"{k}={v}" for k, v in params.items()))
+
+    def repeated(self, number: int, metrics: Mapping[str, Any]) -> None:
+        """A suggestion that repeated a measured config and reused its result: counted apart, shown with -v."""
+        self.reused += 1
+        if self.verbosity > 1:
+            self.say(f"[{'=':>{len(str(self.total))}}/{self.total}] #{number:<3} {_outcome(metrics, self.objectives)}  "
+                     f"(same config as #{metrics['reused_from']}: reused, not counted)")
+
+
+def _outcome(metrics: Mapping[str, Any], objectives: Sequence[str]) -> str:
+    """'ok   val_loss 2.3  latency_ms 1.1' or 'FAIL reason: message'."""
+    if metrics.get("status") == "ok":
+        outcome = "ok   " + "  ".join(f"{name} {metrics[name]:.4g}" for name in objectives if name in metrics)
+        return outcome + (f"  (infeasible: {metrics['violations']})" if metrics.get("violations") else "")
+    return f"FAIL {metrics.get('reason', 'error')}: {metrics.get('message', '')}"[:165]

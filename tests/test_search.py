@@ -68,7 +68,7 @@ def test_failures_are_recorded_and_repeated_configs_reuse_results_for_free(ray_l
         .replace("{choice: [rope, alibi]}", "{choice: [rope]}").replace("{choice: [4, 8], if", "{choice: [8], if")
     space = write_space(tmp_path, space_text)
     out = tmp_path / "run"
-    assert main(["run", str(space), "--trials", "8", "--out", str(out), "--sampler", "random", "--concurrency", "1"]) == 0
+    assert main(["run", str(space), "--trials", "8", "--out", str(out), "--sampler", "random", "--concurrency", "1", "-v"]) == 0
     printed = capsys.readouterr().out
     trials = study_of(out).trials
     own = [t for t in trials if "reused_from" not in t.user_attrs]
@@ -81,6 +81,7 @@ def test_failures_are_recorded_and_repeated_configs_reuse_results_for_free(ray_l
     assert all(t.values == by_number[t.user_attrs["reused_from"]].values and t.state == by_number[t.user_attrs["reused_from"]].state
                for t in twins)
     assert "the space looks exhausted at 2 measured trials" in printed
+    assert printed.count("reused, not counted") == len(twins)
     assert f"{len(trials)} trials: " in printed and f"{len(twins)} of them repeated a measured config" in printed
     assert main(["front", str(out), "--format", "json"]) == 0
     assert [row["number"] for row in json.loads(capsys.readouterr().out)] == [next(t.number for t in own if t.values)]
