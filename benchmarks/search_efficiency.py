@@ -28,40 +28,33 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_study(job: tuple) -> tuple:
-    """One (sampler, seed) study of `count` trials; returns the objective values of each trial in order."""
+    """One (sampler, seed) study of `count` measured configs; returns each one's objective values in order (None
+    for a failed or infeasible one)."""
     import optuna
 
     from configaformer_search import trial as trial_module
-    from configaformer_search.candidate import config_key
-    from configaformer_search.orchestrate import StudySearcher
     from configaformer_search.space import load_space
-    from configaformer_search.study import make_sampler
+    from configaformer_search.study import ask_new, make_sampler, open_study, record
 
     space_path, sampler_name, seed, count, budget, cache, overrides = job
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(space_path)
     space.search.update({k: v for k, v in overrides.items() if v is not None})
-    directions = ["minimize" if d == "min" else "maximize" for d in space.objectives.values()]
-    study = optuna.create_study(directions=directions, sampler=make_sampler(space, sampler_name, seed, budget))
-    values, seen = [], set()
-    for _ in range(count * StudySearcher.MAX_REPEATS):
-        if len(values) == count:
+    study = open_study(space, None, make_sampler(space, sampler_name, seed, budget))  # in memory
+    values, own = [], {}  # own: this study's measurements, which its repeats reuse as in a search
+    while len(values) < count:
+        asked = ask_new(study, space, 256, own)
+        if asked is None:
             break
-        trial = study.ask()
-        params = space.sample(trial)
-        key = config_key(*space.resolve(params, 256))
+        trial, params, key = asked
         if key not in cache:
             cache[key] = trial_module.run(space, params, device="cpu")
         metrics = cache[key]
-        for name, value in (metrics.get("constraints") or {}).items():
-            trial.set_constraint(name, value)
-        ok = metrics["status"] == "ok"
-        point = [metrics[name] for name in space.objectives] if ok else None
-        study.tell(trial, point, state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL)
-        if key not in seen:  # a repeat is told its result but costs nothing
-            seen.add(key)
-            values.append(point if ok and all(v <= 0 for v in (metrics.get("constraints") or {}).values()) else None)
-    return sampler_name, seed, values, directions
+        state = record(study, trial, metrics)
+        own[key] = dict(metrics, reused_from=trial.number)
+        feasible = all(v <= 0 for v in (metrics.get("constraints") or {}).values())
+        values.append([metrics[name] for name in space.objectives] if state.name == "COMPLETE" and feasible else None)
+    return sampler_name, seed, values, [d.name.lower() for d in study.directions]
 
 
 def main() -> None:

@@ -102,7 +102,7 @@ def _search(space, study, corpus, storage: str, out_dir, n_trials: int, args: ar
     """Resume bookkeeping, then the trials still owed through Ray."""
     from . import orchestrate
     from .progress import Progress
-    from .study import make_sampler, mark_interrupted, measured
+    from .study import MAX_REPEATS, make_sampler, mark_interrupted, measured
 
     say = print if verbosity > 0 else (lambda *a, **k: None)
     # A resumed search must not replay the first session's random draws: the seed moves with the trial count.
@@ -130,7 +130,7 @@ def _search(space, study, corpus, storage: str, out_dir, n_trials: int, args: ar
         searcher = orchestrate.run_trials(space, study, corpus.vocab_size, n_trials - done, resources, progress,
                                           scratch=out_dir / TUNE_SCRATCH)
         if searcher.exhausted:
-            say(f"stopped early: the sampler proposed only measured configs {searcher.MAX_REPEATS} times in a row "
+            say(f"stopped early: the sampler proposed only measured configs {MAX_REPEATS} times in a row "
                 f"(the space looks exhausted at {len(measured(study))} measured trials)")
     finally:
         if started_ray:

@@ -28,23 +28,19 @@ from ray import tune  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 from . import trial as trial_module  # noqa: E402
-from .candidate import config_key  # noqa: E402
 from .errors import UsageError  # noqa: E402
 from .front import front_trials  # noqa: E402
 from .progress import Progress  # noqa: E402
 from .space import SearchSpace  # noqa: E402
-from .study import measured_by_key, record  # noqa: E402
+from .study import ask_new, measured_by_key, record  # noqa: E402
 
 
 class StudySearcher(Searcher):
     """Suggests each Ray trial from an Optuna study (ask, define-by-run) and records its result (tell).
 
     A suggestion identical to a config already measured is told its twin's result at once and costs no Ray trial
-    and no budget; the study is asked again. After MAX_REPEATS such suggestions in a row the space counts as
-    exhausted and the search ends early.
+    and no budget (study.ask_new); when the study suggests nothing new, the search ends early (`exhausted`).
     """
-
-    MAX_REPEATS = 100
 
     def __init__(self, space: SearchSpace, study: optuna.Study, vocab_size: int, progress: Progress) -> None:
         super().__init__()
@@ -56,21 +52,15 @@ class StudySearcher(Searcher):
 
     def suggest(self, trial_id: str) -> Optional[dict | str]:
         start = time.perf_counter()
-        try:
-            for _ in range(self.MAX_REPEATS):
-                trial = self.study.ask()
-                params = self.space.sample(trial)
-                twin = self.measured.get(config_key(*self.space.resolve(params, self.vocab_size)))
-                if twin is None:
-                    self.live[trial_id] = (trial, params)
-                    self.progress.started()
-                    return {"params": params, "number": trial.number}
-                record(self.study, trial, twin)
-                self.progress.repeated(trial.number, twin)
+        asked = ask_new(self.study, self.space, self.vocab_size, self.measured, self.progress.repeated)
+        self.study_seconds += time.perf_counter() - start
+        if asked is None:
             self.exhausted = True
             return Searcher.FINISHED
-        finally:
-            self.study_seconds += time.perf_counter() - start
+        trial, params, _ = asked
+        self.live[trial_id] = (trial, params)
+        self.progress.started()
+        return {"params": params, "number": trial.number}
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         if trial_id not in self.live:

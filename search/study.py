@@ -10,7 +10,7 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import optuna
 import pandas as pd
@@ -21,6 +21,7 @@ from .space import SearchSpace
 
 STUDY_FILE = "study.db"
 INTERRUPTED = "interrupted"
+MAX_REPEATS = 100  # suggestions in a row that repeat measured configs before a space counts as exhausted
 # User attributes that hold structures rather than scalars (kept as JSON-able values, left out of tables).
 STRUCTURED_ATTRS = ("model_config", "train", "timings", "constraints")
 
@@ -43,8 +44,8 @@ def make_sampler(space: SearchSpace, name: str, seed: int, n_trials: int) -> opt
     return optuna.samplers.TPESampler(n_startup_trials=startup, seed=seed, multivariate=True)
 
 
-def open_study(space: SearchSpace, storage: str, sampler: Optional[optuna.samplers.BaseSampler] = None) -> optuna.Study:
-    """Create or load the study named after the space; its objectives must be the space's."""
+def open_study(space: SearchSpace, storage: Optional[str], sampler: Optional[optuna.samplers.BaseSampler] = None) -> optuna.Study:
+    """Create or load the study named after the space (storage None: in memory); its objectives must be the space's."""
     directions = ["minimize" if d == "min" else "maximize" for d in space.objectives.values()]
     study = optuna.create_study(storage=storage, study_name=space.name, sampler=sampler, directions=directions,
                                 load_if_exists=True)
@@ -92,6 +93,25 @@ def measured_by_key(study: optuna.Study) -> dict[str, dict[str, Any]]:
     """config_key -> the recorded metrics of a measured trial, so an identical suggestion reuses them."""
     return {t.user_attrs["config_key"]: dict(t.user_attrs, reused_from=t.number)
             for t in measured(study) if "config_key" in t.user_attrs and "status" in t.user_attrs}
+
+
+def ask_new(study: optuna.Study, space: SearchSpace, vocab_size: int, measured: Mapping[str, Mapping[str, Any]],
+            on_repeat: Callable[[int, Mapping[str, Any]], None] = lambda number, twin: None
+            ) -> Optional[tuple[optuna.Trial, dict[str, Any], str]]:
+    """Ask the study until it suggests a config not in `measured` (config_key -> metrics): (trial, params, key).
+    Each repeat is told its twin's result at once, a free trial; None after MAX_REPEATS repeats in a row."""
+    from .candidate import config_key  # builds models: kept off the import path of the review commands
+
+    for _ in range(MAX_REPEATS):
+        trial = study.ask()
+        params = space.sample(trial)
+        key = config_key(*space.resolve(params, vocab_size))
+        twin = measured.get(key)
+        if twin is None:
+            return trial, params, key
+        record(study, trial, twin)
+        on_repeat(trial.number, twin)
+    return None
 
 
 def record(study: optuna.Study, trial: optuna.Trial, metrics: Mapping[str, Any]) -> TrialState:
