@@ -11,6 +11,7 @@ import copy
 import os
 from typing import Any, Mapping, Optional, Sequence, Union
 
+import torch
 from torch import Tensor, nn
 
 from . import ops as _ops  # noqa: F401  (registers every op type)
@@ -127,26 +128,48 @@ def _sibling_linears(ops: Sequence[nn.Module], i: int) -> list[int]:
     return group if first.inputs[0] not in written else [i]
 
 
-def plan_steps(ops: Sequence[nn.Module], outputs: Sequence[str], fuse_attention: bool = True,
-               fuse_linears: bool = True) -> list[nn.Module]:
-    """The forward plan: the ops in order, with each fusable attention chain run as one FusedAttention step and
-    each run of sibling linears as one FusedLinear step. Both give the same numbers as the ops they replace."""
-    skip, fused = set(), {}
+def linear_groups(ops: Sequence[nn.Module]) -> list[list[int]]:
+    """The runs of two or more sibling linears (see _sibling_linears), each as its op indices."""
+    groups, taken = [], set()
     for i, op in enumerate(ops):
-        if i in skip:
-            continue
+        if type(op) is Linear and i not in taken:
+            group = _sibling_linears(ops, i)
+            if len(group) > 1:
+                groups.append(group)
+                taken.update(group)
+    return groups
+
+
+def plan_steps(ops: Sequence[nn.Module], outputs: Sequence[str], fuse_attention: bool = True,
+               fused_linear_groups: Sequence[Sequence[int]] = ()) -> list[nn.Module]:
+    """The forward plan: the ops in order, with each fusable attention chain run as one FusedAttention step and
+    each of the given groups of sibling linears as one FusedLinear step (which takes over their weights). Both give
+    the same numbers as the ops they replace."""
+    skip, fused = set(), {}
+    for group in fused_linear_groups:
+        skip.update(group[1:])
+        fused[group[0]] = FusedLinear([ops[j] for j in group])
+    for i, op in enumerate(ops):
         if fuse_attention and isinstance(op, MhaDots):
             chain = _attention_chain(ops, i, set(outputs))
             if chain is not None:
                 offset_at, sum_at = chain
                 skip.update({i} | ({offset_at} if offset_at is not None else set()))
                 fused[sum_at] = FusedAttention(op, ops[offset_at] if offset_at is not None else None, ops[sum_at])
-        elif fuse_linears and type(op) is Linear:
-            group = _sibling_linears(ops, i)
-            if len(group) > 1:
-                skip.update(group[1:])
-                fused[i] = FusedLinear([ops[j] for j in group])
     return [fused.get(i, op) for i, op in enumerate(ops) if i not in skip]
+
+
+def _match_linear_layout(model: "ConfigaFormer", state: dict, prefix: str, *_args: object) -> None:
+    """load_state_dict pre-hook: a checkpoint saved with the other linear layout (each group of sibling linears as
+    one fused weight, or one weight per op) is converted to this model's, so fused and unfused models share them."""
+    for i, group in enumerate(model.linear_groups):
+        for name in ("weight", "bias"):
+            joined, parts = f"{prefix}fused_linears.{i}.proj.{name}", [f"{prefix}ops.{j}.proj.{name}" for j in group]
+            if model.fused_linears and all(part in state for part in parts):
+                state[joined] = torch.cat([state.pop(part) for part in parts])
+            elif not model.fused_linears and joined in state:
+                sizes = [model.ops[j].proj.out_features for j in group]
+                state.update(zip(parts, state.pop(joined).split(sizes)))
 
 
 class ConfigaFormer(nn.Module):
@@ -185,7 +208,12 @@ class ConfigaFormer(nn.Module):
         self.ops = nn.ModuleList(built)
         self.outputs = list(outputs)
         self.stream_shapes = shapes
-        self.plan = plan_steps(built, outputs, fuse_attention, fuse_linears)
+        self.linear_groups = linear_groups(built)
+        self.plan = plan_steps(built, outputs, fuse_attention, self.linear_groups if fuse_linears else ())
+        # Each group of sibling linears keeps one weight here (fused_linears.i.proj); checkpoints of either layout load.
+        self.fused_linears = nn.ModuleList(step for step in self.plan if isinstance(step, FusedLinear))
+        if self.linear_groups:
+            self.register_load_state_dict_pre_hook(_match_linear_layout)
         self.config = {"blocks": copy.deepcopy(list(blocks)), "outputs": list(outputs),
                        "input_streams": {n: shape_to_config(s) for n, s in self.input_shapes.items()}}
         self._summary = "\n\n\n".join(sections)
@@ -215,8 +243,8 @@ class ConfigaFormer(nn.Module):
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count; non_embedding leaves out token and position embedding tables."""
-        return sum(p.numel() for op in self.ops if not (non_embedding and isinstance(op, EMBEDDING_OPS))
-                   for p in op.parameters())
+        embedding = sum(p.numel() for op in self.ops if isinstance(op, EMBEDDING_OPS) for p in op.parameters())
+        return sum(p.numel() for p in self.parameters()) - (embedding if non_embedding else 0)
 
     @property
     def fused_attention_count(self) -> int:

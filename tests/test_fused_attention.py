@@ -74,23 +74,50 @@ def test_causal_chain_uses_is_causal_for_the_flash_kernel():
 
 
 def test_sibling_linears_run_as_one_gemm_with_the_same_numbers():
-    from helpers import seed000_blocks, seed000_streams
-
     from configaformer.ops.dense import FusedLinear
 
-    fused = ConfigaFormer({"blocks": seed000_blocks()}, seed000_streams(), verbose=False)
-    separate = ConfigaFormer({"blocks": seed000_blocks()}, seed000_streams(), verbose=False, fuse_linears=False)
+    fused, separate = seed000_pair()
     separate.load_state_dict(fused.state_dict())
-    assert list(fused.state_dict()) == list(separate.state_dict())
     groups = [step for step in fused.plan if isinstance(step, FusedLinear)]
     assert [g.outputs for g in groups] == [("queries", "keys", "values")] * 2  # one per attention layer
     data = {"emb_ids": torch.randint(0, 101, (2, 9)), "attn_offset": get_alibi(4)}
     out_f, out_s = fused(data)["x"], separate(data)["x"]
     torch.testing.assert_close(out_f, out_s, atol=1e-5, rtol=1e-5)
-    grads_f = torch.autograd.grad(out_f.square().sum(), list(fused.parameters()))
-    grads_s = torch.autograd.grad(out_s.square().sum(), list(separate.parameters()))
-    for g_f, g_s in zip(grads_f, grads_s):
-        torch.testing.assert_close(g_f, g_s, atol=1e-5, rtol=1e-5)
+    out_f.square().sum().backward()
+    out_s.square().sum().backward()
+    with torch.no_grad():  # lay the gradients out as parameters, so that load_state_dict maps one layout onto the other
+        for model in (fused, separate):
+            for param in model.parameters():
+                param.copy_(param.grad)
+    fused_grads = fused.state_dict()
+    fused.load_state_dict(separate.state_dict())
+    for name, grad in fused_grads.items():
+        torch.testing.assert_close(fused.state_dict()[name], grad, atol=1e-5, rtol=1e-5)
+
+
+def seed000_pair() -> tuple[ConfigaFormer, ConfigaFormer]:
+    from helpers import seed000_blocks, seed000_streams
+
+    torch.manual_seed(0)
+    fused = ConfigaFormer({"blocks": seed000_blocks()}, seed000_streams(), verbose=False)
+    torch.manual_seed(0)
+    separate = ConfigaFormer({"blocks": seed000_blocks()}, seed000_streams(), verbose=False, fuse_linears=False)
+    return fused, separate
+
+
+def test_fused_linears_hold_one_weight_per_group_and_load_either_layout():
+    fused, separate = seed000_pair()
+    assert len(list(fused.parameters())) == len(list(separate.parameters())) - 2 * 4  # q, k, v: 6 tensors -> 2, twice
+    assert fused.num_params() == separate.num_params()
+    assert fused.num_params(non_embedding=True) == separate.num_params(non_embedding=True)
+    data = {"emb_ids": torch.randint(0, 101, (2, 9)), "attn_offset": get_alibi(4)}
+    torch.testing.assert_close(fused(data)["x"], separate(data)["x"])  # same seed, same initial weights
+    for source, target in ((fused, separate), (separate, fused)):
+        wrapped_source, wrapped_target = torch.nn.Sequential(source), torch.nn.Sequential(target)  # under a prefix
+        for param in source.parameters():
+            torch.nn.init.normal_(param)
+        wrapped_target.load_state_dict(wrapped_source.state_dict())
+        torch.testing.assert_close(target(data)["x"], source(data)["x"], atol=1e-5, rtol=1e-5)
 
 
 def test_a_linear_that_overwrites_its_input_ends_the_group():
