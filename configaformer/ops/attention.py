@@ -10,13 +10,13 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from ..offsets import alibi_bias, alibi_slopes, causal_mask
 from ..registry import Key, OpError, register
 from ..shapes import format_shape
 from .base import Op, expect_int, expect_rank
+from .heads import merge_heads, split_heads
 
 OFFSETS = ("causal", "alibi", "alibi_bidirectional")
 
@@ -124,10 +124,10 @@ class MhaSum(Op):
         return out
 
     def split(self, values):
-        return rearrange(values, "b l (h d) -> b h l d", h=self.heads) if self.flat_values else values
+        return split_heads(values, self.heads) if self.flat_values else values
 
     def merge(self, out):
-        return rearrange(out, "b h l d -> b l (h d)") if self.flat_values else out
+        return merge_heads(out) if self.flat_values else out
 
     def forward(self, values, dots):
         probs = dots.softmax(dim=-1)

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import torch
-from einops import rearrange
 
 from ..registry import Key, OpError, positive, register
 from .base import Op, expect_int, expect_rank, split_size
 
 _HEADS = Key(types=(int,), check=positive)
+
+
+# Plain views rather than einops' rearrange: these run a few times per layer, where its parsing overhead shows.
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, L, H*d] -> [B, H, L, d], a view."""
+    return x.view(*x.shape[:-1], heads, -1).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """[B, H, L, d] -> [B, L, H*d]; a view when x came from split_heads or from SDPA."""
+    return x.transpose(1, 2).flatten(2)
 
 
 @register("make_heads")
@@ -22,7 +32,7 @@ class MakeHeads(Op):
         return (shape[0], self.heads, shape[1], head_dim)
 
     def forward(self, x):
-        return rearrange(x, "b l (h d) -> b h l d", h=self.heads)
+        return split_heads(x, self.heads)
 
 
 @register("merge_heads")
@@ -33,7 +43,7 @@ class MergeHeads(Op):
         return (shape[0], shape[2], heads * expect_int(shape[3], "input_name", "the head dim"))
 
     def forward(self, x):
-        return rearrange(x, "b h l d -> b l (h d)")
+        return merge_heads(x)
 
 
 @register("rope")
