@@ -75,20 +75,32 @@ def load_corpus(data: dict) -> Corpus:
     return embedded_corpus(data["max_bytes"])
 
 
+def _window_block(tokens: torch.Tensor, starts: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """[len(starts), seq_len + 1] token ids: each window and the token after it."""
+    return tokens[starts[:, None] + torch.arange(seq_len + 1)].long()
+
+
 def _windows(tokens: torch.Tensor, starts: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    index = starts[:, None] + torch.arange(seq_len + 1)
-    chunk = tokens[index].long()
-    return chunk[:, :-1], chunk[:, 1:]
+    block = _window_block(tokens, starts, seq_len)
+    return block[:, :-1], block[:, 1:]
 
 
-def train_batches(corpus: Corpus, batch_size: int, seq_len: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless (inputs, targets) batches of random training windows, reproducible from the seed."""
+def train_batches(corpus: Corpus, batch_size: int, seq_len: int, seed: int,
+                  device: torch.device = torch.device("cpu")) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (inputs, targets) batches of random training windows on `device`, reproducible from the seed.
+
+    On CUDA each batch travels in one asynchronous copy from pinned memory; a copy from pageable memory would make
+    the host wait at every step until the GPU has drained its queue.
+    """
     if len(corpus.train) <= seq_len + 1:
         raise ValueError(f"the training text ({len(corpus.train)} tokens) is shorter than one window of {seq_len + 1}")
     generator = torch.Generator().manual_seed(seed)
     while True:
         starts = torch.randint(0, len(corpus.train) - seq_len - 1, (batch_size,), generator=generator)
-        yield _windows(corpus.train, starts, seq_len)
+        block = _window_block(corpus.train, starts, seq_len)
+        if device.type == "cuda":
+            block = block.pin_memory().to(device, non_blocking=True)
+        yield block[:, :-1], block[:, 1:]
 
 
 def val_batches(corpus: Corpus, batch_size: int, seq_len: int, tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -80,14 +80,14 @@ def train(model: ConfigaFormer, corpus: Corpus, cfg: Mapping, device: torch.devi
     model.to(device).train()
     optimizer = make_optimizer(model, cfg["lr"], cfg["weight_decay"], device)
     schedule = _schedule(optimizer, steps, cfg["warmup"], cfg["min_lr"])
-    batches = train_batches(corpus, batch, seq, cfg["seed"])
+    batches = train_batches(corpus, batch, seq, cfg["seed"], device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # workers are reused: never report an earlier trial's peak
     try:
         start = time.perf_counter()
         for step in range(steps):
             checkpoint()
-            inputs, targets = (t.to(device, non_blocking=True) for t in next(batches))
+            inputs, targets = next(batches)
             with autocast(device):
                 loss = lm_loss(model, inputs, targets)
             loss.backward()
