@@ -5,7 +5,9 @@
   (c) a hand-written GPT of the same shape on scaled_dot_product_attention (the reference, below),
   (d) x-transformers' TransformerWrapper, when it is importable.
 
-Each figure is printed with its ratio to (c), measured in the same process. bf16 autocast on CUDA, fp32 on a CPU.
+Each figure is printed with its ratio to (c), measured in the same process: all models of a mode are built and
+warmed up, then timed in rounds that take them in turn, and each model's median over the rounds is reported with its
+spread (max/min), so that a drift of the machine falls on every model alike. bf16 autocast on CUDA, fp32 on a CPU.
 Modes: eager, compile (torch.compile's default), cudagraphs (its reduce-overhead mode: CUDA graphs, which a
 launch-bound search-scale model needs).
 
@@ -21,6 +23,7 @@ import gc
 import math
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -135,16 +138,21 @@ def build(name: str, width: int, depth: int, heads: int, seq: int, vocab: int) -
                                                   rotary_emb_dim=ROPE, attn_flash=True))
 
 
-def measure(model: nn.Module, shape: tuple, device: torch.device, mode: str, steps: int) -> dict:
-    """Median training-step throughput; mode is eager, compile, or cudagraphs (compile's reduce-overhead)."""
+def prepare(model: nn.Module, shape: tuple, device: torch.device, mode: str) -> tuple[Callable[[], None], float]:
+    """A training step of `model` (eager, compile, or cudagraphs: compile's reduce-overhead), warmed up, and the
+    peak memory it added over what was allocated before it was built (so models kept resident do not count)."""
     width, depth, heads, seq, batch, vocab = shape
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
     model = model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    runner = {"eager": model, "compile": None, "cudagraphs": None}[mode] or \
-        torch.compile(model, mode="reduce-overhead" if mode == "cudagraphs" else None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
+    runner = model if mode == "eager" else torch.compile(model, mode="reduce-overhead" if mode == "cudagraphs" else None)
     ids = torch.randint(0, vocab, (batch, seq + 1), device=device)
     inputs, targets = ids[:, :-1], ids[:, 1:]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
 
     def step() -> None:
         if mode == "cudagraphs":
@@ -155,17 +163,42 @@ def measure(model: nn.Module, shape: tuple, device: torch.device, mode: str, ste
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    seconds = median(timed(step, device, warmup=3 if mode != "eager" or device.type == "cuda" else 1, repeats=steps))
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-    params = sum(p.numel() for p in model.parameters())
-    result = {"tok_s": batch * seq / seconds, "peak_mb": peak, "params": params}
-    if device.type == "cuda":  # model FLOPs utilisation against the dense bf16 peak of the card
-        flops_per_token = 6 * params + 12 * depth * width * seq  # weights fwd+bwd, plus attention scores
-        peak_flops = 989e12 if "H100" in torch.cuda.get_device_name(device) else (989e12 if "H200" in torch.cuda.get_device_name(device) else float("nan"))
-        result["mfu"] = flops_per_token * result["tok_s"] / peak_flops
-    return result
+    timed(step, device, warmup=3 if mode != "eager" or cuda else 1, repeats=0)
+    peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20 if cuda else float("nan")
+    return step, peak
+
+
+def measure_interleaved(models: dict[str, nn.Module], shape: tuple, device: torch.device, mode: str,
+                        steps: int, rounds: int) -> dict[str, dict]:
+    """Median training-step throughput of each model over `rounds` rounds that take the models in turn, so a
+    drift of the machine (clocks, a busy host) falls on all of them alike; `spread` is max/min over the rounds."""
+    width, depth, heads, seq, batch, vocab = shape
+    if device.type == "cuda":  # the first model would otherwise be charged for cuBLAS's and SDPA's workspaces
+        prepare(build("c_reference", width, 1, heads, seq, vocab), shape, device, "eager")[0]()
+    prepared = {name: prepare(model, shape, device, mode) for name, model in models.items()}
+    rates: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, (step, _peak) in prepared.items():
+            rates[name].append(batch * seq / median(timed(step, device, warmup=1, repeats=steps)))
+    results = {}
+    for name, model in models.items():
+        params = sum(p.numel() for p in model.parameters())
+        tok_s = median(rates[name])
+        # CUDA graphs draw on one memory pool shared by every compiled model, so no peak can be told apart there.
+        peak = float("nan") if mode == "cudagraphs" else prepared[name][1]
+        result = {"tok_s": tok_s, "spread": max(rates[name]) / min(rates[name]), "peak_mb": peak, "params": params}
+        if device.type == "cuda":  # model FLOPs utilisation against the dense bf16 peak of an H100 / H200
+            flops_per_token = 6 * params + 12 * depth * width * seq  # weights fwd+bwd, plus attention scores
+            hopper = any(card in torch.cuda.get_device_name(device) for card in ("H100", "H200"))
+            result["mfu"] = flops_per_token * tok_s / 989e12 if hopper else float("nan")
+        results[name] = result
+        print(f"  {mode} {name}: {tok_s:,.0f} tokens/s (spread over rounds {result['spread']:.3f})", flush=True)
+    return results
+
+
+def seeded(make: Callable[..., nn.Module | None], *args: object) -> nn.Module | None:
+    torch.manual_seed(0)  # every model starts from the same draw
+    return make(*args)
 
 
 def graph_breaks(shape: tuple, device: torch.device) -> int:
@@ -182,7 +215,8 @@ def main() -> None:
     parser.add_argument("--shapes", default="gpt2,search" if cuda else "search")
     parser.add_argument("--modes", default="eager,compile", help="eager, compile, cudagraphs (CUDA only)")
     parser.add_argument("--models", default="a_ops,b_layers,c_reference,d_xtransformers")
-    parser.add_argument("--steps", type=int, default=20 if cuda else 3)
+    parser.add_argument("--steps", type=int, default=20 if cuda else 3, help="timed steps per model in each round")
+    parser.add_argument("--rounds", type=int, default=5 if cuda else 3, help="rounds taking the models in turn")
     parser.add_argument("--batch", type=int, help="override the shape's batch size (e.g. for a small CPU)")
     args = parser.parse_args()
     device = torch.device("cuda" if cuda else "cpu")
@@ -197,23 +231,21 @@ def main() -> None:
         print(f"\nshape {shape_name}: width {width}, depth {depth}, heads {heads}, seq {seq}, batch {batch}, vocab {vocab}; "
               f"graph breaks in a compiled (a): {graph_breaks(shape, device)}")
         for mode in args.modes.split(","):
-            results = {}
-            for name in args.models.split(","):
-                torch.manual_seed(0)
-                model = build(name, width, depth, heads, seq, vocab)
-                if model is None:
-                    print(f"  {name}: not importable, skipped")
-                    continue
-                results[name] = measure(model, shape, device, mode, args.steps)
-                del model
-                gc.collect()
-                if cuda:
-                    torch.cuda.empty_cache()
+            models = {name: seeded(build, name, width, depth, heads, seq, vocab) for name in args.models.split(",")}
+            for name in [n for n, m in models.items() if m is None]:
+                print(f"  {name}: not importable, skipped")
+                del models[name]
+            results = measure_interleaved(models, shape, device, mode, args.steps, args.rounds)
+            del models
+            gc.collect()
+            if cuda:
+                torch.cuda.empty_cache()
             reference = results.get("c_reference")
             for name, r in results.items():
                 row = {"shape": shape_name, "mode": mode, "model": name, "params": f"{r['params'] / 1e6:.1f}M",
                        "tokens/s": f"{r['tok_s']:,.0f}",
                        "vs (c)": f"{r['tok_s'] / reference['tok_s']:.3f}" if reference else "",
+                       "spread": f"{r['spread']:.3f}",
                        "peak MiB": "n/a" if math.isnan(r["peak_mb"]) else f"{r['peak_mb']:,.0f}",
                        "mem vs (c)": "" if math.isnan(r["peak_mb"]) or not reference else f"{r['peak_mb'] / reference['peak_mb']:.3f}"}
                 if "mfu" in r:
@@ -222,7 +254,7 @@ def main() -> None:
                     row["vs (d)"] = f"{r['tok_s'] / results['d_xtransformers']['tok_s']:.3f}"
                 rows.append(row)
     print()
-    print_table(rows, ["shape", "mode", "model", "params", "tokens/s", "vs (c)", "vs (d)", "peak MiB", "mem vs (c)", "MFU"])
+    print_table(rows, ["shape", "mode", "model", "params", "tokens/s", "spread", "vs (c)", "vs (d)", "peak MiB", "mem vs (c)", "MFU"])
 
 
 if __name__ == "__main__":
