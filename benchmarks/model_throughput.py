@@ -174,7 +174,7 @@ def measure_interleaved(models: dict[str, nn.Module], shape: tuple, device: torc
     drift of the machine (clocks, a busy host) falls on all of them alike; `spread` is max/min over the rounds."""
     width, depth, heads, seq, batch, vocab = shape
     if device.type == "cuda":  # the first model would otherwise be charged for cuBLAS's and SDPA's workspaces
-        prepare(build("c_reference", width, 1, heads, seq, vocab), shape, device, "eager")[0]()
+        prepare(build("c_reference", width, 1, heads, seq, vocab), shape, device, "eager")
     prepared = {name: prepare(model, shape, device, mode) for name, model in models.items()}
     rates: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
