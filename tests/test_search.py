@@ -1,5 +1,6 @@
 """configaformer-search end to end: real Ray (one local instance), real SQLite studies, real training."""
 
+import datetime
 import json
 import os
 import signal
@@ -95,18 +96,18 @@ def test_killed_search_resumes_without_losing_or_duplicating_trials(ray_local, t
                "--concurrency", "1", "--address", ray_local, "--sampler", "random"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     storage = default_storage(out)
-    deadline, running_before = time.monotonic() + 120, set()
+    deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline:
             time.sleep(0.3)
             if not (out / "study.db").exists():
                 continue
             trials = load_existing(storage).trials if optuna.study.get_all_study_summaries(storage) else []
-            running = {t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING}
-            # A trial still running 0.3 s later is a real one in training, not a repeat asked and told at once.
-            if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials) and running & running_before:
+            # A trial running for over half a second is one in training, not a repeat that is asked and told at once.
+            training = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING
+                        and datetime.datetime.now() - t.datetime_start > datetime.timedelta(seconds=0.5)]
+            if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials) and training:
                 break
-            running_before = running
         else:
             pytest.fail("the search never had a finished and a running trial at once")
     finally:
