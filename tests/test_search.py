@@ -89,8 +89,9 @@ def test_failures_are_recorded_and_repeated_configs_reuse_results_for_free(ray_l
 
 
 def test_killed_search_resumes_without_losing_or_duplicating_trials(ray_local, tmp_path):
-    # Full-length tiny trials (a second or two each), so that the kill lands while one is training.
-    space = write_space(tmp_path, TINY_SPACE.replace("{choice: [32, 48]}", "{choice: [32, 48, 64]}"))
+    # Tiny models trained on 8x the usual tokens (a few seconds a trial), so that the kill lands while one trains.
+    space = write_space(tmp_path, TINY_SPACE.replace("{choice: [32, 48]}", "{choice: [32, 48, 64]}")
+                        .replace("tokens: 49152", "tokens: 393216"))
     out = tmp_path / "run"
     command = [sys.executable, "-m", "configaformer_search.cli", "run", str(space), "--trials", "5", "--out", str(out),
                "--concurrency", "1", "--address", ray_local, "--sampler", "random"]
