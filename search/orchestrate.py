@@ -32,51 +32,59 @@ from .errors import UsageError  # noqa: E402
 from .front import front_trials  # noqa: E402
 from .progress import Progress  # noqa: E402
 from .space import SearchSpace  # noqa: E402
-from .study import ask_new, measured_by_key, record  # noqa: E402
+from .study import ask_new, measured_by_key, record, tell_parked  # noqa: E402
 
 
 class StudySearcher(Searcher):
     """Suggests each Ray trial from an Optuna study (ask, define-by-run) and records its result (tell).
 
     A suggestion identical to a config already measured is told its twin's result at once and costs no Ray trial
-    and no budget (study.ask_new); when the study suggests nothing new, the search ends early (`exhausted`).
+    and no budget (study.ask_new); one identical to a config still training waits for that trial's result, so that
+    packed trials never train one config twice. When the study suggests nothing new, the search ends early
+    (`exhausted`).
     """
 
     def __init__(self, space: SearchSpace, study: optuna.Study, vocab_size: int, progress: Progress) -> None:
         super().__init__()
         self.space, self.study, self.vocab_size, self.progress = space, study, vocab_size, progress
         self.measured = measured_by_key(study)
-        self.live: dict[str, tuple[optuna.Trial, dict]] = {}
+        self.live: dict[str, tuple[optuna.Trial, dict, str]] = {}  # Ray trial id -> (study trial, params, config key)
+        self.parked: dict[str, list[optuna.Trial]] = {}  # config key in training -> repeats waiting for its result
         self.exhausted = False
         self.study_seconds = 0.0  # time spent asking and telling the study (the storage's share of a search)
 
     def suggest(self, trial_id: str) -> Optional[dict | str]:
         start = time.perf_counter()
-        asked = ask_new(self.study, self.space, self.vocab_size, self.measured, self.progress.repeated)
+        asked = ask_new(self.study, self.space, self.vocab_size, self.measured, self.progress.repeated, self.parked)
         self.study_seconds += time.perf_counter() - start
         if asked is None:
             self.exhausted = True
             return Searcher.FINISHED
-        trial, params, _ = asked
-        self.live[trial_id] = (trial, params)
+        trial, params, key = asked
+        self.live[trial_id] = (trial, params, key)
+        self.parked[key] = []
         self.progress.started()
         return {"params": params, "number": trial.number}
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         if trial_id not in self.live:
             return
-        trial, params = self.live.pop(trial_id)
+        trial, params, key = self.live.pop(trial_id)
         if result and "metrics" in result:
             metrics = json.loads(result["metrics"])
         else:
             metrics = {"status": "failed", "reason": "error",
                        "message": "the trial's process raised or died (see the Ray session logs)"}
+        parked = self.parked.pop(key)
         start = time.perf_counter()
         record(self.study, trial, metrics)
+        reused = tell_parked(self.study, parked, trial.number, metrics)
         self.study_seconds += time.perf_counter() - start
         if "config_key" in metrics:
-            self.measured[metrics["config_key"]] = dict(metrics, reused_from=trial.number)
+            self.measured[metrics["config_key"]] = reused
         self.progress.finished(trial.number, params, metrics, len(front_trials(self.study)))
+        for twin in parked:
+            self.progress.repeated(twin.number, reused)
 
 
 def run_trial(config: dict, space: SearchSpace) -> None:

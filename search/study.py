@@ -21,7 +21,7 @@ from .space import SearchSpace
 
 STUDY_FILE = "study.db"
 INTERRUPTED = "interrupted"
-MAX_REPEATS = 100  # suggestions in a row that repeat measured configs before a space counts as exhausted
+MAX_REPEATS = 100  # suggestions in a row that repeat measured or running configs before a space counts as exhausted
 # User attributes that hold structures rather than scalars (kept as JSON-able values, left out of tables).
 STRUCTURED_ATTRS = ("model_config", "train", "timings", "constraints")
 
@@ -96,10 +96,14 @@ def measured_by_key(study: optuna.Study) -> dict[str, dict[str, Any]]:
 
 
 def ask_new(study: optuna.Study, space: SearchSpace, vocab_size: int, measured: Mapping[str, Mapping[str, Any]],
-            on_repeat: Callable[[int, Mapping[str, Any]], None] = lambda number, twin: None
+            on_repeat: Callable[[int, Mapping[str, Any]], None] = lambda number, twin: None,
+            running: Optional[Mapping[str, list[optuna.Trial]]] = None,
             ) -> Optional[tuple[optuna.Trial, dict[str, Any], str]]:
-    """Ask the study until it suggests a config not in `measured` (config_key -> metrics): (trial, params, key).
-    Each repeat is told its twin's result at once, a free trial; None after MAX_REPEATS repeats in a row."""
+    """Ask the study until it suggests a config neither in `measured` (config_key -> metrics) nor `running`:
+    (trial, params, key); None after MAX_REPEATS repeats in a row.
+
+    A repeat of a measured config is told its twin's result at once, a free trial. A repeat of a config still being
+    measured is parked in `running[key]`, to be told that trial's result when it ends (`tell_parked`)."""
     from .candidate import config_key  # builds models: kept off the import path of the review commands
 
     for _ in range(MAX_REPEATS):
@@ -107,11 +111,23 @@ def ask_new(study: optuna.Study, space: SearchSpace, vocab_size: int, measured: 
         params = space.sample(trial)
         key = config_key(*space.resolve(params, vocab_size))
         twin = measured.get(key)
-        if twin is None:
+        if twin is not None:
+            record(study, trial, twin)
+            on_repeat(trial.number, twin)
+        elif running is not None and key in running:
+            running[key].append(trial)
+        else:
             return trial, params, key
-        record(study, trial, twin)
-        on_repeat(trial.number, twin)
     return None
+
+
+def tell_parked(study: optuna.Study, parked: list[optuna.Trial], number: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Tell the repeats parked while trial `number` measured their config its result (free trials); returns it as
+    they reuse it."""
+    twin = dict(metrics, reused_from=number)
+    for trial in parked:
+        record(study, trial, twin)
+    return twin
 
 
 def record(study: optuna.Study, trial: optuna.Trial, metrics: Mapping[str, Any]) -> TrialState:

@@ -88,6 +88,22 @@ def test_failures_are_recorded_and_repeated_configs_reuse_results_for_free(ray_l
     assert [row["number"] for row in json.loads(capsys.readouterr().out)] == [next(t.number for t in own if t.values)]
 
 
+def test_trials_running_at_once_never_train_one_config_twice(ray_local, tmp_path):
+    # One config in all, two trials at a time: the second suggestion repeats the first while it trains, so it waits
+    # for that trial's result instead of training the same config beside it.
+    space_text = FAST.replace("{choice: [32, 48]}", "{choice: [32]}").replace("{choice: [2, 4]}", "{choice: [2]}") \
+        .replace("{choice: [rope, alibi]}", "{choice: [rope]}").replace("{choice: [4, 8], if", "{choice: [8], if")
+    out = tmp_path / "run"
+    assert main(["run", str(write_space(tmp_path, space_text)), "--trials", "4", "--out", str(out), "--sampler", "random",
+                 "--concurrency", "2", "-q"]) == 0
+    trials = study_of(out).trials
+    (own,) = [t for t in trials if "reused_from" not in t.user_attrs]
+    twins = [t for t in trials if "reused_from" in t.user_attrs]
+    assert own.state == optuna.trial.TrialState.COMPLETE and len(twins) >= 100
+    assert all(t.user_attrs["reused_from"] == own.number and t.values == own.values for t in twins)
+    assert any(t.datetime_start < own.datetime_complete for t in twins)  # asked while the first one trained
+
+
 def test_killed_search_resumes_without_losing_or_duplicating_trials(ray_local, tmp_path):
     # Tiny models trained on 8x the usual tokens (a few seconds a trial), so that the kill lands while one trains.
     space = write_space(tmp_path, TINY_SPACE.replace("{choice: [32, 48]}", "{choice: [32, 48, 64]}")
