@@ -70,13 +70,34 @@ class Param:
     def suggest(self, trial: Any, name: str) -> Any:
         """Draw a value through an Optuna trial (or anything with its suggest_* methods)."""
         if self.kind == "choice":
-            if all(isinstance(c, (str, int, float, bool, type(None))) for c in self.choices):
-                return trial.suggest_categorical(name, list(self.choices))
-            labels = [json.dumps(c) for c in self.choices]  # Optuna takes only scalars: lists go as JSON labels
-            return json.loads(trial.suggest_categorical(name, labels))
+            labels = self.labels()
+            return copy.deepcopy(self.choices[labels.index(trial.suggest_categorical(name, labels))])
         if self.kind == "int":
             return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1))
         return trial.suggest_float(name, self.low, self.high, log=self.kind == "log", step=self.step)
+
+    def distribution(self) -> Any:
+        """The Optuna distribution that `suggest` draws from (recorded with every trial)."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.kind == "choice":
+            return CategoricalDistribution(self.labels())
+        if self.kind == "int":
+            return IntDistribution(int(self.low), int(self.high), step=int(self.step or 1))
+        return FloatDistribution(self.low, self.high, log=self.kind == "log", step=self.step)
+
+    def field(self) -> str:
+        """Where the parameter is declared: params.NAME, or the path of an inline distribution (model.dim_model)."""
+        return self.name if "." in self.name else f"params.{self.name}"
+
+    def labels(self) -> list:
+        """The choices as Optuna records them: scalars as they are, lists and mappings (which Optuna cannot
+        store) as JSON text; all as JSON text in the unlikely case that a scalar string equals such a text."""
+        scalar = lambda c: isinstance(c, (str, int, float, bool, type(None)))  # noqa: E731
+        labels = [c if scalar(c) else json.dumps(c) for c in self.choices]
+        if len(set(map(json.dumps, labels))) < len(labels):
+            labels = [json.dumps(c) for c in self.choices]
+        return labels
 
     def size(self) -> Optional[int]:
         if self.kind == "choice":

@@ -58,7 +58,35 @@ def open_study(space: SearchSpace, storage: Optional[str], sampler: Optional[opt
     elif study.metric_names != names or [d.name.lower() for d in study.directions] != directions:
         raise SpaceError(f"{space.path}: objectives: the study '{space.name}' in {storage} optimises {', '.join(study.metric_names)}; "
                          f"the space asks for {', '.join(names)} (use --fresh or another --out)")
+    else:
+        _check_distributions(study, space, storage)
     return study
+
+
+def _check_distributions(study: optuna.Study, space: SearchSpace, storage: Optional[str]) -> None:
+    """A resumed study's parameters must still be drawn as its trials drew them: Optuna refuses a changed set of
+    choices (or a switch between linear and log), so say which parameter changed, before any trial runs."""
+    recorded: dict[str, optuna.distributions.BaseDistribution] = {}
+    for trial in study.get_trials(deepcopy=False):
+        recorded.update(trial.distributions)
+    for name, before in recorded.items():
+        param = space.params.get(name.split("[")[0])
+        if param is None:
+            continue  # no longer searched: its old values stay in the records and constrain nothing
+        now = param.distribution()
+        try:
+            optuna.distributions.check_distribution_compatibility(before, now)
+        except ValueError:
+            raise SpaceError(f"{space.path}: {param.field()}: the study '{space.name}' in {storage} drew it from "
+                             f"{_describe(before)}; the space now gives {_describe(now)} (use --fresh or another --out)") from None
+
+
+def _describe(distribution: optuna.distributions.BaseDistribution) -> str:
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return f"choices {list(distribution.choices)}"
+    kind = "log" if distribution.log else type(distribution).__name__.removesuffix("Distribution").lower()
+    step = f" step {distribution.step:g}" if getattr(distribution, "step", None) not in (None, 1) else ""
+    return f"{kind} [{distribution.low:g}, {distribution.high:g}]{step}"
 
 
 def load_existing(storage: str) -> optuna.Study:

@@ -16,7 +16,8 @@ from helpers import TINY_SPACE, write_space
 from configaformer import ConfigaFormer
 from configaformer.io import load_document
 from configaformer_search.cli import main
-from configaformer_search.study import default_storage, load_existing, measured
+from configaformer_search.space import load_space
+from configaformer_search.study import default_storage, load_existing, measured, open_study
 
 FAST = TINY_SPACE.replace("tokens: 49152", "tokens: 8192").replace("eval_tokens: 4096", "eval_tokens: 1024")
 
@@ -183,6 +184,22 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv,
     err = capsys.readouterr().err
     assert why in err and err.count("\n") == 1 and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_resuming_with_other_choices_is_refused_by_name_before_any_trial(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    space = load_space(write_space(tmp_path, FAST))
+    study = open_study(space, default_storage(out))
+    trial = study.ask()
+    space.sample(trial)
+    study.tell(trial, [2.0, 10.0, 1.0])
+    widened = write_space(tmp_path, FAST.replace("{choice: [32, 48]}", "{choice: [32, 48, 64]}"), "widened.yaml")
+    assert main(["run", str(widened), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "widened.yaml: params.width: the study 'tiny'" in err and err.count("\n") == 1
+    assert "drew it from choices [32, 48]; the space now gives choices [32, 48, 64] (use --fresh" in err
+    assert len(study_of(out).trials) == 1
 
 
 def test_export_refuses_unknown_trials_and_impossible_picks(tmp_path, capsys):

@@ -67,6 +67,19 @@ def test_inline_distributions_and_searched_training(tmp_path):
     assert model["dim_model"] in (16, 24) and 1e-4 <= train["lr"] <= 1e-2
 
 
+def test_choices_are_recorded_as_themselves_and_lists_as_json(tmp_path):
+    text = TINY_SPACE.replace("  heads: {choice: [2, 4]}\n", "  heads: {choice: [2, 4]}\n  act: {choice: [gelu, [silu, none]]}\n") \
+        .replace("{type: FFN, ff_mult: 2}", "{type: FFN, ff_mult: 2, activation: $act}")
+    space = load_space(write_space(tmp_path, text))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = [space.sample(study.ask())["act"] for _ in range(12)]
+    assert {"gelu", ("silu", "none")} == {a if isinstance(a, str) else tuple(a) for a in drawn}
+    recorded = {t.params["act"] for t in study.trials}  # what the trials table, the front and exports show
+    assert recorded == {"gelu", '["silu", "none"]'}
+    model, _ = space.resolve({**sample(space), "act": ["silu", "none"]}, 256)
+    ConfigaFormer.from_config(model, verbose=False)
+
+
 BAD = {
     "not_yaml": ("name: [unclosed", "not valid YAML at line 1"),
     "not_mapping": ("- 1\n- 2", "(top level): expected a mapping"),
