@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional
 
+import torch
+
 from configaformer import ConfigaFormer, ConfigError
 from configaformer.registry import OpError, check_value
 
@@ -69,8 +71,10 @@ def _check_train(train: Mapping[str, Any]) -> None:
             raise TrialFailure("rejected", f"train.{key}: {err.message}") from None
 
 
-def _build(model_config: dict, vocab_size: int) -> ConfigaFormer:
-    model = ConfigaFormer.from_config(model_config, verbose=False)
+def _build(model_config: dict, vocab_size: int, seed: int) -> ConfigaFormer:
+    with torch.random.fork_rng(devices=[]):  # initial weights from the trial's seed alone, not from what ran before
+        torch.manual_seed(seed)
+        model = ConfigaFormer.from_config(model_config, verbose=False)
     if set(model.input_shapes) != {INPUT_STREAM}:
         raise ConfigError(f"input_streams: a searched model reads one stream, {INPUT_STREAM!r}; build offsets inside "
                           f"(attention_offset with offset: causal or alibi), got {', '.join(model.input_shapes)}")
@@ -86,7 +90,7 @@ def make_candidate(space: SearchSpace, params: Mapping[str, Any], vocab_size: in
     key = config_key(model_config, train)  # failures carry it too: a repeat of a refused config is refused for free
     try:
         _check_train(train)
-        model = _build(model_config, vocab_size)
+        model = _build(model_config, vocab_size, train["seed"])
     except ConfigError as err:
         raise TrialFailure("rejected", str(err), {"config_key": key}) from None
     except TrialFailure as failure:

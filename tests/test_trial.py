@@ -42,6 +42,15 @@ def test_trial_trains_on_real_text_and_reports_every_metric(tiny_space):
     assert set(metrics["timings"]) == {"data_s", "build_s", "train_s", "probe_s"}
 
 
+def test_a_trial_measures_the_same_losses_whatever_ran_before(tiny_space):
+    # Ray reuses worker processes: the weights and batches of a trial must come from its seed, not the RNG's history.
+    first = trial.run(tiny_space, PARAMS, device="cpu")
+    torch.manual_seed(1234)
+    torch.rand(1000)
+    again = trial.run(tiny_space, PARAMS, device="cpu")
+    assert (again["val_loss"], again["train_loss"]) == (first["val_loss"], first["train_loss"])
+
+
 def test_flops_match_the_analytic_count_of_a_plain_gpt():
     dim, depth, heads, ff, vocab, seq, batch = 64, 3, 4, 256, 256, 48, 2
     config = {"dim_model": dim, "vocab_size": vocab, "dim_rope": 8, "max_length": seq,
