@@ -77,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from . import orchestrate
     from .data import load_corpus
-    from .study import default_storage, open_study
+    from .study import default_storage, measured, open_study
 
     orchestrate.check_address(args.address)
     corpus = load_corpus(space.data)
@@ -94,6 +94,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if created and (study is None or not study.trials):
             shutil.rmtree(out_dir, ignore_errors=True)  # bad input leaves nothing behind
         raise
+    except KeyboardInterrupt:
+        if study is None:
+            raise
+        _finish_run(study, out_dir, verbosity)  # the tables and front of what finished
+        print(f"configaformer-search: interrupted with {len(measured(study))} of {n_trials} trials finished; "
+              "run the same command again to resume", file=sys.stderr)
+        return 130
     _finish_run(study, out_dir, verbosity)
     return 0
 

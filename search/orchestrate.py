@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's console output stays off unless asked for
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/JSON/TensorBoard files
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C stops the search at once (see run_trials)
 
 import optuna  # noqa: E402
 import ray  # noqa: E402
@@ -32,7 +33,7 @@ from .errors import UsageError  # noqa: E402
 from .front import front_trials  # noqa: E402
 from .progress import Progress  # noqa: E402
 from .space import SearchSpace  # noqa: E402
-from .study import ask_new, measured_by_key, record, tell_parked  # noqa: E402
+from .study import ask_new, mark_interrupted, measured_by_key, record, tell_parked  # noqa: E402
 
 
 class StudySearcher(Searcher):
@@ -65,6 +66,10 @@ class StudySearcher(Searcher):
         self.parked[key] = []
         self.progress.started()
         return {"params": params, "number": trial.number}
+
+    def running_numbers(self) -> set[int]:
+        """Study numbers of the trials in training and of the repeats waiting for them."""
+        return {trial.number for trial, _, _ in self.live.values()} | {t.number for ts in self.parked.values() for t in ts}
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         if trial_id not in self.live:
@@ -167,6 +172,9 @@ def run_trials(space: SearchSpace, study: optuna.Study, vocab_size: int, count: 
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
         tuner.fit()
+    except KeyboardInterrupt:
+        mark_interrupted(study, searcher.running_numbers())  # owed again, as after a kill, but known now
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return searcher

@@ -97,9 +97,10 @@ def load_existing(storage: str) -> optuna.Study:
     return optuna.load_study(study_name=summaries[0].study_name, storage=storage)
 
 
-def mark_interrupted(study: optuna.Study) -> int:
-    """Trials left RUNNING by a killed search become FAIL (interrupted): their work is owed again."""
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+def mark_interrupted(study: optuna.Study, numbers: Optional[set[int]] = None) -> int:
+    """Trials left RUNNING (all of them, or those numbered in `numbers`) become FAIL (interrupted): their work is
+    owed again. A resumed search calls it for what a killed one left; an interrupted one, for its own trials."""
+    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if numbers is None or t.number in numbers]
     for trial in stale:
         study._storage.set_trial_user_attr(trial._trial_id, "reason", INTERRUPTED)
         study.tell(trial.number, state=TrialState.FAIL)
@@ -184,7 +185,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         return frame
     frame = frame.rename(columns=lambda c: c.replace("values_", "").replace("user_attrs_", "").replace("params_", "param:"))
     frame = frame.drop(columns=[c for c in frame.columns if c in STRUCTURED_ATTRS or c == "status"], errors="ignore")
-    frame["duration"] = frame["duration"].dt.total_seconds().round(2)
+    frame["duration"] = pd.to_timedelta(frame["duration"]).dt.total_seconds().round(2)  # None while running
     return frame.set_index("number")
 
 

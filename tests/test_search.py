@@ -105,14 +105,16 @@ def test_trials_running_at_once_never_train_one_config_twice(ray_local, tmp_path
     assert any(t.datetime_start < own.datetime_complete for t in twins)  # asked while the first one trained
 
 
-def test_killed_search_resumes_without_losing_or_duplicating_trials(ray_local, tmp_path):
-    # Tiny models trained on 8x the usual tokens (a few seconds a trial), so that the kill lands while one trains.
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl_c"])
+def test_stopped_search_resumes_without_losing_or_duplicating_trials(ray_local, tmp_path, stop):
+    # Tiny models trained on 8x the usual tokens (a few seconds a trial), so that the stop lands while one trains.
     space = write_space(tmp_path, TINY_SPACE.replace("{choice: [32, 48]}", "{choice: [32, 48, 64]}")
                         .replace("tokens: 49152", "tokens: 393216"))
     out = tmp_path / "run"
     command = [sys.executable, "-m", "configaformer_search.cli", "run", str(space), "--trials", "5", "--out", str(out),
                "--concurrency", "1", "--address", ray_local, "--sampler", "random"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     storage = default_storage(out)
     deadline = time.monotonic() + 120
     try:
@@ -129,10 +131,23 @@ def test_killed_search_resumes_without_losing_or_duplicating_trials(ray_local, t
         else:
             pytest.fail("the search never had a finished and a running trial at once")
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    before = {t.number: t.values for t in load_existing(storage).trials if t.state == optuna.trial.TrialState.COMPLETE}
-    assert (out / ".tune").is_dir()  # Ray Tune's records of the killed run stay in its folder, not in /tmp
+        os.killpg(process.pid, stop)  # SIGINT to the process group is what Ctrl-C sends
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
+    trials = load_existing(storage).trials
+    before = {t.number: t.values for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
+    if stop == signal.SIGKILL:
+        assert (out / ".tune").is_dir()  # Ray Tune's records of the killed run stay in its folder, not in /tmp
+    else:  # stopped at once and cleanly: its own running trials marked, its tables written, one line said
+        err = (tmp_path / "stderr.txt").read_text()
+        assert process.returncode == 130 and "Traceback" not in err
+        assert f"interrupted with {len(before)} of 5 trials finished; run the same command again to resume" in err
+        assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+        assert any(t.user_attrs.get("reason") == "interrupted" for t in trials)
+        assert (out / "trials.csv").exists() and not (out / ".tune").exists()
 
     assert main(["run", str(space), "--trials", "5", "--out", str(out), "--concurrency", "1", "-q"]) == 0
     study = study_of(out)
