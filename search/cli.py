@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from typing import Callable, Optional, Sequence
+from typing import IO, Callable, Optional, Sequence
 
 from .errors import UsageError
 
 COMMANDS = ("run", "validate", "front", "trials", "plot", "export")
 TUNE_SCRATCH = ".tune"  # Ray Tune's own records inside a run folder, deleted when its trials are done
+RUN_LOCK = ".lock"  # held by the search running in a folder (the OS lets go when it dies, even by SIGKILL)
 
 
 def _format(value: float) -> str:
@@ -84,25 +85,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     storage = args.storage or default_storage(out_dir)
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    study = None
-    try:
-        if args.fresh:
-            _delete_run(out_dir, storage, space.name)
-        study = _storage_call(storage, lambda: open_study(space, storage))
-        _search(space, study, corpus, storage, out_dir, n_trials, args, verbosity)
-    except UsageError:
-        if created and (study is None or not study.trials):
-            shutil.rmtree(out_dir, ignore_errors=True)  # bad input leaves nothing behind
-        raise
-    except KeyboardInterrupt:
-        if study is None:
+    with _lock_run(out_dir):  # held until the search and its tables are done
+        study = None
+        try:
+            if args.fresh:
+                _delete_run(out_dir, storage, space.name)
+            study = _storage_call(storage, lambda: open_study(space, storage))
+            _search(space, study, corpus, storage, out_dir, n_trials, args, verbosity)
+        except UsageError:
+            if created and (study is None or not study.trials):
+                shutil.rmtree(out_dir, ignore_errors=True)  # bad input leaves nothing behind
             raise
-        _finish_run(study, out_dir, verbosity)  # the tables and front of what finished
-        print(f"configaformer-search: interrupted with {len(measured(study))} of {n_trials} trials finished; "
-              "run the same command again to resume", file=sys.stderr)
-        return 130
-    _finish_run(study, out_dir, verbosity)
-    return 0
+        except KeyboardInterrupt:
+            if study is None:
+                raise
+            _finish_run(study, out_dir, verbosity)  # the tables and front of what finished
+            print(f"configaformer-search: interrupted with {len(measured(study))} of {n_trials} trials finished; "
+                  "run the same command again to resume", file=sys.stderr)
+            return 130
+        _finish_run(study, out_dir, verbosity)
+        return 0
 
 
 def _search(space, study, corpus, storage: str, out_dir, n_trials: int, args: argparse.Namespace, verbosity: int) -> None:
@@ -144,6 +146,19 @@ def _search(space, study, corpus, storage: str, out_dir, n_trials: int, args: ar
             import ray
 
             ray.shutdown()
+
+
+def _lock_run(out_dir) -> IO:
+    """One search per run folder: a second one would mark the first one's running trials interrupted."""
+    import fcntl
+
+    handle = open(out_dir / RUN_LOCK, "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UsageError(f"{out_dir}: another search is running in this folder; wait for it, or use another --out") from None
+    return handle
 
 
 def _storage_call(storage: str, call: Callable):

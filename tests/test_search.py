@@ -120,7 +120,7 @@ def test_stopped_search_resumes_without_losing_or_duplicating_trials(ray_local, 
     try:
         while time.monotonic() < deadline:
             time.sleep(0.3)
-            if not (out / "study.db").exists():
+            if not (out / ".tune").exists():  # the search has made its study and started Ray Tune: safe to read
                 continue
             trials = load_existing(storage).trials if optuna.study.get_all_study_summaries(storage) else []
             # A trial running for over half a second is one in training, not a repeat that is asked and told at once.
@@ -143,7 +143,7 @@ def test_stopped_search_resumes_without_losing_or_duplicating_trials(ray_local, 
         assert (out / ".tune").is_dir()  # Ray Tune's records of the killed run stay in its folder, not in /tmp
     else:  # stopped at once and cleanly: its own running trials marked, its tables written, one line said
         err = (tmp_path / "stderr.txt").read_text()
-        assert process.returncode == 130 and "Traceback" not in err
+        assert process.returncode == 130 and "Traceback" not in err, (process.returncode, err[-3000:])
         assert f"interrupted with {len(before)} of 5 trials finished; run the same command again to resume" in err
         assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
         assert any(t.user_attrs.get("reason") == "interrupted" for t in trials)
@@ -215,6 +215,19 @@ def test_resuming_with_other_choices_is_refused_by_name_before_any_trial(tmp_pat
     assert "widened.yaml: params.width: the study 'tiny'" in err and err.count("\n") == 1
     assert "drew it from choices [32, 48]; the space now gives choices [32, 48, 64] (use --fresh" in err
     assert len(study_of(out).trials) == 1
+
+
+def test_a_second_search_in_a_busy_run_folder_is_refused(tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "w") as held:  # what a search running in that folder holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert main(["run", str(write_space(tmp_path, FAST)), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: another search is running in this folder" in err and err.count("\n") == 1
+    assert not (out / "study.db").exists()
 
 
 def test_export_refuses_unknown_trials_and_impossible_picks(tmp_path, capsys):
