@@ -68,13 +68,13 @@ class Param:
     per_layer: bool = False
 
     def suggest(self, trial: Any, name: str) -> Any:
-        """Draw a value through an Optuna trial (or anything with its suggest_* methods)."""
+        """Draw a value from `distribution()` through an Optuna trial (or anything with its suggest_* methods)."""
+        dist = self.distribution()
         if self.kind == "choice":
-            labels = self.labels()
-            return copy.deepcopy(self.choices[labels.index(trial.suggest_categorical(name, labels))])
+            return copy.deepcopy(self.choices[list(dist.choices).index(trial.suggest_categorical(name, list(dist.choices)))])
         if self.kind == "int":
-            return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1))
-        return trial.suggest_float(name, self.low, self.high, log=self.kind == "log", step=self.step)
+            return trial.suggest_int(name, dist.low, dist.high, step=dist.step)
+        return trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
 
     def distribution(self) -> Any:
         """The Optuna distribution that `suggest` draws from (recorded with every trial)."""
