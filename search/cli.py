@@ -248,7 +248,7 @@ def _emit(frame, fmt: str, output: Optional[str]) -> None:
         return
     text = {"table": lambda: frame.to_string(float_format=lambda v: f"{v:.4g}") + "\n",
             "csv": lambda: frame.to_csv(),
-            "json": lambda: frame.reset_index().to_json(orient="records", indent=1) + "\n"}[fmt]()
+            "json": lambda: frame.reset_index().to_json(orient="records", indent=1, date_format="iso") + "\n"}[fmt]()
     if output:
         from pathlib import Path
 

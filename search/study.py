@@ -6,6 +6,7 @@ killed search is marked FAIL (interrupted) and its work is owed again.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import warnings
@@ -179,14 +180,37 @@ def record(study: optuna.Study, trial: optuna.Trial, metrics: Mapping[str, Any])
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """Every trial, one row each: number, state, objectives, measured metrics, reason, params."""
-    frame = study.trials_dataframe(attrs=("number", "state", "values", "params", "user_attrs", "duration"))
-    if frame.empty:
-        return frame
-    frame = frame.rename(columns=lambda c: c.replace("values_", "").replace("user_attrs_", "").replace("params_", "param:"))
-    frame = frame.drop(columns=[c for c in frame.columns if c in STRUCTURED_ATTRS or c == "status"], errors="ignore")
-    frame["duration"] = pd.to_timedelta(frame["duration"]).dt.total_seconds().round(2)  # None while running
-    return frame.set_index("number")
+    """Every trial, one row each: state, objectives, why it failed or whose result it reused, measured metrics,
+    params, duration. An objective appears once: its told value, or for a failed trial whatever it measured."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        told = dict(zip(study.metric_names, trial.values or [None] * len(study.metric_names)))
+        attrs = {k: v for k, v in trial.user_attrs.items() if k not in STRUCTURED_ATTRS and k != "status"}
+        rows.append({"number": trial.number, "state": trial.state.name,
+                     **{name: attrs.get(name) if told[name] is None else told[name] for name in study.metric_names},
+                     **{k: v for k, v in attrs.items() if k not in told},
+                     **{f"param:{k}": v for k, v in trial.params.items()},
+                     "duration": round(trial.duration.total_seconds(), 2) if trial.duration else None})
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows).set_index("number")
+    leading = ["state", *study.metric_names, *(c for c in ("reason", "message", "reused_from") if c in frame)]
+    params = [c for c in frame if c.startswith("param:")]
+    metrics = sorted(c for c in frame if c not in leading and c not in params and c != "duration")
+    frame = frame[leading + metrics + params + ["duration"]]
+    for column in frame:  # whole numbers stay whole where some trials lack them (conditional params, reused_from)
+        present = [row[column] for row in rows if row.get(column) is not None]
+        if present and frame[column].dtype == float and all(type(v) is int for v in present):
+            frame[column] = frame[column].astype("Int64")
+    for column in ("started_at", "ended_at"):  # the worker's wall clock in epoch seconds, shown as local time
+        if column in frame:
+            frame[column] = pd.to_datetime(frame[column], unit="s", utc=True).dt.tz_convert(_local_zone()) \
+                .dt.tz_localize(None).dt.round("ms")
+    return frame
+
+
+def _local_zone() -> datetime.tzinfo:
+    return datetime.datetime.now().astimezone().tzinfo
 
 
 def trial_config(trial: FrozenTrial) -> tuple[dict, dict]:

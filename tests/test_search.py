@@ -49,6 +49,13 @@ def test_search_makes_a_front_plots_and_an_export_that_rebuilds(ray_local, tmp_p
     assert front and {"number", "val_loss", "peak_mem_mb", "latency_ms", "flops", "params"} <= set(front[0])
     assert main(["trials", str(out), "--format", "csv"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 5
+    assert main(["trials", str(out), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["val_loss"] for row in rows] == pytest.approx([t.values[0] for t in study.trials])
+    datetime.datetime.fromisoformat(rows[0]["started_at"])
+    assert main(["trials", str(out), "--format", "parquet", "-o", str(tmp_path / "trials.parquet")]) == 0
+    table = pd.read_parquet(tmp_path / "trials.parquet")  # each objective once, measured or told
+    assert table.columns.is_unique and list(table.columns[:4]) == ["state", "val_loss", "peak_mem_mb", "latency_ms"]
     assert main(["export", str(out), "--knee", "-o", str(tmp_path / "knee.json")]) == 0
     assert "exported trial #" in capsys.readouterr().out
     ConfigaFormer.from_config(tmp_path / "knee.json", verbose=False)
