@@ -215,7 +215,7 @@ def _finish_run(study, out_dir, verbosity: int) -> None:
           + (f"; {reused} of them repeated a measured config and reused its result" if reused else ""))
     if front:
         print(f"Pareto front ({len(front)} trials):")
-        print(front_frame(study).to_string(float_format=lambda v: f"{v:.4g}"))
+        sys.stdout.write(_console_table(front_frame(study)))
     print("wrote " + ", ".join(str(p) for p in written))
 
 
@@ -233,6 +233,13 @@ def _open_run(directory: str, storage: Optional[str]):
     return _storage_call(storage, lambda: load_existing(storage))
 
 
+def _console_table(frame) -> str:
+    """Four significant digits, and blanks where a trial has no value."""
+    blanks = {c: frame[c].astype(object).where(frame[c].notna(), "") for c in frame if frame[c].dtype.kind in "iub"
+              and frame[c].hasnans}  # nullable ints, whose <NA> to_string's na_rep does not reach
+    return frame.assign(**blanks).to_string(float_format=lambda v: f"{v:.4g}", na_rep="") + "\n"
+
+
 def _emit(frame, fmt: str, output: Optional[str]) -> None:
     if frame.empty:
         print("(no trials)")
@@ -246,7 +253,7 @@ def _emit(frame, fmt: str, output: Optional[str]) -> None:
             raise UsageError(f"--format parquet: {err}") from None
         print(f"wrote {output}")
         return
-    text = {"table": lambda: frame.to_string(float_format=lambda v: f"{v:.4g}") + "\n",
+    text = {"table": lambda: _console_table(frame),
             "csv": lambda: frame.to_csv(),
             "json": lambda: frame.reset_index().to_json(orient="records", indent=1, date_format="iso") + "\n"}[fmt]()
     if output:
@@ -268,7 +275,14 @@ def cmd_front(args: argparse.Namespace) -> int:
 def cmd_trials(args: argparse.Namespace) -> int:
     from .study import trials_frame
 
-    _emit(trials_frame(_open_run(args.dir, args.storage)), args.format, args.output)
+    study = _open_run(args.dir, args.storage)
+    frame = trials_frame(study)
+    if args.format == "table" and not args.all and not frame.empty:  # what fits a terminal; the files keep it all
+        frame = frame[[c for c in frame if c in ("state", *study.metric_names, "reason", "message", "reused_from",
+                                                 "params", "duration") or c.startswith("param:")]]
+        if "message" in frame:
+            frame = frame.assign(message=frame["message"].str.slice(0, 60))
+    _emit(frame, args.format, args.output)
     return 0
 
 
@@ -362,6 +376,7 @@ def _parser() -> argparse.ArgumentParser:
     front.set_defaults(handler=cmd_front)
     trials.add_argument("--format", choices=formats + ("parquet",), default="table")
     trials.add_argument("-o", "--output", help="write to this file instead of the console")
+    trials.add_argument("--all", action="store_true", help="every column in the table too (files always have them)")
     trials.set_defaults(handler=cmd_trials)
     plot.add_argument("-o", "--output", help="PNG path (default DIR/front.png)")
     plot.set_defaults(handler=cmd_plot)

@@ -14,6 +14,7 @@ from optuna.study._constrained_optimization import _get_feasible_trials  # the f
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import SpaceError
+from .study import rows_frame
 
 _PICK_RE = re.compile(r"^\s*([A-Za-z_][\w]*)\s*(<=|>=|<|>|==)\s*([-+0-9.eE]+)\s*$")
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
@@ -34,7 +35,7 @@ def front_frame(study: optuna.Study) -> pd.DataFrame:
         row.update({k: trial.user_attrs[k] for k in KEY_COLUMNS if k in trial.user_attrs})
         row.update({f"param:{k}": v for k, v in trial.params.items()})
         rows.append(row)
-    return pd.DataFrame(rows).set_index("number") if rows else pd.DataFrame()
+    return rows_frame(rows) if rows else pd.DataFrame()
 
 
 def _minimised(values: Sequence[Sequence[float]], directions: Sequence) -> np.ndarray:

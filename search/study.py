@@ -193,19 +193,26 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
                      "duration": round(trial.duration.total_seconds(), 2) if trial.duration else None})
     if not rows:
         return pd.DataFrame()
-    frame = pd.DataFrame(rows).set_index("number")
+    frame = rows_frame(rows)
     leading = ["state", *study.metric_names, *(c for c in ("reason", "message", "reused_from") if c in frame)]
     params = [c for c in frame if c.startswith("param:")]
     metrics = sorted(c for c in frame if c not in leading and c not in params and c != "duration")
     frame = frame[leading + metrics + params + ["duration"]]
-    for column in frame:  # whole numbers stay whole where some trials lack them (conditional params, reused_from)
-        present = [row[column] for row in rows if row.get(column) is not None]
-        if present and frame[column].dtype == float and all(type(v) is int for v in present):
-            frame[column] = frame[column].astype("Int64")
     for column in ("started_at", "ended_at"):  # the worker's wall clock in epoch seconds, shown as local time
         if column in frame:
             frame[column] = pd.to_datetime(frame[column], unit="s", utc=True).dt.tz_convert(_local_zone()) \
                 .dt.tz_localize(None).dt.round("ms")
+    return frame
+
+
+def rows_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Trial rows (dicts with a 'number') as a frame indexed by number. A column of whole numbers stays whole
+    where some trials lack it (a conditional param, reused_from) instead of turning float."""
+    frame = pd.DataFrame(rows).set_index("number")
+    for column in frame:
+        present = [row[column] for row in rows if row.get(column) is not None]
+        if present and frame[column].dtype == float and all(type(v) is int for v in present):
+            frame[column] = frame[column].astype("Int64")
     return frame
 
 

@@ -94,6 +94,11 @@ def test_failures_are_recorded_and_repeated_configs_reuse_results_for_free(ray_l
     assert f"{len(trials)} trials: " in printed and f"{len(twins)} of them repeated a measured config" in printed
     assert main(["front", str(out), "--format", "json"]) == 0
     assert [row["number"] for row in json.loads(capsys.readouterr().out)] == [next(t.number for t in own if t.values)]
+    assert main(["trials", str(out)]) == 0  # the console table: why each trial failed, whose result it reused
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:7] == ["state", "val_loss", "peak_mem_mb", "latency_ms", "reason", "message", "reused_from"]
+    row = next(line.split() for line in table[2:] if line.split()[0] == str(failed.number))
+    assert row[1:3] == ["FAIL", "rejected"] and "config_key" not in table[0]
 
 
 def test_trials_running_at_once_never_train_one_config_twice(ray_local, tmp_path):
