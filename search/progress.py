@@ -43,7 +43,7 @@ class Progress:
         elapsed = time.monotonic() - self.start
         remaining = self.total - count
         eta = f" · ~{_clock(elapsed / self.done * remaining)} left" if remaining > 0 else ""
-        reused = f" · {self.reused} repeats reused" if self.reused else ""
+        reused = f" · {self.reused} repeat{'s' if self.reused > 1 else ''} reused" if self.reused else ""
         self.say(f"[{count:>{len(str(self.total))}}/{self.total}] #{number:<3} {_outcome(metrics, self.objectives)}")
         self.say(f"        done {count} · failed {sum(self.failures.values())}{reused} · running {self.running} · "
                  f"front {front_size} · {_clock(elapsed)} elapsed{eta}")
