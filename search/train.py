@@ -93,7 +93,7 @@ def train(model: ConfigaFormer, corpus: Corpus, cfg: Mapping, device: torch.devi
                 loss = lm_loss(model, inputs, targets)
             loss.backward()
             if cfg["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"], foreach=True)  # CPU default: per tensor
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             schedule.step()
