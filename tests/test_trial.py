@@ -5,6 +5,7 @@ import time
 
 import pytest
 import torch
+from torch.distributed._tools.mem_tracker import MemTracker
 from helpers import TINY_SPACE, write_space
 
 from configaformer import ConfigaFormer
@@ -12,7 +13,7 @@ from configaformer_search import trial
 from configaformer_search.data import embedded_corpus, load_corpus, val_batches
 from configaformer_search.probes import LATENCY_ROUNDS, count_flops, estimate_peak_memory, flop_analysis, measure_latency
 from configaformer_search.space import load_space
-from configaformer_search.train import evaluate
+from configaformer_search.train import evaluate, lm_loss, make_optimizer
 
 PARAMS = {"width": 32, "heads": 2, "position": "rope", "dim_rope": 8}
 
@@ -94,11 +95,31 @@ def test_a_disturbed_latency_round_is_measured_again():
     assert 0.9 < steady["latency_ms"] < 5 and 0.9 < disturbed["latency_ms"] < 20  # the median shrugs off the stalls
 
 
-def test_cpu_memory_estimate_grows_with_batch(tiny_space):
+def real_training_peak(model: ConfigaFormer, batch_size: int, seq_len: int) -> float:
+    """MemTracker's peak MiB over a real (not fake) training step, once training has created the AdamW state."""
+    optimizer = make_optimizer(model, 1e-3, 0.1)
+    inputs = torch.randint(0, 256, (batch_size, seq_len))
+
+    def step():
+        lm_loss(model, inputs, inputs).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()
+    tracker = MemTracker()
+    tracker.track_external(model, optimizer)
+    with tracker:
+        step()
+    return max(stats["Total"] for stats in tracker.get_tracker_snapshot("peak").values()) / 2**20
+
+
+@pytest.mark.parametrize("batch_size", [4, 32])
+def test_cpu_memory_estimate_is_the_peak_of_a_real_training_step(tiny_space, batch_size):
     model_config, _ = tiny_space.resolve(PARAMS, 256)
     build = lambda: ConfigaFormer.from_config(model_config, verbose=False)  # noqa: E731
-    small, large = estimate_peak_memory(build, 4, 32, 256), estimate_peak_memory(build, 32, 32, 256)
-    assert 0 < small < large
+    estimate = estimate_peak_memory(build, batch_size, 32, 256)  # nothing allocated: fake tensors, a shortcut state
+    assert estimate == pytest.approx(real_training_peak(build(), batch_size, 32), rel=1e-3)
+    assert estimate > 16 * build().num_params() / 2**20  # weights, gradients and AdamW's two moments in fp32
 
 
 def test_impossible_and_over_budget_candidates_cost_no_training(tmp_path):
