@@ -216,6 +216,8 @@ def _finish_run(study, out_dir, verbosity: int) -> None:
     if front:
         print(f"Pareto front ({len(front)} trials):")
         sys.stdout.write(_console_table(front_frame(study)))
+    elif states.get("complete"):
+        print(f"Pareto front: empty, every complete trial breaks a constraint (see `configaformer-search trials {out_dir}`)")
     print("wrote " + ", ".join(str(p) for p in written))
 
 
@@ -240,9 +242,10 @@ def _console_table(frame) -> str:
     return frame.assign(**blanks).to_string(float_format=lambda v: f"{v:.4g}", na_rep="") + "\n"
 
 
-def _emit(frame, fmt: str, output: Optional[str]) -> None:
-    if frame.empty:
-        print("(no trials)")
+def _emit(frame, fmt: str, output: Optional[str], empty: str) -> None:
+    """A table on the console or in a file; `empty` says on the console why there are no rows."""
+    if frame.empty and fmt == "table":
+        print(empty)
         return
     if fmt == "parquet":
         if not output:
@@ -254,7 +257,7 @@ def _emit(frame, fmt: str, output: Optional[str]) -> None:
         print(f"wrote {output}")
         return
     text = {"table": lambda: _console_table(frame),
-            "csv": lambda: frame.to_csv(),
+            "csv": lambda: "" if frame.empty else frame.to_csv(),
             "json": lambda: frame.reset_index().to_json(orient="records", indent=1, date_format="iso") + "\n"}[fmt]()
     if output:
         from pathlib import Path
@@ -268,21 +271,22 @@ def _emit(frame, fmt: str, output: Optional[str]) -> None:
 def cmd_front(args: argparse.Namespace) -> int:
     from .front import front_frame
 
-    _emit(front_frame(_open_run(args.dir, args.storage)), args.format, args.output)
+    _emit(front_frame(_open_run(args.dir, args.storage)), args.format, args.output,
+          empty="(the front is empty: no trial has finished that meets the constraints)")
     return 0
 
 
 def cmd_trials(args: argparse.Namespace) -> int:
-    from .study import trials_frame
+    from .study import TRIAL_NOTES, trials_frame
 
     study = _open_run(args.dir, args.storage)
     frame = trials_frame(study)
     if args.format == "table" and not args.all and not frame.empty:  # what fits a terminal; the files keep it all
-        frame = frame[[c for c in frame if c in ("state", *study.metric_names, "reason", "message", "reused_from",
-                                                 "params", "duration") or c.startswith("param:")]]
+        frame = frame[[c for c in frame if c in ("state", *study.metric_names, *TRIAL_NOTES, "params", "duration")
+                       or c.startswith("param:")]]
         if "message" in frame:
             frame = frame.assign(message=frame["message"].str.slice(0, 60))
-    _emit(frame, args.format, args.output)
+    _emit(frame, args.format, args.output, empty="(no trials yet)")
     return 0
 
 

@@ -24,6 +24,8 @@ KEY_COLUMNS = ("flops", "params", "nonemb_params", "val_bpb", "peak_mem_source",
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Pareto-optimal trials among the complete, feasible ones (Optuna's best_trials), by number; a twin that
     reused another trial's measurement is left out (the trial it copies stands for it)."""
+    if not _get_feasible_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
+        return []  # best_trials would log a warning to the console
     return sorted((t for t in study.best_trials if "reused_from" not in t.user_attrs), key=lambda t: t.number)
 
 

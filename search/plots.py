@@ -13,7 +13,8 @@ from .front import front_trials, reference_point
 
 def plot_study(study: optuna.Study, path: Path) -> list[Path]:
     """Write the front to `path` (PNG: Optuna's plot for two objectives, one panel per pair from three up, which
-    reads better than a 3-D scatter), the hypervolume history beside it, and HTML versions if plotly imports."""
+    reads better than a 3-D scatter), the hypervolume history beside it once a trial is feasible, and HTML
+    versions if plotly imports."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,14 +36,15 @@ def plot_study(study: optuna.Study, path: Path) -> list[Path]:
         figure.savefig(path, dpi=120, bbox_inches="tight")
         plt.close("all")
 
-        history_path = path.with_name(path.stem + "_hypervolume.png")
-        reference = reference_point(study)
-        axes = optuna.visualization.matplotlib.plot_hypervolume_history(study, reference)
-        axes.set_title(f"Hypervolume history (reference {', '.join(f'{r:.3g}' for r in reference)})")
-        axes.figure.set_size_inches(7, 4)
-        axes.figure.savefig(history_path, dpi=120, bbox_inches="tight")
-        plt.close("all")
-        written.append(history_path)
+        if front_trials(study):  # with no feasible trial the history is zero throughout
+            history_path = path.with_name(path.stem + "_hypervolume.png")
+            reference = reference_point(study)
+            axes = optuna.visualization.matplotlib.plot_hypervolume_history(study, reference)
+            axes.set_title(f"Hypervolume history (reference {', '.join(f'{r:.3g}' for r in reference)})")
+            axes.figure.set_size_inches(7, 4)
+            axes.figure.savefig(history_path, dpi=120, bbox_inches="tight")
+            plt.close("all")
+            written.append(history_path)
         written += _html(study, path, names)
     return written
 

@@ -179,9 +179,12 @@ def record(study: optuna.Study, trial: optuna.Trial, metrics: Mapping[str, Any])
     return state
 
 
+TRIAL_NOTES = ("reason", "message", "violations", "reused_from")  # why a trial failed, is infeasible, or was free
+
+
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """Every trial, one row each: state, objectives, why it failed or whose result it reused, measured metrics,
-    params, duration. An objective appears once: its told value, or for a failed trial whatever it measured."""
+    """Every trial, one row each: state, objectives, TRIAL_NOTES, measured metrics, params, duration. An objective
+    appears once: its told value, or for a failed trial whatever it measured."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
         told = dict(zip(study.metric_names, trial.values or [None] * len(study.metric_names)))
@@ -194,7 +197,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame()
     frame = rows_frame(rows)
-    leading = ["state", *study.metric_names, *(c for c in ("reason", "message", "reused_from") if c in frame)]
+    leading = ["state", *study.metric_names, *(c for c in TRIAL_NOTES if c in frame)]
     params = [c for c in frame if c.startswith("param:")]
     metrics = sorted(c for c in frame if c not in leading and c not in params and c != "duration")
     frame = frame[leading + metrics + params + ["duration"]]

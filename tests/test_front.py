@@ -1,8 +1,11 @@
 """Front, hypervolume and winner selection on a real (in-memory) Optuna study with known values."""
 
+import json
+
 import optuna
 import pytest
 
+from configaformer_search.cli import main
 from configaformer_search.errors import SpaceError
 from configaformer_search.front import front_trials, hypervolume, knee, pick, pick_default
 
@@ -48,3 +51,23 @@ def test_pick_knee_and_default(study):
         pick(study, "speed<=1")
     with pytest.raises(SpaceError, match="cannot read 'latency_ms ~ 2'"):
         pick(study, "latency_ms ~ 2")
+
+
+def test_a_front_with_no_feasible_trial_is_empty_and_said_so(tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="tight", storage=storage, directions=["minimize", "minimize"])
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        study.set_metric_names(["val_loss", "latency_ms"])
+    for values in POINTS[:3]:
+        trial = study.ask()
+        trial.set_constraint("peak_mem_mb<=", 0.5)  # measured, but over its bound
+        study.tell(trial, list(values))
+    assert front_trials(study) == []
+    assert main(["front", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == "(the front is empty: no trial has finished that meets the constraints)\n"
+    assert main(["front", str(tmp_path), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["plot", str(tmp_path)]) == 0  # the trials, but no hypervolume history: it is zero throughout
+    assert (tmp_path / "front.png").is_file() and not (tmp_path / "front_hypervolume.png").exists()
+    assert main(["export", str(tmp_path)]) == 2
+    assert "nothing to export" in capsys.readouterr().err

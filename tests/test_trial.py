@@ -135,6 +135,14 @@ def test_impossible_and_over_budget_candidates_cost_no_training(tmp_path):
     assert over["params"] > 1000 and "train_s" not in over["timings"]
 
 
+def test_a_measured_metric_over_its_bound_leaves_the_trial_measured_but_infeasible(tmp_path):
+    space = load_space(write_space(tmp_path, TINY_SPACE + "constraints: {peak_mem_mb: {max: 0.5}}\n"))
+    result = trial.run(space, PARAMS, device="cpu")
+    assert result["status"] == "ok" and math.isfinite(result["val_loss"]) and result["peak_mem_mb"] > 0.5
+    assert result["violations"] == f"peak_mem_mb {result['peak_mem_mb']:.4g} > max 0.5"
+    assert result["constraints"]["peak_mem_mb<="] == pytest.approx(result["peak_mem_mb"] / 0.5 - 1)
+
+
 def test_diverging_training_fails_with_its_reason(tmp_path):
     space = load_space(write_space(tmp_path, TINY_SPACE.replace("lr: 1e-2", "lr: 1e6").replace("tokens: 49152", "tokens: 16384")))
     failed = trial.run(space, PARAMS, device="cpu")
