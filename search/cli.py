@@ -16,6 +16,7 @@ from .errors import UsageError
 COMMANDS = ("run", "validate", "front", "trials", "plot", "export")
 TUNE_SCRATCH = ".tune"  # Ray Tune's own records inside a run folder, deleted when its trials are done
 RUN_LOCK = ".lock"  # held by the search running in a folder (the OS lets go when it dies, even by SIGKILL)
+RUN_OUTPUTS = ("trials.csv", "front.csv", "front.png", "front_hypervolume.png", "front.html", "best.yaml")
 
 
 def _format(value: float) -> str:
@@ -184,7 +185,7 @@ def _delete_run(out_dir, storage: str, study_name: str) -> None:
         optuna.delete_study(study_name=study_name, storage=storage)
     except KeyError:
         pass  # nothing to delete
-    for name in ("trials.csv", "front.csv", "front.png", "front_hypervolume.png", "front.html", "best.yaml"):
+    for name in RUN_OUTPUTS:
         (out_dir / name).unlink(missing_ok=True)
 
 
@@ -204,6 +205,8 @@ def _finish_run(study, out_dir, verbosity: int) -> None:
         written += plot_study(study, out_dir / "front.png")
     if front:
         written.append(export_trial(study, pick_default(study), out_dir / "best.yaml"))
+    for stale in {out_dir / name for name in RUN_OUTPUTS} - set(written):  # e.g. a winner that tighter constraints
+        stale.unlink(missing_ok=True)  # of a resumed space have put off the front
     if verbosity == 0:
         return
     trials = study.get_trials(deepcopy=False)

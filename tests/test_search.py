@@ -71,6 +71,17 @@ def test_search_makes_a_front_plots_and_an_export_that_rebuilds(ray_local, tmp_p
     assert len(study_of(out).trials) == len(study.trials)
 
 
+def test_a_front_that_nothing_meets_leaves_no_winner_behind(ray_local, tmp_path, capsys):
+    space = write_space(tmp_path, FAST + "constraints: {peak_mem_mb: {max: 0.001}}\n")  # every trial breaks it
+    out = tmp_path / "run"
+    out.mkdir()
+    for stale in ("best.yaml", "front.csv", "front_hypervolume.png"):  # as another space's search would leave them
+        (out / stale).write_text("stale")
+    assert main(["run", str(space), "--trials", "1", "--out", str(out)]) == 0
+    assert "Pareto front: empty, every complete trial breaks a constraint" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["front.png", "study.db", "trials.csv"]
+
+
 def test_failures_are_recorded_and_repeated_configs_reuse_results_for_free(ray_local, tmp_path, capsys):
     # Two configs in all: heads 2 trains, heads 3 is impossible (32 wide). Every later suggestion repeats one.
     space_text = FAST.replace("{choice: [32, 48]}", "{choice: [32]}").replace("{choice: [2, 4]}", "{choice: [2, 3]}") \
