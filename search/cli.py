@@ -205,8 +205,8 @@ def _finish_run(study, out_dir, verbosity: int) -> None:
         written += plot_study(study, out_dir / "front.png")
     if front:
         written.append(export_trial(study, pick_default(study), out_dir / "best.yaml"))
-    for stale in {out_dir / name for name in RUN_OUTPUTS} - set(written):  # e.g. a winner that tighter constraints
-        stale.unlink(missing_ok=True)  # of a resumed space have put off the front
+    for stale in {out_dir / name for name in RUN_OUTPUTS} - set(written):  # e.g. another space's winner in this
+        stale.unlink(missing_ok=True)  # folder, where this study's front is empty
     if verbosity == 0:
         return
     trials = study.get_trials(deepcopy=False)
