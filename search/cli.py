@@ -12,6 +12,7 @@ import sys
 from typing import IO, Callable, Optional, Sequence
 
 from .errors import UsageError
+from .progress import Progress, plural
 
 COMMANDS = ("run", "validate", "front", "trials", "plot", "export")
 TUNE_SCRATCH = ".tune"  # Ray Tune's own records inside a run folder, deleted when its trials are done
@@ -111,7 +112,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _search(space, study, corpus, storage: str, out_dir, n_trials: int, args: argparse.Namespace, verbosity: int) -> None:
     """Resume bookkeeping, then the trials still owed through Ray."""
     from . import orchestrate
-    from .progress import Progress
     from .study import MAX_REPEATS, make_sampler, mark_interrupted, measured
 
     say = print if verbosity > 0 else (lambda *a, **k: None)
@@ -124,17 +124,18 @@ def _search(space, study, corpus, storage: str, out_dir, n_trials: int, args: ar
     say(f"space '{space.name}' ({f'{size:,} configs' if size else 'continuous'}), corpus: {corpus.description}")
     say(f"run folder {out_dir}, study {storage}")
     if done or interrupted:
-        say(f"resuming: {done} finished trials kept" + (f", {interrupted} interrupted trials marked failed and owed again" if interrupted else ""))
+        say(f"resuming: {plural(done, 'finished trial')} kept"
+            + (f", {plural(interrupted, 'interrupted trial')} marked failed and owed again" if interrupted else ""))
     if done >= n_trials:
-        say(f"the study already has {done} finished trials (asked for {n_trials}): nothing to run")
+        say(f"the study already has {plural(done, 'finished trial')} (asked for {n_trials}): nothing to run")
         return
     started_ray = orchestrate.connect(args.address)
     try:
         resources = orchestrate.plan_resources(space, args.gpus_per_trial, args.concurrency)
         cluster = orchestrate.describe_cluster()
         say(f"Ray: {cluster['nodes']} node(s), {cluster['cpus']:g} CPUs, {cluster['gpus']:g} GPUs; "
-            f"{resources.concurrency} trial(s) at a time, each {resources.cpus_per_trial:g} CPU + {resources.gpus_per_trial:g} GPU")
-        say(f"running {n_trials - done} trial(s) of {n_trials}, objectives: "
+            f"{plural(resources.concurrency, 'trial')} at a time, each {resources.cpus_per_trial:g} CPU + {resources.gpus_per_trial:g} GPU")
+        say(f"running {plural(n_trials - done, 'trial')} of {n_trials}, objectives: "
             + ", ".join(f"{m} ({d})" for m, d in space.objectives.items()))
         progress = Progress(n_trials, done, list(space.objectives), verbosity)
         searcher = orchestrate.run_trials(space, study, corpus.vocab_size, n_trials - done, resources, progress,
@@ -213,11 +214,11 @@ def _finish_run(study, out_dir, verbosity: int) -> None:
     states = Counter(t.state.name.lower() for t in trials)
     reasons = Counter(t.user_attrs.get("reason", "error") for t in trials if t.state == TrialState.FAIL)
     reused = sum("reused_from" in t.user_attrs for t in trials)
-    print(f"\n{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    print(f"\n{plural(len(trials), 'trial')}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
           + (" (" + ", ".join(f"{r} {n}" for r, n in reasons.most_common()) + ")" if reasons else "")
           + (f"; {reused} of them repeated a measured config and reused its result" if reused else ""))
     if front:
-        print(f"Pareto front ({len(front)} trials):")
+        print(f"Pareto front ({plural(len(front), 'trial')}):")
         sys.stdout.write(_console_table(front_frame(study)))
     elif states.get("complete"):
         print(f"Pareto front: empty, every complete trial breaks a constraint (see `configaformer-search trials {out_dir}`)")

@@ -7,6 +7,11 @@ from collections import Counter
 from typing import Any, Mapping, Sequence
 
 
+def plural(count: int, noun: str) -> str:
+    """'1 trial', '2 trials'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _clock(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
@@ -43,7 +48,7 @@ class Progress:
         elapsed = time.monotonic() - self.start
         remaining = self.total - count
         eta = f" · ~{_clock(elapsed / self.done * remaining)} left" if remaining > 0 else ""
-        reused = f" · {self.reused} repeat{'s' if self.reused > 1 else ''} reused" if self.reused else ""
+        reused = f" · {plural(self.reused, 'repeat')} reused" if self.reused else ""
         self.say(f"[{count:>{len(str(self.total))}}/{self.total}] #{number:<3} {_outcome(metrics, self.objectives)}")
         self.say(f"        done {count} · failed {sum(self.failures.values())}{reused} · running {self.running} · "
                  f"front {front_size} · {_clock(elapsed)} elapsed{eta}")

@@ -78,7 +78,9 @@ def test_a_front_that_nothing_meets_leaves_no_winner_behind(ray_local, tmp_path,
     for stale in ("best.yaml", "front.csv", "front_hypervolume.png"):  # as another space's search would leave them
         (out / stale).write_text("stale")
     assert main(["run", str(space), "--trials", "1", "--out", str(out)]) == 0
-    assert "Pareto front: empty, every complete trial breaks a constraint" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "running 1 trial of 1," in printed and "\n1 trial: 1 complete\n" in printed
+    assert "Pareto front: empty, every complete trial breaks a constraint" in printed
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["front.png", "study.db", "trials.csv"]
 
 
