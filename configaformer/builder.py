@@ -198,6 +198,7 @@ class ConfigaFormer(nn.Module):
                         key = f", key {err.key!r}" if err.key else ""
                         where = f"blocks[{b}].config[{i}] (block #{b + 1}, op #{i + 1}, {spec.get('type')}){key}"
                         raise _fail(source, f"{where}: {err.message}") from None
+                    op.location = f"blocks[{b}].config[{i}]" + (f" (repeat {r + 1} of {repeat})" if repeat > 1 else "")
                     built.append(op)
                     if r == 0:
                         lines.append(op.summary_line())

@@ -160,7 +160,8 @@ class FusedAttention(nn.Module):
             mask = offset_stream[..., :len_q, :len_k]
         elif self.offset_kind is not None:
             mask = self.offset[0].bias(len_q, len_k, q.device)
-        dtype = torch.get_autocast_dtype(q.device.type) if torch.is_autocast_enabled(q.device.type) else q.dtype
+        autocast = q.device.type != "meta" and torch.is_autocast_enabled(q.device.type)
+        dtype = torch.get_autocast_dtype(q.device.type) if autocast else q.dtype
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         if mask is not None:
             mask = mask.to(dtype)

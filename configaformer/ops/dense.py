@@ -83,9 +83,11 @@ class FusedLinear(nn.Module):
     def __init__(self, members: list[Linear]) -> None:
         super().__init__()
         first = members[0].proj
+        self.type_name, self.location = "linear", members[0].location
         self.inputs = members[0].inputs
         self.outputs = tuple(m.outputs[0] for m in members)
         self.sizes = [m.proj.out_features for m in members]
+        self.out_shapes = tuple(m.out_shapes[0] for m in members)
         self.proj = nn.Linear(first.in_features, sum(self.sizes), bias=first.bias is not None,
                               device=first.weight.device, dtype=first.weight.dtype)
         with torch.no_grad():
