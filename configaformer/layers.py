@@ -84,7 +84,7 @@ def _residual(layer: dict, dim_model: int, body: list[dict]) -> list[dict]:
     if placement in ("pre", "sandwich"):
         ops.append(_norm(kind))
     if layer["token_shift"]:
-        ops.append({"type": "shift", "instructions": [{"features": [0, dim_model // 2], "relative_pos": 1}]})
+        ops.append({"type": "shift", "instructions": [{"features": [0, dim_model // 2], "relative_pos": -1}]})
     ops += body
     if layer["dropout"]:
         ops.append({"type": "dropout", "prob": layer["dropout"]})

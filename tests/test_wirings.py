@@ -47,8 +47,8 @@ WIRINGS = {
                                          {"type": "activation", "activation_function": ["gelu", "tanh", "sigmoid"]}),
     "gmlp": residual({"type": "linear", "output_dim": 4 * DIM}, {"type": "activation"},
                      {"type": "spatial_gating", "max_length": 64}, {"type": "linear", "output_dim": DIM}),
-    "hourglass_shift": [{"type": "shift", "instructions": [{"features": [0, 8], "relative_pos": 1},
-                                                             {"features": [8, 12], "relative_pos": -2}]},
+    "hourglass_shift": [{"type": "shift", "instructions": [{"features": [0, 8], "relative_pos": -1},
+                                                             {"features": [8, 12], "relative_pos": 2}]},
                         {"type": "make_stream", "output_name": "full"},
                         {"type": "down_sample", "stride": 2},
                         {"type": "linear", "output_dim": DIM},
@@ -91,9 +91,10 @@ def test_derived_lengths_are_expressions_over_their_symbol():
     assert "up_sample -> Input(s): x (B, L_in/4, 128) - Output(s): x (B, L_in/2, 64)" in model.summary()
 
 
-def test_token_shift_moves_features_by_relative_position():
-    model = ConfigaFormer({"blocks": [{"config": [{"type": "shift", "instructions": [{"features": [0, 1], "relative_pos": 1},
-                                                                                      {"features": [1, 2], "relative_pos": -1}]}]}]},
+def test_token_shift_reads_the_token_at_relative_position():
+    """As in the original library: -1 reads the previous token, +1 the next."""
+    model = ConfigaFormer({"blocks": [{"config": [{"type": "shift", "instructions": [{"features": [0, 1], "relative_pos": -1},
+                                                                                      {"features": [1, 2], "relative_pos": 1}]}]}]},
                           {"x": ["B", "L", 3]}, verbose=False)
     x = torch.arange(12.0).view(1, 4, 3)
     out = model({"x": x})["x"][0]

@@ -24,8 +24,8 @@ def _check_instructions(value) -> str | None:
 
 @register("shift")
 class Shift(Op):
-    """Token shift: features [start, end) of each token are taken from `relative_pos` tokens earlier (k > 0) or
-    later (k < 0), zero-filled at the edge. Other features pass through."""
+    """Token shift: features [start, end) of each token t are taken from token t + relative_pos, zero-filled at
+    the edge: -1 reads the previous token (causal), +1 the next one (not causal). Other features pass through."""
 
     keys = {**Op.keys, "instructions": Key(types=(list,), check=_check_instructions)}
 
@@ -52,10 +52,10 @@ class Shift(Op):
         out = []
         for start, end, pos in self.pieces:
             part = x[..., start:end]
-            if pos > 0:
-                part = F.pad(part, (0, 0, pos, 0))[..., :length, :]
-            elif pos < 0:
-                part = F.pad(part, (0, 0, 0, -pos))[..., -pos:, :]
+            if pos < 0:  # from earlier tokens
+                part = F.pad(part, (0, 0, -pos, 0))[..., :length, :]
+            elif pos > 0:  # from later tokens
+                part = F.pad(part, (0, 0, 0, pos))[..., pos:, :]
             out.append(part)
         return torch.cat(out, dim=-1)
 
