@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional
 
 import torch
 
-from configaformer import ConfigaFormer, ConfigError
+from configaformer import ConfigaFormer, ConfigError, find_future_leak
 from configaformer.registry import OpError, check_value
 
-from .errors import TrialFailure
+from .errors import SpaceError, TrialFailure
 from .probes import count_flops
 from .space import CHEAP_METRICS, INPUT_STREAM, TRAIN_KEYS, SearchSpace
 
+
+
+CAUSALITY_LENGTH = 16  # positions the causality check perturbs, where the model runs at that length
 
 
 @dataclass
@@ -24,9 +28,9 @@ class Candidate:
     params: dict[str, Any]
     model_config: dict[str, Any]
     train: dict[str, Any]
-    model: ConfigaFormer
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # the cheap ones, known before any weight exists
     key: str
+    model: Optional[ConfigaFormer] = None  # the real model, once `build` has made it
 
 
 def config_key(model_config: Mapping, train: Mapping) -> str:
@@ -71,34 +75,89 @@ def _check_train(train: Mapping[str, Any]) -> None:
             raise TrialFailure("rejected", f"train.{key}: {err.message}") from None
 
 
-def _build(model_config: dict, vocab_size: int, seed: int) -> ConfigaFormer:
-    with torch.random.fork_rng(devices=[]):  # initial weights from the trial's seed alone, not from what ran before
-        torch.manual_seed(seed)
-        model = ConfigaFormer.from_config(model_config, verbose=False)
+def _check_model(model: ConfigaFormer, vocab_size: int) -> None:
     if set(model.input_shapes) != {INPUT_STREAM}:
         raise ConfigError(f"input_streams: a searched model reads one stream, {INPUT_STREAM!r}; build offsets inside "
                           f"(attention_offset with offset: causal or alibi), got {', '.join(model.input_shapes)}")
     width = model.stream_shapes[model.outputs[0]][-1]
     if width != vocab_size:
         raise ConfigError(f"outputs: the logits stream {model.outputs[0]!r} has width {width}, expected the vocab size {vocab_size}")
-    return model
 
 
-def make_candidate(space: SearchSpace, params: Mapping[str, Any], vocab_size: int) -> Candidate:
-    """Resolve, build and cheaply measure a candidate; raises TrialFailure('rejected' or 'constraint')."""
+def _check_length(model: ConfigaFormer, length: int) -> None:
+    """The model must run at the training length and at the validation windows' length (on meta: no work)."""
+    try:
+        model({INPUT_STREAM: torch.zeros(1, length, dtype=torch.long, device="meta")})
+    except (ValueError, RuntimeError, IndexError) as err:
+        raise ConfigError(f"the model cannot run at {length} positions, which training or the validation windows "
+                          f"need: {str(err).splitlines()[0]}") from None
+
+
+def screen(space: SearchSpace, params: Mapping[str, Any], vocab_size: int) -> Candidate:
+    """Resolve params and measure the cheap metrics on a model built on the meta device (no weight is allocated,
+    so refusing a huge candidate costs nothing); raises TrialFailure('rejected' or 'constraint')."""
     model_config, train = space.resolve(params, vocab_size)
     key = config_key(model_config, train)  # failures carry it too: a repeat of a refused config is refused for free
     try:
         _check_train(train)
-        model = _build(model_config, vocab_size, train["seed"])
+        with torch.device("meta"):
+            model = ConfigaFormer.from_config(model_config, verbose=False)
+        _check_model(model, vocab_size)
+        _check_length(model, max(train["seq_len"], train["eval_seq_len"]))
     except ConfigError as err:
         raise TrialFailure("rejected", str(err), {"config_key": key}) from None
     except TrialFailure as failure:
         raise TrialFailure(failure.kind, failure.message, {"config_key": key}) from None
-    probe_len = space.probes["seq_len"]
-    metrics = {"params": model.num_params(), "nonemb_params": model.num_params(non_embedding=True)}
-    metrics["flops"] = count_flops(model, space.probes["batch_size"], probe_len)
+    metrics = {"params": model.num_params(), "nonemb_params": model.num_params(non_embedding=True),
+               "flops": count_flops(model, space.probes["batch_size"], space.probes["seq_len"])}
     over = violations(space.constraints, metrics, only=CHEAP_METRICS)
     if over:
         raise TrialFailure("constraint", "; ".join(over), dict(metrics, config_key=key))
-    return Candidate(dict(params), model_config, train, model, metrics, key)
+    return Candidate(dict(params), model_config, train, metrics, key)
+
+
+def build(candidate: Candidate) -> ConfigaFormer:
+    """The real model, its weights drawn from the trial's seed alone; raises TrialFailure('leaks_future') for a
+    model whose outputs read later positions, which a next-token loss would reward."""
+    with torch.random.fork_rng(devices=[]):  # initial weights from the trial's seed alone, not from what ran before
+        torch.manual_seed(candidate.train["seed"])
+        model = ConfigaFormer.from_config(candidate.model_config, verbose=False)
+    seq_len = candidate.train["seq_len"]
+    try:
+        leak = find_future_leak(model, length=min(CAUSALITY_LENGTH, seq_len))
+    except (ValueError, RuntimeError):  # a stride that does not divide the short length: check at the trained one
+        leak = find_future_leak(model, length=seq_len)
+    if leak is not None:
+        raise TrialFailure("leaks_future", f"{leak}: a next-token loss would reward reading ahead",
+                           dict(candidate.metrics, config_key=candidate.key))
+    candidate.model = model
+    return model
+
+
+def make_candidate(space: SearchSpace, params: Mapping[str, Any], vocab_size: int) -> Candidate:
+    """Screen, then build the real model; raises TrialFailure('rejected', 'constraint' or 'leaks_future')."""
+    candidate = screen(space, params, vocab_size)
+    build(candidate)
+    return candidate
+
+
+PREFLIGHT_DRAWS = 64  # random draws tried before a space counts as one that builds nothing
+
+
+def check_buildable(space: SearchSpace, vocab_size: int, draws: int = PREFLIGHT_DRAWS, seed: int = 0) -> None:
+    """Refuse a space none of whose random draws passes the cheap screen (a misspelt layer key, say), before any
+    trial or run folder exists; stops at the first draw that passes. Raises SpaceError naming the commonest reason."""
+    import optuna
+
+    sampler = optuna.samplers.RandomSampler(seed=seed)
+    study = optuna.create_study(sampler=sampler, directions=["minimize"] * len(space.objectives))
+    failures: Counter = Counter()
+    for _ in range(draws if space.size() is None else min(draws, space.size())):
+        try:
+            screen(space, space.sample(study.ask()), vocab_size)
+            return
+        except TrialFailure as failure:
+            failures[(failure.kind, failure.message)] += 1
+    (kind, message), count = failures.most_common(1)[0]
+    raise SpaceError(f"{space.path}: model: none of {sum(failures.values())} sampled candidates builds; "
+                     f"{count} were refused ({kind}) with: {message}")

@@ -29,7 +29,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     from configaformer.shapes import format_shape
 
-    from .candidate import make_candidate
+    from .candidate import check_buildable, make_candidate
     from .data import load_corpus
     from .errors import TrialFailure
     from .space import load_space
@@ -44,6 +44,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                                            for m, b in space.constraints.items() for s, v in b.items()))
     corpus = load_corpus(space.data)
     print(f"corpus: {corpus.description}, vocab {corpus.vocab_size}, {len(corpus.train):,} train / {len(corpus.val):,} val tokens")
+    print(f"validation: {space.train['eval_tokens']:,} target tokens in windows of {space.train['eval_seq_len']} for every trial")
+    check_buildable(space, corpus.vocab_size)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
     for i in range(args.samples):
@@ -79,11 +81,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     verbosity = 0 if args.quiet else 1 + args.verbose
 
     from . import orchestrate
+    from .candidate import check_buildable
     from .data import load_corpus
     from .study import default_storage, measured, open_study
 
     orchestrate.check_address(args.address)
     corpus = load_corpus(space.data)
+    check_buildable(space, corpus.vocab_size)  # a space that builds nothing is refused before a folder exists
     storage = args.storage or default_storage(out_dir)
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -93,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if args.fresh:
                 _delete_run(out_dir, storage, space.name)
             study = _storage_call(storage, lambda: open_study(space, storage))
-            _search(space, study, corpus, storage, out_dir, n_trials, args, verbosity)
+            stopped = _search(space, study, corpus, storage, out_dir, n_trials, args, verbosity)
         except UsageError:
             if created and (study is None or not study.trials):
                 shutil.rmtree(out_dir, ignore_errors=True)  # bad input leaves nothing behind
@@ -106,11 +110,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                   "run the same command again to resume", file=sys.stderr)
             return 130
         _finish_run(study, out_dir, verbosity)
-        return 0
+        if stopped:
+            print(f"configaformer-search: {stopped}", file=sys.stderr)
+        if not measured(study):
+            print("configaformer-search: no config was trained and measured", file=sys.stderr)
+            return 1
+        return 1 if stopped else 0
 
 
-def _search(space, study, corpus, storage: str, out_dir, n_trials: int, args: argparse.Namespace, verbosity: int) -> None:
-    """Resume bookkeeping, then the trials still owed through Ray."""
+def _search(space, study, corpus, storage: str, out_dir, n_trials: int, args: argparse.Namespace,
+            verbosity: int) -> Optional[str]:
+    """Resume bookkeeping, then the trials still owed through Ray; returns why it stopped short, if it did."""
     from . import orchestrate
     from .study import MAX_REPEATS, make_sampler, mark_interrupted, measured
 
@@ -128,7 +138,7 @@ def _search(space, study, corpus, storage: str, out_dir, n_trials: int, args: ar
             + (f", {plural(interrupted, 'interrupted trial')} marked failed and owed again" if interrupted else ""))
     if done >= n_trials:
         say(f"the study already has {plural(done, 'finished trial')} (asked for {n_trials}): nothing to run")
-        return
+        return None
     started_ray = orchestrate.connect(args.address)
     try:
         resources = orchestrate.plan_resources(space, args.gpus_per_trial, args.concurrency)
@@ -138,16 +148,21 @@ def _search(space, study, corpus, storage: str, out_dir, n_trials: int, args: ar
         say(f"running {plural(n_trials - done, 'trial')} of {n_trials}, objectives: "
             + ", ".join(f"{m} ({d})" for m, d in space.objectives.items()))
         progress = Progress(n_trials, done, list(space.objectives), verbosity)
-        searcher = orchestrate.run_trials(space, study, corpus.vocab_size, n_trials - done, resources, progress,
+        searcher = orchestrate.run_trials(space, study, corpus.vocab_size, n_trials, resources, progress,
                                           scratch=out_dir / TUNE_SCRATCH)
-        if searcher.exhausted:
+        if searcher.stop_reason == "exhausted":
             say(f"stopped early: the sampler proposed only measured configs {MAX_REPEATS} times in a row "
                 f"(the space looks exhausted at {len(measured(study))} measured trials)")
+        elif searcher.stop_reason == "refused":
+            reason, count = searcher.refusals.most_common(1)[0]
+            return (f"stopped: the last {sum(searcher.refusals.values())} candidates were all refused before training, "
+                    f"{count} of them for {reason}; see `configaformer-search trials {out_dir}`")
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
+    return None
 
 
 def _lock_run(out_dir) -> IO:
@@ -199,6 +214,7 @@ def _finish_run(study, out_dir, verbosity: int) -> None:
     from .export import export_trial, write_tables
     from .front import front_frame, front_trials, pick_default
     from .plots import plot_study
+    from .study import counts
 
     written = write_tables(study, out_dir)
     front = front_trials(study)
@@ -211,12 +227,17 @@ def _finish_run(study, out_dir, verbosity: int) -> None:
     if verbosity == 0:
         return
     trials = study.get_trials(deepcopy=False)
-    states = Counter(t.state.name.lower() for t in trials)
-    reasons = Counter(t.user_attrs.get("reason", "error") for t in trials if t.state == TrialState.FAIL)
+    own = [t for t in trials if t.state != TrialState.RUNNING and "reused_from" not in t.user_attrs]
+    measured_trials = [t for t in own if counts(t.user_attrs)]
+    failed = Counter(t.user_attrs.get("reason", "error") for t in measured_trials if t.state == TrialState.FAIL)
+    free = Counter(t.user_attrs.get("reason", "error") for t in own if not counts(t.user_attrs))
     reused = sum("reused_from" in t.user_attrs for t in trials)
-    print(f"\n{plural(len(trials), 'trial')}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
-          + (" (" + ", ".join(f"{r} {n}" for r, n in reasons.most_common()) + ")" if reasons else "")
-          + (f"; {reused} of them repeated a measured config and reused its result" if reused else ""))
+    tally = lambda counter: ", ".join(f"{r} {n}" for r, n in counter.most_common())  # noqa: E731
+    print(f"\n{plural(len(measured_trials), 'config')} measured: {len(measured_trials) - sum(failed.values())} complete"
+          + (f", {sum(failed.values())} failed ({tally(failed)})" if failed else "")
+          + (f"; {sum(free.values())} refused before training or owed again ({tally(free)})" if free else "")
+          + (f"; {plural(reused, 'repeat')} of a settled config reused its result" if reused else ""))
+    states = Counter(t.state.name.lower() for t in measured_trials)
     if front:
         print(f"Pareto front ({plural(len(front), 'trial')}):")
         sys.stdout.write(_console_table(front_frame(study)))

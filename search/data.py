@@ -1,9 +1,11 @@
 """Corpora for brief training: the embedded default, a text file, or a uint16 token file; train/val split;
-random training windows and one fixed set of validation windows, the same for every trial."""
+random training windows and one fixed set of validation windows, the same for every trial whatever its own
+sequence length and batch size."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import sysconfig
 import zlib
 from dataclasses import dataclass
@@ -14,7 +16,8 @@ import numpy as np
 import torch
 
 EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__"}
-VAL_BUCKETS = 10  # files whose path hashes to bucket 0 of 10 are validation: about 10%, fixed by the path
+VAL_BUCKETS = 10  # packages whose name hashes to bucket 0 of 10 are validation: about 10%, fixed by the name
+EVAL_BATCH_TOKENS = 8192  # validation windows are scored in batches of about this many tokens, for every trial
 
 
 @dataclass(frozen=True)
@@ -36,12 +39,13 @@ def stdlib_files() -> list[Path]:
 
 @functools.lru_cache(maxsize=4)
 def embedded_corpus(max_bytes: Optional[int] = None) -> Corpus:
-    """The default corpus: this Python's standard library source, as bytes, split into train/val by file."""
+    """The default corpus: this Python's standard library source, as bytes, split into train/val by top-level module
+    or package, so that the near-copies inside a package (the codec tables of encodings/, say) stay on one side."""
     root = Path(sysconfig.get_paths()["stdlib"])
     train, val, total = [], [], 0
     for path in stdlib_files():
         data = path.read_bytes()
-        bucket = zlib.crc32(str(path.relative_to(root)).encode()) % VAL_BUCKETS
+        bucket = zlib.crc32(path.relative_to(root).parts[0].encode()) % VAL_BUCKETS
         (val if bucket == 0 else train).append(data)
         total += len(data)
         if max_bytes and total >= max_bytes:
@@ -80,11 +84,6 @@ def _window_block(tokens: torch.Tensor, starts: torch.Tensor, seq_len: int) -> t
     return tokens[starts[:, None] + torch.arange(seq_len + 1)].long()
 
 
-def _windows(tokens: torch.Tensor, starts: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    block = _window_block(tokens, starts, seq_len)
-    return block[:, :-1], block[:, 1:]
-
-
 def train_batches(corpus: Corpus, batch_size: int, seq_len: int, seed: int,
                   device: torch.device = torch.device("cpu")) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless (inputs, targets) batches of random training windows on `device`, reproducible from the seed.
@@ -103,10 +102,44 @@ def train_batches(corpus: Corpus, batch_size: int, seq_len: int, seed: int,
         yield block[:, :-1], block[:, 1:]
 
 
-def val_batches(corpus: Corpus, batch_size: int, seq_len: int, tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The fixed validation set: about `tokens` tokens in windows spread evenly over the held-out text."""
-    count = max(1, tokens // seq_len)
+@dataclass(frozen=True)
+class ValSet:
+    """The fixed validation windows and a fingerprint of exactly what they score (recorded with every trial)."""
+
+    batches: list[tuple[torch.Tensor, torch.Tensor]]
+    fingerprint: str
+
+
+def val_set(corpus: Corpus, seq_len: int, tokens: int) -> ValSet:
+    """About `tokens` target tokens in windows of `seq_len` spread evenly over the held-out text, scored in batches
+    of a fixed size: the same set for every trial that gives the same seq_len and tokens."""
     if len(corpus.val) <= seq_len + 1:
         raise ValueError(f"the validation text ({len(corpus.val)} tokens) is shorter than one window of {seq_len + 1}")
-    starts = torch.linspace(0, len(corpus.val) - seq_len - 1, count).long()
-    return [_windows(corpus.val, chunk, seq_len) for chunk in starts.split(batch_size)]
+    starts = torch.linspace(0, len(corpus.val) - seq_len - 1, max(1, tokens // seq_len)).long()
+    block = _window_block(corpus.val, starts, seq_len)
+    fingerprint = hashlib.sha256(block.numpy().tobytes()).hexdigest()[:16]
+    batch = max(1, EVAL_BATCH_TOKENS // seq_len)
+    return ValSet([(rows[:, :-1], rows[:, 1:]) for rows in block.split(batch)], f"{fingerprint}:{len(starts)}x{seq_len}")
+
+
+def near_copy_share(corpus: Corpus, window: int = 64, stretch: int = 4096) -> float:
+    """The share of validation tokens in `stretch`-long runs at least half of whose `window`-long windows occur
+    verbatim in the training text: how much of the validation set a model could have memorised."""
+    def window_hashes(tokens: torch.Tensor) -> np.ndarray:
+        data = np.ascontiguousarray(tokens.numpy().astype(np.uint8 if corpus.is_bytes else np.uint16)).view(np.uint8)
+        step, width = data.itemsize, window * data.itemsize
+        count = (len(data) - width) // step + 1
+        words = np.ndarray((len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))  # 8 bytes at every offset
+        hashes = np.zeros(count, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for offset in range(0, width, 8):  # a polynomial hash of the window's 8-byte words, mod 2**64
+                hashes = hashes * np.uint64(0x100000001B3) + words[offset : offset + count * step : step]
+        return hashes
+
+    seen, probes = np.sort(window_hashes(corpus.train)), window_hashes(corpus.val)
+    hits = seen[np.minimum(np.searchsorted(seen, probes), len(seen) - 1)] == probes  # np.isin sorts far slower
+    runs = len(hits) // stretch
+    if runs == 0:
+        return 0.0
+    copied = hits[: runs * stretch].reshape(runs, stretch).mean(axis=1) >= 0.5
+    return float(copied.sum() * stretch / len(corpus.val))

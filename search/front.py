@@ -18,7 +18,7 @@ from .study import rows_frame
 
 _PICK_RE = re.compile(r"^\s*([A-Za-z_][\w]*)\s*(<=|>=|<|>|==)\s*([-+0-9.eE]+)\s*$")
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
-KEY_COLUMNS = ("flops", "params", "nonemb_params", "val_bpb", "peak_mem_source", "latency_cv")
+KEY_COLUMNS = ("flops", "params", "nonemb_params", "val_bpb", "peak_mem_source", "latency_cv", "latency_noisy")
 
 
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:

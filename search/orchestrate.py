@@ -15,6 +15,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -33,63 +34,93 @@ from .errors import UsageError  # noqa: E402
 from .front import front_trials  # noqa: E402
 from .progress import Progress  # noqa: E402
 from .space import SearchSpace  # noqa: E402
-from .study import ask_new, mark_interrupted, measured_by_key, record, tell_parked  # noqa: E402
+from .study import (REFUSED, WORKER_DIED, Asked, ask_new, counts, mark_interrupted, measured,  # noqa: E402
+                    measured_by_key, record, tell_parked)
 
 
 class StudySearcher(Searcher):
-    """Suggests each Ray trial from an Optuna study (ask, define-by-run) and records its result (tell).
+    """Suggests each Ray trial from an Optuna study (ask, define-by-run) and records its result (tell), until the
+    study holds `budget` measured trials.
 
-    A suggestion identical to a config already measured is told its twin's result at once and costs no Ray trial
-    and no budget (study.ask_new); one identical to a config still training waits for that trial's result, so that
-    packed trials never train one config twice. When the study suggests nothing new, the search ends early
-    (`exhausted`).
+    Suggestions that cost no training (a repeat of a settled config, one refused by the cheap screen) are recorded
+    at once (study.ask_new); one identical to a config still training waits for that trial's result, so that packed
+    trials never train one config twice. A trial whose worker died is owed again: its config is queued once more,
+    and a second death fails it for good. The search ends early when the study suggests nothing new, or nothing
+    but refusals (`stop_reason`).
     """
 
-    def __init__(self, space: SearchSpace, study: optuna.Study, vocab_size: int, progress: Progress) -> None:
+    def __init__(self, space: SearchSpace, study: optuna.Study, vocab_size: int, budget: int, progress: Progress) -> None:
         super().__init__()
-        self.space, self.study, self.vocab_size, self.progress = space, study, vocab_size, progress
-        self.measured = measured_by_key(study)
-        self.live: dict[str, tuple[optuna.Trial, dict, str]] = {}  # Ray trial id -> (study trial, params, config key)
+        self.space, self.study, self.vocab_size, self.budget, self.progress = space, study, vocab_size, budget, progress
+        self.settled = measured_by_key(study)
+        self.done = len(measured(study))
+        self.live: dict[str, Asked] = {}  # Ray trial id -> the study trial it measures
         self.parked: dict[str, list[optuna.Trial]] = {}  # config key in training -> repeats waiting for its result
-        self.exhausted = False
+        self.refusals: Counter = Counter()  # reasons of the refusals since the last measured trial
+        self.stop_reason: Optional[str] = None  # 'exhausted' or 'refused'
         self.study_seconds = 0.0  # time spent asking and telling the study (the storage's share of a search)
 
     def suggest(self, trial_id: str) -> Optional[dict | str]:
-        start = time.perf_counter()
-        asked = ask_new(self.study, self.space, self.vocab_size, self.measured, self.progress.repeated, self.parked)
-        self.study_seconds += time.perf_counter() - start
-        if asked is None:
-            self.exhausted = True
-            return Searcher.FINISHED
-        trial, params, key = asked
-        self.live[trial_id] = (trial, params, key)
-        self.parked[key] = []
-        self.progress.started()
-        return {"params": params, "number": trial.number}
+        if self.stop_reason is None and self.done + len(self.live) < self.budget:
+            start = time.perf_counter()
+            asked = ask_new(self.study, self.space, self.vocab_size, self.settled, self._free, self.parked, self.refusals)
+            self.study_seconds += time.perf_counter() - start
+            if isinstance(asked, Asked):
+                self.live[trial_id] = asked
+                self.parked[asked.key] = []
+                self.progress.started()
+                return {"params": asked.params, "number": asked.trial.number}
+            self.stop_reason = asked
+        if self.stop_reason is not None or self.done >= self.budget:
+            return Searcher.FINISHED if not self.live else None
+        return None  # the budget is spoken for by trials in training; one may yet fail and be owed again
+
+    def _free(self, number: int, metrics: dict) -> None:
+        self.progress.free(number, metrics)
 
     def running_numbers(self) -> set[int]:
         """Study numbers of the trials in training and of the repeats waiting for them."""
-        return {trial.number for trial, _, _ in self.live.values()} | {t.number for ts in self.parked.values() for t in ts}
+        return {a.trial.number for a in self.live.values()} | {t.number for ts in self.parked.values() for t in ts}
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         if trial_id not in self.live:
             return
-        trial, params, key = self.live.pop(trial_id)
+        asked = self.live.pop(trial_id)
+        trial = asked.trial
         if result and "metrics" in result:
             metrics = json.loads(result["metrics"])
         else:
-            metrics = {"status": "failed", "reason": "error",
-                       "message": "the trial's process raised or died (see the Ray session logs)"}
-        parked = self.parked.pop(key)
+            metrics = self._worker_died(trial)
+        parked = self.parked.pop(asked.key)
+        died = metrics.get("reason") == WORKER_DIED
         start = time.perf_counter()
         record(self.study, trial, metrics)
-        reused = tell_parked(self.study, parked, trial.number, metrics)
+        twin = {"status": "failed", "reason": WORKER_DIED, "message": f"the worker of its twin #{trial.number} died"} \
+            if died else tell_parked(self.study, parked, trial.number, metrics)
         self.study_seconds += time.perf_counter() - start
-        if "config_key" in metrics:
-            self.measured[metrics["config_key"]] = reused
-        self.progress.finished(trial.number, params, metrics, len(front_trials(self.study)))
-        for twin in parked:
-            self.progress.repeated(twin.number, reused)
+        if counts(metrics):
+            self.done += 1
+            self.refusals.clear()
+        elif metrics.get("reason") in REFUSED:
+            self.refusals[metrics["reason"]] += 1
+        if not died:
+            self.settled[asked.key] = twin
+        self.progress.finished(trial.number, asked.params, metrics, len(front_trials(self.study)), counted=counts(metrics))
+        for repeat in parked:
+            if died:  # nothing to reuse: the repeat is owed nothing, the retry stands for it
+                record(self.study, repeat, twin)
+            self.progress.free(repeat.number, twin)
+
+    def _worker_died(self, trial: optuna.Trial) -> dict[str, Any]:
+        """A trial whose process died (killed, crashed, its node lost) is owed again once, with the same params;
+        if its retry dies too, it fails for good."""
+        retry_of = trial.user_attrs.get("retry_of")
+        if retry_of is not None:
+            return {"status": "failed", "reason": "worker_died_twice",
+                    "message": f"its worker died, as the worker of trial #{retry_of} with the same config did"}
+        self.study.enqueue_trial(self.study._storage.get_trial(trial._trial_id).params, user_attrs={"retry_of": trial.number})
+        return {"status": "failed", "reason": WORKER_DIED,
+                "message": "its worker process died (killed, crashed or its node lost); the config is run again"}
 
 
 def run_trial(config: dict, space: SearchSpace) -> None:
@@ -150,13 +181,13 @@ def connect(address: Optional[str]) -> bool:
     return True
 
 
-def run_trials(space: SearchSpace, study: optuna.Study, vocab_size: int, count: int, resources: Resources,
+def run_trials(space: SearchSpace, study: optuna.Study, vocab_size: int, budget: int, resources: Resources,
                progress: Progress, scratch: Optional[Path] = None) -> StudySearcher:
-    """Run `count` more trials through Ray Tune, recording each in the study as it finishes.
+    """Run trials through Ray Tune until the study holds `budget` measured ones, recording each as it finishes.
 
     Tune keeps its own records in `scratch` (a temporary folder if None), deleted afterwards: the study is what
     persists. A search folder's scratch left by a killed run is cleared here."""
-    searcher = StudySearcher(space, study, vocab_size, progress)
+    searcher = StudySearcher(space, study, vocab_size, budget, progress)
     trainable = tune.with_resources(tune.with_parameters(run_trial, space=space),
                                     {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
     if scratch is None:
@@ -166,7 +197,7 @@ def run_trials(space: SearchSpace, study: optuna.Study, vocab_size: int, count: 
     try:
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=count, reuse_actors=True,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, reuse_actors=True,
                                         max_concurrent_trials=resources.concurrency),
             run_config=tune.RunConfig(storage_path=str(scratch.resolve()), name="trials", verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=0)),

@@ -1,4 +1,4 @@
-"""Plots of a study: the Pareto front and the hypervolume history (matplotlib PNG; plotly HTML when present)."""
+"""Plots of a study: the Pareto front and the hypervolume history (matplotlib PNG; plotly and the same as interactive HTML)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from .front import front_trials, reference_point
 
 def plot_study(study: optuna.Study, path: Path) -> list[Path]:
     """Write the front to `path` (PNG: Optuna's plot for two objectives, one panel per pair from three up, which
-    reads better than a 3-D scatter), the hypervolume history beside it once a trial is feasible, and HTML
-    versions if plotly imports."""
+    reads better than a 3-D scatter), the hypervolume history beside it once a trial is feasible, and then
+    an interactive HTML front."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,7 +45,7 @@ def plot_study(study: optuna.Study, path: Path) -> list[Path]:
             axes.figure.savefig(history_path, dpi=120, bbox_inches="tight")
             plt.close("all")
             written.append(history_path)
-        written += _html(study, path, names)
+            written += _html(study, path, names)
     return written
 
 
@@ -71,10 +71,6 @@ def _pairwise_front(study: optuna.Study, plt):
 
 
 def _html(study: optuna.Study, path: Path, names: list[str]) -> list[Path]:
-    try:
-        import plotly  # noqa: F401
-    except ImportError:
-        return []
     html = path.with_suffix(".html")
     if len(names) <= 3:
         optuna.visualization.plot_pareto_front(study, target_names=names).write_html(html)

@@ -149,7 +149,7 @@ def measure_latency(model: ConfigaFormer, batch_size: int, seq_len: int, device:
     """Median forward time (ms) and its coefficient of variation, after warm-up, with the device to itself (trials
     packed on the GPU pause meanwhile). On the CPU it runs single-threaded: the setting that stays steady beside
     other busy processes. A round whose CV exceeds MAX_LATENCY_CV is measured again, up to LATENCY_ROUNDS, and the
-    steadiest round is kept."""
+    steadiest round is kept; `latency_noisy` says that even it stayed over."""
     from .train import autocast
 
     model.eval()
@@ -160,4 +160,5 @@ def measure_latency(model: ConfigaFormer, batch_size: int, seq_len: int, device:
             rounds.append(_forward_times(model, ids, device, repeats, warmup))
     model.train()
     times = min(rounds, key=_cv)
-    return {"latency_ms": statistics.median(times), "latency_cv": _cv(times), "latency_rounds": len(rounds)}
+    return {"latency_ms": statistics.median(times), "latency_cv": _cv(times), "latency_rounds": len(rounds),
+            "latency_noisy": _cv(times) > MAX_LATENCY_CV}

@@ -30,6 +30,7 @@ class Progress:
         self.running = 0
         self.reused = 0
         self.failures: Counter = Counter()
+        self.refused: Counter = Counter()  # refusals before training, by reason: they cost no budget
 
     def say(self, text: str) -> None:
         if self.verbosity > 0:
@@ -38,9 +39,15 @@ class Progress:
     def started(self) -> None:
         self.running += 1
 
-    def finished(self, number: int, params: Mapping[str, Any], metrics: Mapping[str, Any], front_size: int) -> None:
-        """One line for a measured trial, then the running totals."""
+    def finished(self, number: int, params: Mapping[str, Any], metrics: Mapping[str, Any], front_size: int,
+                 counted: bool = True) -> None:
+        """One line for a trial back from its worker, then the running totals. One that used no budget (refused
+        before training, its worker lost) shows '-' for its count."""
         self.running = max(0, self.running - 1)
+        if not counted:
+            self._tally_free(metrics)
+            self.say(f"[{'-':>{len(str(self.total))}}/{self.total}] #{number:<3} {_outcome(metrics, self.objectives)}")
+            return
         self.done += 1
         if metrics.get("status") != "ok":
             self.failures[metrics.get("reason", "error")] += 1
@@ -48,24 +55,35 @@ class Progress:
         elapsed = time.monotonic() - self.start
         remaining = self.total - count
         eta = f" · ~{_clock(elapsed / self.done * remaining)} left" if remaining > 0 else ""
-        reused = f" · {plural(self.reused, 'repeat')} reused" if self.reused else ""
+        free = "".join(f" · {plural(n, what)}" for n, what in ((self.reused, "repeat reused"),
+                                                                (sum(self.refused.values()), "refused")) if n)
         self.say(f"[{count:>{len(str(self.total))}}/{self.total}] #{number:<3} {_outcome(metrics, self.objectives)}")
-        self.say(f"        done {count} · failed {sum(self.failures.values())}{reused} · running {self.running} · "
+        self.say(f"        done {count} · failed {sum(self.failures.values())}{free} · running {self.running} · "
                  f"front {front_size} · {_clock(elapsed)} elapsed{eta}")
         if self.verbosity > 1:
             self.say("        " + " ".join(f"{k}={v}" for k, v in params.items()))
 
-    def repeated(self, number: int, metrics: Mapping[str, Any]) -> None:
-        """A suggestion that repeated a measured config and reused its result: counted apart, shown with -v."""
-        self.reused += 1
+    def _tally_free(self, metrics: Mapping[str, Any]) -> None:
+        if "reused_from" in metrics:
+            self.reused += 1
+        elif metrics.get("status") != "ok":
+            self.refused[metrics.get("reason", "error")] += 1
+
+    def free(self, number: int, metrics: Mapping[str, Any]) -> None:
+        """A suggestion settled without training (it repeated a settled config, or the cheap screen refused it):
+        counted apart, a line each with -v."""
+        self._tally_free(metrics)
         if self.verbosity > 1:
-            self.say(f"[{'=':>{len(str(self.total))}}/{self.total}] #{number:<3} {_outcome(metrics, self.objectives)}  "
-                     f"(same config as #{metrics['reused_from']}: reused, not counted)")
+            note = f"  (same config as #{metrics['reused_from']}: reused, not counted)" if "reused_from" in metrics \
+                else "  (refused before training, not counted)"
+            self.say(f"[{'=':>{len(str(self.total))}}/{self.total}] #{number:<3} {_outcome(metrics, self.objectives)}{note}")
 
 
 def _outcome(metrics: Mapping[str, Any], objectives: Sequence[str]) -> str:
     """'ok   val_loss 2.3  latency_ms 1.1' or 'FAIL reason: message'."""
     if metrics.get("status") == "ok":
         outcome = "ok   " + "  ".join(f"{name} {metrics[name]:.4g}" for name in objectives if name in metrics)
+        if metrics.get("latency_noisy"):
+            outcome += f"  (latency noisy: cv {metrics['latency_cv']:.2f})"
         return outcome + (f"  (infeasible: {metrics['violations']})" if metrics.get("violations") else "")
     return f"FAIL {metrics.get('reason', 'error')}: {metrics.get('message', '')}"[:165]

@@ -43,7 +43,9 @@ TRAIN_KEYS = {"tokens": Key(200_000, (int,), check=positive), "batch_size": Key(
               "seq_len": Key(64, (int,), check=positive), "lr": Key(3e-3, (float,), check=positive),
               "warmup": Key(0.1, (float,), check=probability), "min_lr": Key(0.1, (float,), check=probability),
               "weight_decay": Key(0.1, (float,), check=_non_negative), "grad_clip": Key(1.0, (float,), check=_non_negative),
-              "seed": Key(0, (int,)), "eval_tokens": Key(32_768, (int,), check=positive)}
+              "seed": Key(0, (int,)), "eval_tokens": Key(32_768, (int,), check=positive),
+              "eval_seq_len": Key(None, (int, type(None)), check=lambda v: None if v is None or v > 0 else "expected a positive int")}
+EVAL_KEYS = ("eval_tokens", "eval_seq_len")  # what every trial scores: fixed for the whole space, never searched
 PROBE_KEYS = {"batch_size": Key(1, (int,), check=positive), "seq_len": Key(None, (int, type(None))),
               "latency_repeats": Key(20, (int,), check=positive), "latency_warmup": Key(3, (int,), check=_non_negative),
               "memory": Key(True, (bool,)), "latency": Key(True, (bool,))}
@@ -158,7 +160,7 @@ class SearchSpace:
         model = _substitute(model, values, None)
         if "layers" in model:  # a layer config: the data decides the vocabulary, the train section the length
             model.setdefault("vocab_size", vocab_size)
-            model.setdefault("max_length", max(train["seq_len"], self.probes["seq_len"]))
+            model.setdefault("max_length", max(train["seq_len"], self.probes["seq_len"], train["eval_seq_len"]))
         else:
             model.setdefault("input_streams", {INPUT_STREAM: ["B", "L_in"]})
         return model, train
@@ -268,6 +270,15 @@ class _Loader:
             raise self.fail(f"{where}.step", f"expected a positive number (and no step on a log scale), got {step!r}")
         return Param(name, kind, low=bounds[0], high=bounds[1], step=step, condition=condition, per_layer=per_layer)
 
+    def longest(self, value: Any, params: Mapping[str, Param]) -> Any:
+        """The largest value a train key can take: itself, or the top of the parameter it refers to."""
+        if not (isinstance(value, str) and value.startswith("$")) or value[1:] not in params:
+            return value
+        param = params[value[1:]]
+        if param.kind == "choice" and not all(isinstance(c, int) and not isinstance(c, bool) for c in param.choices):
+            raise self.fail(param.field(), f"expected integer choices for a sequence length, got {list(param.choices)!r:.60}")
+        return int(param.high) if param.kind != "choice" else max(param.choices)
+
     def lift_inline(self, node: Any, where: str, params: dict[str, Param]) -> Any:
         """Inline distributions become params named by their field path; returns the node with $refs."""
         if _is_distribution(node):
@@ -334,6 +345,11 @@ class _Loader:
         train_raw = raw.get("train") or {}
         train_raw = self.lift_inline(dict(train_raw), "train", params) if isinstance(train_raw, Mapping) else train_raw
         train = self.section({"train": train_raw}, "train", {k: Key(v.default) for k, v in TRAIN_KEYS.items()})
+        for key in EVAL_KEYS:
+            if isinstance(train[key], str) and train[key].startswith("$"):
+                raise self.fail(f"train.{key}", "must be fixed: every trial scores the same validation windows")
+        if train["eval_seq_len"] is None:  # the longest context any trial trains at
+            train["eval_seq_len"] = self.longest(train["seq_len"], params)
         for key, value in train.items():  # searched values are checked when sampled; fixed ones now
             if not (isinstance(value, str) and value.startswith("$")):
                 try:

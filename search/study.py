@@ -10,6 +10,8 @@ import datetime
 import json
 import math
 import warnings
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -22,7 +24,11 @@ from .space import SearchSpace
 
 STUDY_FILE = "study.db"
 INTERRUPTED = "interrupted"
+WORKER_DIED = "worker_died"
+REFUSED = ("rejected", "constraint", "leaks_future")  # refused before training: they cost no budget
+NOT_COUNTED = (INTERRUPTED, WORKER_DIED, *REFUSED)  # failures that measured nothing: owed again, or never owed
 MAX_REPEATS = 100  # suggestions in a row that repeat measured or running configs before a space counts as exhausted
+MAX_REFUSALS = 100  # candidates in a row refused before training before a search stops and says why
 # User attributes that hold structures rather than scalars (kept as JSON-able values, left out of tables).
 STRUCTURED_ATTRS = ("model_config", "train", "timings", "constraints")
 
@@ -108,47 +114,78 @@ def mark_interrupted(study: optuna.Study, numbers: Optional[set[int]] = None) ->
     return len(stale)
 
 
-def finished(study: optuna.Study) -> list[FrozenTrial]:
-    """Trials that count towards the budget: complete ones, and failures of their own (not interruptions)."""
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
-            if t.user_attrs.get("reason") != INTERRUPTED]
+def _ended(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
+
+
+def counts(attrs: Mapping[str, Any]) -> bool:
+    """Whether a finished trial (its user attributes, or the metrics it was told) used up budget: it trained, or
+    failed in training, on its own; refusals before training, interruptions, lost workers and twins did not."""
+    return attrs.get("reason") not in NOT_COUNTED and "reused_from" not in attrs
 
 
 def measured(study: optuna.Study) -> list[FrozenTrial]:
-    """Finished trials that ran their own measurement: the ones the trial budget counts (a reused twin is free)."""
-    return [t for t in finished(study) if "reused_from" not in t.user_attrs]
+    """Finished trials that trained and measured their config: the ones `--trials` counts."""
+    return [t for t in _ended(study) if counts(t.user_attrs)]
 
 
 def measured_by_key(study: optuna.Study) -> dict[str, dict[str, Any]]:
-    """config_key -> the recorded metrics of a measured trial, so an identical suggestion reuses them."""
-    return {t.user_attrs["config_key"]: dict(t.user_attrs, reused_from=t.number)
-            for t in measured(study) if "config_key" in t.user_attrs and "status" in t.user_attrs}
+    """config_key -> the recorded metrics of a trial that settled its config (measured, or refused), so that an
+    identical suggestion reuses them."""
+    return {t.user_attrs["config_key"]: dict(t.user_attrs, reused_from=t.number) for t in _ended(study)
+            if "config_key" in t.user_attrs and "status" in t.user_attrs and "reused_from" not in t.user_attrs
+            and t.user_attrs.get("reason") not in (INTERRUPTED, WORKER_DIED)}
 
 
-def ask_new(study: optuna.Study, space: SearchSpace, vocab_size: int, measured: Mapping[str, Mapping[str, Any]],
-            on_repeat: Callable[[int, Mapping[str, Any]], None] = lambda number, twin: None,
-            running: Optional[Mapping[str, list[optuna.Trial]]] = None,
-            ) -> Optional[tuple[optuna.Trial, dict[str, Any], str]]:
-    """Ask the study until it suggests a config neither in `measured` (config_key -> metrics) nor `running`:
-    (trial, params, key); None after MAX_REPEATS repeats in a row.
+@dataclass
+class Asked:
+    """A new suggestion for the workers to measure."""
 
-    A repeat of a measured config is told its twin's result at once, a free trial. A repeat of a config still being
-    measured is parked in `running[key]`, to be told that trial's result when it ends (`tell_parked`)."""
-    from .candidate import config_key  # builds models: kept off the import path of the review commands
+    trial: optuna.Trial
+    params: dict[str, Any]
+    key: str
 
-    for _ in range(MAX_REPEATS):
+
+def ask_new(study: optuna.Study, space: SearchSpace, vocab_size: int, settled: dict[str, dict[str, Any]],
+            on_free: Callable[[int, Mapping[str, Any]], None] = lambda number, metrics: None,
+            running: Optional[Mapping[str, list[optuna.Trial]]] = None, refusals: Optional[Counter] = None) -> Asked | str:
+    """Ask the study until it suggests a config that is neither settled (config_key -> metrics), running, nor
+    refused before training; returns it, or why the search should stop ('exhausted' after MAX_REPEATS repeats in a
+    row, 'refused' once `refusals`, the reasons counted since the last measured trial, reach MAX_REFUSALS).
+
+    A repeat of a settled config is told its twin's result at once. A repeat of a config still being measured is
+    parked in `running[key]`, to be told that trial's result when it ends (`tell_parked`). A candidate that fails
+    the cheap screen (config error, cheap constraint; the model is built on the meta device) is recorded failed
+    with its reason. None of these uses budget; each is passed to `on_free` with the metrics it was told."""
+    from .candidate import config_key, screen  # builds models: kept off the import path of the review commands
+    from .errors import TrialFailure
+
+    repeats, refusals = 0, Counter() if refusals is None else refusals
+    while repeats < MAX_REPEATS and sum(refusals.values()) < MAX_REFUSALS:
         trial = study.ask()
         params = space.sample(trial)
         key = config_key(*space.resolve(params, vocab_size))
-        twin = measured.get(key)
-        if twin is not None:
+        if key in settled:
+            repeats += 1
+            twin = settled[key]
             record(study, trial, twin)
-            on_repeat(trial.number, twin)
-        elif running is not None and key in running:
+            on_free(trial.number, twin)
+            continue
+        if running is not None and key in running:
+            repeats += 1
             running[key].append(trial)
-        else:
-            return trial, params, key
-    return None
+            continue
+        try:
+            screen(space, params, vocab_size)
+        except TrialFailure as failure:
+            refusals[failure.kind] += 1
+            metrics = {"status": "failed", "reason": failure.kind, "message": failure.message, **failure.metrics}
+            record(study, trial, metrics)
+            settled[key] = dict(metrics, reused_from=trial.number)
+            on_free(trial.number, metrics)
+            continue
+        return Asked(trial, params, key)
+    return "exhausted" if repeats >= MAX_REPEATS else "refused"
 
 
 def tell_parked(study: optuna.Study, parked: list[optuna.Trial], number: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -161,7 +198,10 @@ def tell_parked(study: optuna.Study, parked: list[optuna.Trial], number: int, me
 
 
 def record(study: optuna.Study, trial: optuna.Trial, metrics: Mapping[str, Any]) -> TrialState:
-    """Store a trial's metrics as user attributes and tell the study its objective values (or FAIL)."""
+    """Store a trial's metrics as user attributes and tell the study its objective values (or FAIL).
+
+    A twin that reused a measurement is PRUNED, not COMPLETE: Optuna's own front (best_trials, the dashboard)
+    then holds each measured config once, and the sampler still sees the twin's params."""
     for key, value in metrics.items():
         if isinstance(value, float) and not math.isfinite(value):
             value = str(value)  # JSON has no nan or inf
@@ -175,11 +215,14 @@ def record(study: optuna.Study, trial: optuna.Trial, metrics: Mapping[str, Any])
         trial.set_user_attr("reason", "bad_metric")
         trial.set_user_attr("message", f"objective values {values} are not all finite numbers")
     state = TrialState.COMPLETE if ok else TrialState.FAIL
-    study.tell(trial, values if ok else None, state=state)
+    if ok and "reused_from" in metrics:
+        state = TrialState.PRUNED
+    study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
     return state
 
 
-TRIAL_NOTES = ("reason", "message", "violations", "reused_from")  # why a trial failed, is infeasible, or was free
+TRIAL_NOTES = ("reason", "message", "violations", "reused_from", "latency_noisy")  # why a trial failed, is
+# infeasible, was free, or measured a latency to take with care
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:

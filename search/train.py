@@ -15,7 +15,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
 from configaformer import ConfigaFormer
 
-from .data import Corpus, train_batches, val_batches
+from .data import Corpus, train_batches, val_set
 from .errors import TrialFailure
 
 NAN_CHECK_EVERY = 10  # steps between loss checks: each one waits for the device
@@ -29,6 +29,7 @@ class TrainResult:
     train_tok_s: float
     steps: int
     peak_mem_mb: Optional[float]  # measured on CUDA: the peak of the real training steps
+    val_set: str  # fingerprint of the validation windows scored
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -106,12 +107,17 @@ def train(model: ConfigaFormer, corpus: Corpus, cfg: Mapping, device: torch.devi
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-        val_loss = evaluate(model, val_batches(corpus, batch, seq, cfg["eval_tokens"]), device)
+        scored = val_set(corpus, cfg["eval_seq_len"], cfg["eval_tokens"])
+        val_loss = evaluate(model, scored.batches, device)
     except torch.OutOfMemoryError as err:
         optimizer.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
         raise TrialFailure("oom", str(err).splitlines()[0]) from None
     if not math.isfinite(val_loss):
         raise TrialFailure("nan_loss", f"validation loss is {val_loss}")
+    uniform = math.log(corpus.vocab_size)
+    if val_loss > uniform:  # worse than guessing every token alike: the run diverged, whatever it reports
+        raise TrialFailure("diverged", f"validation loss {val_loss:.4g} is above the uniform guess ln({corpus.vocab_size}) = "
+                                       f"{uniform:.4g} after training", {"val_loss": val_loss, "val_set": scored.fingerprint})
     return TrainResult(val_loss, val_loss / math.log(2) if corpus.is_bytes else None, train_loss,
-                       steps * batch * seq / elapsed, steps, peak)
+                       steps * batch * seq / elapsed, steps, peak, scored.fingerprint)

@@ -13,7 +13,8 @@ import torch
 
 from configaformer import ConfigaFormer
 
-from .candidate import constraint_values, make_candidate, violations
+from . import candidate as candidates
+from .candidate import constraint_values, violations
 from .data import load_corpus
 from .devicegate import DeviceGate
 from .errors import TrialFailure
@@ -44,14 +45,15 @@ def run(space: SearchSpace, params: Mapping[str, Any], device: Optional[torch.de
     try:
         corpus = load_corpus(space.data)
         lap("data_s")
-        candidate = make_candidate(space, params, corpus.vocab_size)
+        candidate = candidates.screen(space, params, corpus.vocab_size)
         metrics.update(candidate.metrics)
         metrics.update(config_key=candidate.key, model_config=candidate.model_config, train=candidate.train)
+        candidates.build(candidate)
         lap("build_s")
         with DeviceGate(device).sharing() as checkpoint:
             result = train(candidate.model, corpus, candidate.train, device, checkpoint)
         metrics.update(val_loss=result.val_loss, train_loss=result.train_loss, train_tok_s=result.train_tok_s,
-                       steps=result.steps)
+                       steps=result.steps, val_set=result.val_set)
         if result.val_bpb is not None:
             metrics["val_bpb"] = result.val_bpb
         lap("train_s")

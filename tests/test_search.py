@@ -31,13 +31,13 @@ def test_search_makes_a_front_plots_and_an_export_that_rebuilds(ray_local, tmp_p
     out = tmp_path / "run"
     assert main(["run", str(space), "--trials", "4", "--out", str(out), "--sampler", "tpe"]) == 0
     printed = capsys.readouterr().out
-    assert "[4/4]" in printed and "front " in printed and "trials: " in printed
+    assert "[4/4]" in printed and "front " in printed and "4 configs measured: 4 complete" in printed
     study = study_of(out)
     assert len([t for t in measured(study) if t.state == optuna.trial.TrialState.COMPLETE]) == 4
     assert study.metric_names == ["val_loss", "peak_mem_mb", "latency_ms"]
     recorded = study.trials[0].user_attrs
     assert {"flops", "params", "nonemb_params", "val_bpb", "latency_cv", "config_key", "model_config"} <= set(recorded)
-    for name in ("trials.csv", "front.csv", "front.png", "front_hypervolume.png", "best.yaml"):
+    for name in ("trials.csv", "front.csv", "front.png", "front_hypervolume.png", "front.html", "best.yaml"):
         assert (out / name).stat().st_size > 0, name
 
     best = load_document(out / "best.yaml")
@@ -79,12 +79,13 @@ def test_a_front_that_nothing_meets_leaves_no_winner_behind(ray_local, tmp_path,
         (out / stale).write_text("stale")
     assert main(["run", str(space), "--trials", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "running 1 trial of 1," in printed and "\n1 trial: 1 complete\n" in printed
+    assert "running 1 trial of 1," in printed and "\n1 config measured: 1 complete\n" in printed
     assert "Pareto front: empty, every complete trial breaks a constraint" in printed
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["front.png", "study.db", "trials.csv"]
+    assert "Your study does not have" not in capsys.readouterr().err
 
 
-def test_failures_are_recorded_and_repeated_configs_reuse_results_for_free(ray_local, tmp_path, capsys):
+def test_refusals_and_repeats_cost_no_budget_and_optuna_agrees_on_the_front(ray_local, tmp_path, capsys):
     # Two configs in all: heads 2 trains, heads 3 is impossible (32 wide). Every later suggestion repeats one.
     space_text = FAST.replace("{choice: [32, 48]}", "{choice: [32]}").replace("{choice: [2, 4]}", "{choice: [2, 3]}") \
         .replace("{choice: [rope, alibi]}", "{choice: [rope]}").replace("{choice: [4, 8], if", "{choice: [8], if")
@@ -92,21 +93,22 @@ def test_failures_are_recorded_and_repeated_configs_reuse_results_for_free(ray_l
     out = tmp_path / "run"
     assert main(["run", str(space), "--trials", "8", "--out", str(out), "--sampler", "random", "--concurrency", "1", "-v"]) == 0
     printed = capsys.readouterr().out
-    trials = study_of(out).trials
+    study = study_of(out)
+    trials = study.trials
     own = [t for t in trials if "reused_from" not in t.user_attrs]
     twins = [t for t in trials if "reused_from" in t.user_attrs]
-    assert sorted(t.state.name for t in own) == ["COMPLETE", "FAIL"]  # each config measured once
+    assert sorted(t.state.name for t in own) == ["COMPLETE", "FAIL"]  # each config measured or refused once
     failed = next(t for t in own if t.state == optuna.trial.TrialState.FAIL)
     assert failed.user_attrs["reason"] == "rejected" and "not divisible by 3 heads" in failed.user_attrs["message"]
+    assert len(measured(study)) == 1  # the refusal cost no budget
     assert len(twins) >= 100  # told their twin's result without counting, until the space was found exhausted
-    by_number = {t.number: t for t in own}
-    assert all(t.values == by_number[t.user_attrs["reused_from"]].values and t.state == by_number[t.user_attrs["reused_from"]].state
-               for t in twins)
-    assert "the space looks exhausted at 2 measured trials" in printed
+    assert {t.state.name for t in twins} == {"PRUNED", "FAIL"} and all(t.values is None for t in twins)
+    assert "the space looks exhausted at 1 measured trials" in printed
     assert printed.count("reused, not counted") == len(twins)
-    assert f"{len(trials)} trials: " in printed and f"{len(twins)} of them repeated a measured config" in printed
+    assert f"; {len(twins)} repeats of a settled config reused its result" in printed
     assert main(["front", str(out), "--format", "json"]) == 0
-    assert [row["number"] for row in json.loads(capsys.readouterr().out)] == [next(t.number for t in own if t.values)]
+    front = [row["number"] for row in json.loads(capsys.readouterr().out)]
+    assert front == [t.number for t in study.best_trials] == [next(t.number for t in own if t.values)]
     assert main(["trials", str(out)]) == 0  # the console table: why each trial failed, whose result it reused
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:7] == ["state", "val_loss", "peak_mem_mb", "latency_ms", "reason", "message", "reused_from"]
@@ -126,7 +128,7 @@ def test_trials_running_at_once_never_train_one_config_twice(ray_local, tmp_path
     (own,) = [t for t in trials if "reused_from" not in t.user_attrs]
     twins = [t for t in trials if "reused_from" in t.user_attrs]
     assert own.state == optuna.trial.TrialState.COMPLETE and len(twins) >= 100
-    assert all(t.user_attrs["reused_from"] == own.number and t.values == own.values for t in twins)
+    assert all(t.user_attrs["reused_from"] == own.number and t.state.name == "PRUNED" for t in twins)
     assert any(t.datetime_start < own.datetime_complete for t in twins)  # asked while the first one trained
 
 

@@ -10,7 +10,7 @@ from helpers import TINY_SPACE, write_space
 
 from configaformer import ConfigaFormer
 from configaformer_search import trial
-from configaformer_search.data import embedded_corpus, load_corpus, val_batches
+from configaformer_search.data import embedded_corpus, load_corpus, val_set
 from configaformer_search.probes import LATENCY_ROUNDS, count_flops, estimate_peak_memory, flop_analysis, measure_latency
 from configaformer_search.space import load_space
 from configaformer_search.train import evaluate, lm_loss, make_optimizer
@@ -29,7 +29,7 @@ def test_trial_trains_on_real_text_and_reports_every_metric(tiny_space):
     model_config, _ = tiny_space.resolve(PARAMS, 256)
     untrained = ConfigaFormer.from_config(model_config, verbose=False)
     corpus = embedded_corpus()
-    untrained_bpb = evaluate(untrained, val_batches(corpus, 16, 32, 4096), torch.device("cpu")) / math.log(2)
+    untrained_bpb = evaluate(untrained, val_set(corpus, 32, 4096).batches, torch.device("cpu")) / math.log(2)
     assert untrained_bpb > 7.5  # about log2(256) = 8 bits per byte before training
     assert metrics["val_bpb"] < untrained_bpb - 2.5
     assert metrics["val_loss"] == pytest.approx(metrics["val_bpb"] * math.log(2))
@@ -154,8 +154,9 @@ def test_data_sources_and_fixed_validation(tmp_path):
     corpus = embedded_corpus()
     assert corpus.vocab_size == 256 and corpus.is_bytes and len(corpus.val) > 100_000
     assert 0.05 < len(corpus.val) / (len(corpus.train) + len(corpus.val)) < 0.2
-    first, second = val_batches(corpus, 8, 32, 1024), val_batches(corpus, 8, 32, 1024)
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, second))
+    first, second = val_set(corpus, 32, 1024), val_set(corpus, 32, 1024)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first.batches, second.batches))
+    assert first.fingerprint == second.fingerprint != val_set(corpus, 64, 1024).fingerprint
     text = tmp_path / "t.txt"
     text.write_text("hello world. " * 500)
     assert bytes(load_corpus({"source": "text", "path": str(text), "val_fraction": 0.1}).train[:6].tolist()) == b"hello "
