@@ -1,4 +1,4 @@
-"""Seed 001's layer config, compiled to op-level blocks so that both APIs share one engine.
+"""The layer config, compiled to op-level blocks so that both APIs share one engine.
 
     {'dim_model': 768, 'vocab_size': 50257, 'dim_rope': 16, 'classifiers': [50257, 6], 'input_emb_size': 512,
      'layers': [{'type': 'Attention', 'heads': 12}, {'type': 'FFN', 'ff_mult': 4}, ...]}

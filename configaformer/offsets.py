@@ -38,7 +38,7 @@ def alibi_bias(slopes: Tensor, len_q: int, len_k: int, causal: bool = True) -> T
 
 
 def get_alibi(num_heads: int, max_length: int = 2048, causal: bool = True) -> Tensor:
-    """The ALiBi offset stream of seed 000, [1, num_heads, max_length, max_length].
+    """The ALiBi offset stream that op configs pass as attn_offset, [1, num_heads, max_length, max_length].
 
     `attention_offset` trims it to the sequence at hand, so one offset serves every length up to max_length.
     """

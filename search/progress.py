@@ -55,8 +55,8 @@ class Progress:
         elapsed = time.monotonic() - self.start
         remaining = self.total - count
         eta = f" · ~{_clock(elapsed / self.done * remaining)} left" if remaining > 0 else ""
-        free = "".join(f" · {plural(n, what)}" for n, what in ((self.reused, "repeat reused"),
-                                                                (sum(self.refused.values()), "refused")) if n)
+        free = "".join(f" · {plural(n, noun)} {what}" for n, noun, what in (
+            (self.reused, "repeat", "reused"), (sum(self.refused.values()), "candidate", "refused")) if n)
         self.say(f"[{count:>{len(str(self.total))}}/{self.total}] #{number:<3} {_outcome(metrics, self.objectives)}")
         self.say(f"        done {count} · failed {sum(self.failures.values())}{free} · running {self.running} · "
                  f"front {front_size} · {_clock(elapsed)} elapsed{eta}")

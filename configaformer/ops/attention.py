@@ -99,7 +99,7 @@ class AttentionOffset(Op):
 @register("mha_sum")
 class MhaSum(Op):
     """Softmax over the keys, then the weighted sum of values. Values as [B, Lk, D] are split into the dots' heads
-    and merged back ([B, Lq, D] out, as in seed 000); values as [B, Hkv, Lk, d] give [B, H, Lq, d]."""
+    and merged back ([B, Lq, D] out, as op configs without make_heads on values expect); values as [B, Hkv, Lk, d] give [B, H, Lq, d]."""
 
     keys = {"input_name_values": Key("values", (str,)), "input_name_attn_dots": Key("attn_dots", (str,)), "output_name": Key("x", (str,))}
     input_keys = ("input_name_values", "input_name_attn_dots")
