@@ -7,17 +7,13 @@ line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-from typing import IO, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from .errors import UsageError
 from .progress import Progress, plural
 
 COMMANDS = ("run", "validate", "front", "trials", "plot", "export")
-TUNE_SCRATCH = ".tune"  # Ray Tune's own records inside a run folder, deleted when its trials are done
-RUN_LOCK = ".lock"  # held by the search running in a folder (the OS lets go when it dies, even by SIGKILL)
-RUN_OUTPUTS = ("trials.csv", "front.csv", "front.png", "front_hypervolume.png", "front.html", "best.yaml")
 
 
 def _format(value: float) -> str:
@@ -65,185 +61,57 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    import signal
 
-    from .space import load_space
+    from .run import search
 
-    space = load_space(args.space)  # validated before anything is written
-    n_trials = space.search["trials"] if args.trials is None else args.trials
-    if n_trials < 1:
-        raise UsageError(f"--trials: expected a positive count, got {n_trials}")
-    if args.gpus_per_trial is not None and not 0 <= args.gpus_per_trial <= 64:
-        raise UsageError(f"--gpus-per-trial: expected a fraction such as 0.25 or a count, got {args.gpus_per_trial}")
-    if args.concurrency is not None and args.concurrency < 1:
-        raise UsageError(f"--concurrency: expected a positive count, got {args.concurrency}")
-    out_dir = Path(args.out or Path("runs") / space.name)
-    verbosity = 0 if args.quiet else 1 + args.verbose
-
-    from . import orchestrate
-    from .candidate import check_buildable
-    from .data import load_corpus
-    from .study import default_storage, measured, open_study
-
-    orchestrate.check_address(args.address)
-    corpus = load_corpus(space.data)
-    check_buildable(space, corpus.vocab_size)  # a space that builds nothing is refused before a folder exists
-    storage = args.storage or default_storage(out_dir)
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with _lock_run(out_dir):  # held until the search and its tables are done
-        study = None
-        try:
-            if args.fresh:
-                _delete_run(out_dir, storage, space.name)
-            study = _storage_call(storage, lambda: open_study(space, storage))
-            stopped = _search(space, study, corpus, storage, out_dir, n_trials, args, verbosity)
-        except UsageError:
-            if created and (study is None or not study.trials):
-                shutil.rmtree(out_dir, ignore_errors=True)  # bad input leaves nothing behind
-            raise
-        except KeyboardInterrupt:
-            if study is None:
-                raise
-            _finish_run(study, out_dir, verbosity)  # the tables and front of what finished
-            print(f"configaformer-search: interrupted with {len(measured(study))} of {n_trials} trials finished; "
-                  "run the same command again to resume", file=sys.stderr)
-            return 130
-        _finish_run(study, out_dir, verbosity)
-        if stopped:
-            print(f"configaformer-search: {stopped}", file=sys.stderr)
-        if not measured(study):
-            print("configaformer-search: no config was trained and measured", file=sys.stderr)
-            return 1
-        return 1 if stopped else 0
+    result = search(args.space, trials=args.trials, out=args.out, storage=args.storage, address=args.address,
+                    gpus_per_trial=args.gpus_per_trial, concurrency=args.concurrency, sampler=args.sampler,
+                    seed=args.seed, fresh=args.fresh, verbosity=0 if args.quiet else 1 + args.verbose)
+    if not args.quiet:
+        _print_summary(result)
+    if result.stopped_by is not None:
+        how = "terminated" if result.stopped_by == signal.SIGTERM else "interrupted"
+        print(f"configaformer-search: {how} with {result.measured} of {result.budget} trials measured; "
+              "run the same command again to resume", file=sys.stderr)
+        return 128 + result.stopped_by
+    if result.stop_reason:
+        print(f"configaformer-search: {result.stop_reason}", file=sys.stderr)
+    if not result.measured:
+        print("configaformer-search: no config was trained and measured", file=sys.stderr)
+        return 1
+    return 1 if result.stop_reason else 0
 
 
-def _search(space, study, corpus, storage: str, out_dir, n_trials: int, args: argparse.Namespace,
-            verbosity: int) -> Optional[str]:
-    """Resume bookkeeping, then the trials still owed through Ray; returns why it stopped short, if it did."""
-    from . import orchestrate
-    from .study import MAX_REPEATS, make_sampler, mark_interrupted, measured
-
-    say = print if verbosity > 0 else (lambda *a, **k: None)
-    # A resumed search must not replay the first session's random draws: the seed moves with the trial count.
-    seed = space.search["seed"] if args.seed is None else args.seed
-    study.sampler = make_sampler(space, args.sampler or space.search["sampler"], seed + len(study.trials), n_trials)
-    interrupted = mark_interrupted(study)
-    done = len(measured(study))
-    size = space.size()
-    say(f"space '{space.name}' ({f'{size:,} configs' if size else 'continuous'}), corpus: {corpus.description}")
-    say(f"run folder {out_dir}, study {storage}")
-    if done or interrupted:
-        say(f"resuming: {plural(done, 'finished trial')} kept"
-            + (f", {plural(interrupted, 'interrupted trial')} marked failed and owed again" if interrupted else ""))
-    if done >= n_trials:
-        say(f"the study already has {plural(done, 'finished trial')} (asked for {n_trials}): nothing to run")
-        return None
-    started_ray = orchestrate.connect(args.address)
-    try:
-        resources = orchestrate.plan_resources(space, args.gpus_per_trial, args.concurrency)
-        cluster = orchestrate.describe_cluster()
-        say(f"Ray: {cluster['nodes']} node(s), {cluster['cpus']:g} CPUs, {cluster['gpus']:g} GPUs; "
-            f"{plural(resources.concurrency, 'trial')} at a time, each {resources.cpus_per_trial:g} CPU + {resources.gpus_per_trial:g} GPU")
-        say(f"running {plural(n_trials - done, 'trial')} of {n_trials}, objectives: "
-            + ", ".join(f"{m} ({d})" for m, d in space.objectives.items()))
-        progress = Progress(n_trials, done, list(space.objectives), verbosity)
-        searcher = orchestrate.run_trials(space, study, corpus.vocab_size, n_trials, resources, progress,
-                                          scratch=out_dir / TUNE_SCRATCH)
-        if searcher.stop_reason == "exhausted":
-            say(f"stopped early: the sampler proposed only measured configs {MAX_REPEATS} times in a row "
-                f"(the space looks exhausted at {len(measured(study))} measured trials)")
-        elif searcher.stop_reason == "refused":
-            reason, count = searcher.refusals.most_common(1)[0]
-            return (f"stopped: the last {sum(searcher.refusals.values())} candidates were all refused before training, "
-                    f"{count} of them for {reason}; see `configaformer-search trials {out_dir}`")
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
-    return None
-
-
-def _lock_run(out_dir) -> IO:
-    """One search per run folder: a second one would mark the first one's running trials interrupted."""
-    import fcntl
-
-    handle = open(out_dir / RUN_LOCK, "w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise UsageError(f"{out_dir}: another search is running in this folder; wait for it, or use another --out") from None
-    return handle
-
-
-def _storage_call(storage: str, call: Callable):
-    """Run an Optuna storage call; a bad or unreachable storage URL becomes a one-line usage error."""
-    from .errors import SpaceError
-
-    try:
-        return call()
-    except SpaceError:
-        raise  # the space and the stored study disagree: not the URL's fault
-    except (ValueError, ImportError) as err:  # Optuna's errors for malformed URLs and missing drivers
-        raise UsageError(f"--storage {storage}: {str(err).splitlines()[0]}") from None
-    except Exception as err:  # sqlalchemy's errors for unreachable or malformed databases
-        if type(err).__module__.startswith("sqlalchemy"):
-            raise UsageError(f"--storage {storage}: {str(err).splitlines()[0]}") from None
-        raise
-
-
-def _delete_run(out_dir, storage: str, study_name: str) -> None:
-    import optuna
-
-    try:
-        optuna.delete_study(study_name=study_name, storage=storage)
-    except KeyError:
-        pass  # nothing to delete
-    for name in RUN_OUTPUTS:
-        (out_dir / name).unlink(missing_ok=True)
-
-
-def _finish_run(study, out_dir, verbosity: int) -> None:
-    """The run folder's tables, plots and default export, then the summary."""
+def _print_summary(result) -> None:
+    """What the search measured, what it refused or reused for free, the front, and the files it wrote."""
     from collections import Counter
 
     from optuna.trial import TrialState
 
-    from .export import export_trial, write_tables
-    from .front import front_frame, front_trials, pick_default
-    from .plots import plot_study
+    from .front import front_frame, front_trials
     from .study import counts
 
-    written = write_tables(study, out_dir)
-    front = front_trials(study)
-    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        written += plot_study(study, out_dir / "front.png")
-    if front:
-        written.append(export_trial(study, pick_default(study), out_dir / "best.yaml"))
-    for stale in {out_dir / name for name in RUN_OUTPUTS} - set(written):  # e.g. another space's winner in this
-        stale.unlink(missing_ok=True)  # folder, where this study's front is empty
-    if verbosity == 0:
-        return
+    study = result.study
     trials = study.get_trials(deepcopy=False)
     own = [t for t in trials if t.state != TrialState.RUNNING and "reused_from" not in t.user_attrs]
     measured_trials = [t for t in own if counts(t.user_attrs)]
     failed = Counter(t.user_attrs.get("reason", "error") for t in measured_trials if t.state == TrialState.FAIL)
-    free = Counter(t.user_attrs.get("reason", "error") for t in own if not counts(t.user_attrs))
+    free = Counter(t.user_attrs.get("reason", "interrupted") for t in own if not counts(t.user_attrs))
     reused = sum("reused_from" in t.user_attrs for t in trials)
     tally = lambda counter: ", ".join(f"{r} {n}" for r, n in counter.most_common())  # noqa: E731
     print(f"\n{plural(len(measured_trials), 'config')} measured: {len(measured_trials) - sum(failed.values())} complete"
           + (f", {sum(failed.values())} failed ({tally(failed)})" if failed else "")
           + (f"; {sum(free.values())} refused before training or owed again ({tally(free)})" if free else "")
           + (f"; {plural(reused, 'repeat')} of a settled config reused its result" if reused else ""))
-    states = Counter(t.state.name.lower() for t in measured_trials)
+    front = front_trials(study)
     if front:
         print(f"Pareto front ({plural(len(front), 'trial')}):")
         sys.stdout.write(_console_table(front_frame(study)))
-    elif states.get("complete"):
-        print(f"Pareto front: empty, every complete trial breaks a constraint (see `configaformer-search trials {out_dir}`)")
-    print("wrote " + ", ".join(str(p) for p in written))
+    elif len(measured_trials) > sum(failed.values()):
+        print(f"Pareto front: empty, every complete trial breaks a constraint (see `configaformer-search trials {result.out_dir}`)")
+    if result.written:
+        print("wrote " + ", ".join(str(p) for p in result.written))
 
 
 def _open_run(directory: str, storage: Optional[str]):
@@ -257,7 +125,9 @@ def _open_run(directory: str, storage: Optional[str]):
         if not (path / STUDY_FILE).is_file():
             raise UsageError(f"{directory}: not a run folder (no {STUDY_FILE}); run `configaformer-search SPACE.yaml --out {directory}` first")
         storage = default_storage(path)
-    return _storage_call(storage, lambda: load_existing(storage))
+    from .run import storage_call
+
+    return storage_call(storage, lambda: load_existing(storage))
 
 
 def _console_table(frame) -> str:
@@ -452,6 +322,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("configaformer-search: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `... | head`: the reader has all it wants
+        _quiet_stdout()
+        return 141
+    except OSError as err:  # a read-only folder, a full disk
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"configaformer-search: error: {where}{err.strerror or err} (nothing more was written)", file=sys.stderr)
+        return 2
+    except Exception as err:
+        from .run import storage_fault
+
+        fault = storage_fault(_storage_of(args), err)
+        if fault is None:
+            raise
+        print(f"configaformer-search: error: {fault}", file=sys.stderr)
+        return 2
+
+
+def _storage_of(args: argparse.Namespace) -> str:
+    """The storage a command works on, for naming it in an error."""
+    from pathlib import Path
+
+    from .study import default_storage
+
+    if getattr(args, "storage", None):
+        return args.storage
+    folder = getattr(args, "dir", None) or getattr(args, "out", None)
+    return default_storage(Path(folder)) if folder else "the study storage"
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not raise BrokenPipeError again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -21,6 +21,31 @@ _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt
 KEY_COLUMNS = ("flops", "params", "nonemb_params", "val_bpb", "peak_mem_source", "latency_cv", "latency_noisy")
 
 
+def feasible(constraints: Optional[dict]) -> bool:
+    """Whether a trial's recorded constraint values (Optuna's convention: <= 0 when met) are all met."""
+    return all(value <= 0 for value in (constraints or {}).values())
+
+
+class ParetoFront:
+    """The non-dominated objective vectors seen so far, kept as they come: one pass over the front per point, so a
+    driver keeps its front size current without rereading the study."""
+
+    def __init__(self, directions: Sequence) -> None:
+        self.directions = list(directions)
+        self.points: list[np.ndarray] = []
+
+    def add(self, values: Sequence[float]) -> bool:
+        """Add a point; True when it joined the front (it is dominated by no member, and equal to none)."""
+        point = _minimised([values], self.directions)[0]
+        if any((member <= point).all() for member in self.points):
+            return False
+        self.points = [m for m in self.points if not (point <= m).all()] + [point]
+        return True
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Pareto-optimal trials among the complete, feasible ones (Optuna's best_trials), by number; a twin that
     reused another trial's measurement is left out (the trial it copies stands for it)."""

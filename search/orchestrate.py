@@ -27,70 +27,155 @@ os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C stops the se
 import optuna  # noqa: E402
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
+from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 from . import trial as trial_module  # noqa: E402
 from .errors import UsageError  # noqa: E402
-from .front import front_trials  # noqa: E402
+from .front import ParetoFront, feasible  # noqa: E402
 from .progress import Progress  # noqa: E402
 from .space import SearchSpace  # noqa: E402
-from .study import (REFUSED, WORKER_DIED, Asked, ask_new, counts, mark_interrupted, measured,  # noqa: E402
-                    measured_by_key, record, tell_parked)
+from .study import (INTERRUPTED, REFUSED, WITHDRAWN, WORKER_DIED, Asked, Heartbeat, ask_new, counts,  # noqa: E402
+                    mark_interrupted, mark_stale, record, record_heartbeats, tell_parked)
+
+
+REFRESH_S = 2.0  # how often a driver rereads what the other drivers on its study have done
 
 
 class StudySearcher(Searcher):
     """Suggests each Ray trial from an Optuna study (ask, define-by-run) and records its result (tell), until the
-    study holds `budget` measured trials.
+    study holds `budget` measured trials, whichever driver measured them.
 
     Suggestions that cost no training (a repeat of a settled config, one refused by the cheap screen) are recorded
-    at once (study.ask_new); one identical to a config still training waits for that trial's result, so that packed
-    trials never train one config twice. A trial whose worker died is owed again: its config is queued once more,
-    and a second death fails it for good. The search ends early when the study suggests nothing new, or nothing
-    but refusals (`stop_reason`).
+    at once (study.ask_new); one identical to a config still training, here or in another driver, waits for that
+    trial's result. A trial that will train is marked `claimed`; when drivers race for the last of the budget, the
+    later claim is withdrawn, so that together they measure exactly the budget. A trial whose worker died is owed
+    again: its config is queued once more, and a second death fails it for good. The search ends early when the
+    study suggests nothing new, or nothing but refusals (`stop_reason`).
     """
 
     def __init__(self, space: SearchSpace, study: optuna.Study, vocab_size: int, budget: int, progress: Progress) -> None:
         super().__init__()
         self.space, self.study, self.vocab_size, self.budget, self.progress = space, study, vocab_size, budget, progress
-        self.settled = measured_by_key(study)
-        self.done = len(measured(study))
+        self.settled: dict[str, dict[str, Any]] = {}  # config key -> the result a repeat of it is told
+        self.front = ParetoFront(study.directions)
         self.live: dict[str, Asked] = {}  # Ray trial id -> the study trial it measures
         self.parked: dict[str, list[optuna.Trial]] = {}  # config key in training -> repeats waiting for its result
+        self.foreign: dict[str, int] = {}  # config key -> the number of another driver's trial training it
+        self.measured = 0  # measured trials in the study, all drivers together
+        self.others = 0  # trials other drivers are training
         self.refusals: Counter = Counter()  # reasons of the refusals since the last measured trial
         self.stop_reason: Optional[str] = None  # 'exhausted' or 'refused'
         self.study_seconds = 0.0  # time spent asking and telling the study (the storage's share of a search)
+        self._seen: set[int] = set()  # numbers of the ended trials already taken into account
+        self._refreshed = -math.inf
+        self.refresh(force=True)
+
+    # -- what the study holds, all drivers together --------------------------------------------------------------
+
+    def refresh(self, force: bool = False) -> None:
+        """Reread the study (at most every REFRESH_S unless forced): fail the trials of dead drivers, count what
+        is measured and what other drivers train, learn the configs they settled, hand their results to the
+        repeats waiting for them."""
+        if not force and time.monotonic() - self._refreshed < REFRESH_S:
+            return
+        start = time.perf_counter()
+        mark_stale(self.study)
+        mine = self.running_numbers()
+        trials = self.study.get_trials(deepcopy=False)
+        ended = {}
+        for trial in trials:
+            if trial.state != TrialState.RUNNING and trial.number not in self._seen:
+                self._seen.add(trial.number)
+                self._learn(trial)
+            if trial.state != TrialState.RUNNING:
+                ended[trial.number] = trial
+        others = [t for t in trials if t.state == TrialState.RUNNING and t.number not in mine and t.user_attrs.get("claimed")]
+        self.others = len(others)
+        for trial in others:
+            key = trial.user_attrs.get("config_key")
+            if key is not None and key not in self.parked:
+                self.foreign[key] = trial.number
+                self.parked[key] = []
+        for key, number in list(self.foreign.items()):
+            if number in ended:
+                self._foreign_ended(key, ended[number])
+        self._refreshed = time.monotonic()
+        self.study_seconds += time.perf_counter() - start
+
+    def _learn(self, trial: FrozenTrial) -> None:
+        attrs = trial.user_attrs
+        if counts(attrs):
+            self.measured += 1
+        key = attrs.get("config_key")
+        if key is not None and "status" in attrs and "reused_from" not in attrs and (counts(attrs) or attrs.get("reason") in REFUSED):
+            self.settled[key] = dict(attrs, reused_from=trial.number)
+        if trial.state == TrialState.COMPLETE and feasible(attrs.get("constraints")):
+            self.front.add(trial.values)
+
+    def _foreign_ended(self, key: str, trial: FrozenTrial) -> None:
+        """Another driver's trial ended: the repeats waiting here are told its result (or, where it measured
+        nothing, that it was interrupted: they are owed nothing, and the sampler may suggest the config again)."""
+        del self.foreign[key]
+        waiting = self.parked.pop(key, [])
+        twin = self.settled.get(key) or {"status": "failed", "reason": INTERRUPTED,
+                                         "message": f"its twin #{trial.number} in another driver measured nothing"}
+        for repeat in waiting:
+            record(self.study, repeat, twin)
+            self.progress.free(repeat.number, twin)
+
+    def alive_ids(self) -> list[int]:
+        """Storage ids of this driver's trials in training and of the repeats waiting here."""
+        return [a.trial._trial_id for a in list(self.live.values())] + \
+            [t._trial_id for ts in list(self.parked.values()) for t in ts]
+
+    def running_numbers(self) -> set[int]:
+        """Study numbers of this driver's trials in training and of the repeats waiting here."""
+        return {a.trial.number for a in self.live.values()} | {t.number for ts in self.parked.values() for t in ts}
+
+    # -- Ray Tune's Searcher interface ---------------------------------------------------------------------------
 
     def suggest(self, trial_id: str) -> Optional[dict | str]:
-        if self.stop_reason is None and self.done + len(self.live) < self.budget:
+        self.refresh()
+        if self.stop_reason is None and self.measured + self.others + len(self.live) < self.budget:
             start = time.perf_counter()
-            asked = ask_new(self.study, self.space, self.vocab_size, self.settled, self._free, self.parked, self.refusals)
+            asked = ask_new(self.study, self.space, self.vocab_size, self.settled, self.progress.free, self.parked,
+                            self.refusals)
             self.study_seconds += time.perf_counter() - start
-            if isinstance(asked, Asked):
+            if not isinstance(asked, Asked):
+                self.stop_reason = asked
+            elif self._claim(asked):
                 self.live[trial_id] = asked
                 self.parked[asked.key] = []
                 self.progress.started()
                 return {"params": asked.params, "number": asked.trial.number}
-            self.stop_reason = asked
-        if self.stop_reason is not None or self.done >= self.budget:
-            return Searcher.FINISHED if not self.live else None
+        if self.stop_reason is not None or self.measured >= self.budget:
+            return Searcher.FINISHED if not self.live and not self.others else None
         return None  # the budget is spoken for by trials in training; one may yet fail and be owed again
 
-    def _free(self, number: int, metrics: dict) -> None:
-        self.progress.free(number, metrics)
-
-    def running_numbers(self) -> set[int]:
-        """Study numbers of the trials in training and of the repeats waiting for them."""
-        return {a.trial.number for a in self.live.values()} | {t.number for ts in self.parked.values() for t in ts}
+    def _claim(self, asked: Asked) -> bool:
+        """Mark the trial as one that trains; near the end of the budget, make sure no other driver's earlier claim
+        took the last place meanwhile (else withdraw it: recorded, not counted)."""
+        asked.trial.set_user_attr("config_key", asked.key)
+        asked.trial.set_user_attr("claimed", True)
+        record_heartbeats(self.study, [asked.trial._trial_id])
+        if self.measured + self.others + len(self.live) + 1 < self.budget:
+            return True
+        self.refresh(force=True)
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        ahead = sum(1 for t in running if t.user_attrs.get("claimed") and t.number < asked.trial.number)
+        if self.measured + ahead < self.budget:
+            return True
+        record(self.study, asked.trial, {"status": "failed", "reason": WITHDRAWN, "config_key": asked.key,
+                                         "message": "another driver took the last of the budget first"})
+        return False
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         if trial_id not in self.live:
             return
         asked = self.live.pop(trial_id)
         trial = asked.trial
-        if result and "metrics" in result:
-            metrics = json.loads(result["metrics"])
-        else:
-            metrics = self._worker_died(trial)
+        metrics = json.loads(result["metrics"]) if result and "metrics" in result else self._worker_died(trial)
         parked = self.parked.pop(asked.key)
         died = metrics.get("reason") == WORKER_DIED
         start = time.perf_counter()
@@ -98,14 +183,13 @@ class StudySearcher(Searcher):
         twin = {"status": "failed", "reason": WORKER_DIED, "message": f"the worker of its twin #{trial.number} died"} \
             if died else tell_parked(self.study, parked, trial.number, metrics)
         self.study_seconds += time.perf_counter() - start
+        self._seen.add(trial.number)
+        self._learn(self.study._storage.get_trial(trial._trial_id))
         if counts(metrics):
-            self.done += 1
             self.refusals.clear()
         elif metrics.get("reason") in REFUSED:
             self.refusals[metrics["reason"]] += 1
-        if not died:
-            self.settled[asked.key] = twin
-        self.progress.finished(trial.number, asked.params, metrics, len(front_trials(self.study)), counted=counts(metrics))
+        self.progress.finished(trial.number, asked.params, metrics, len(self.front), counted=counts(metrics))
         for repeat in parked:
             if died:  # nothing to reuse: the repeat is owed nothing, the retry stands for it
                 record(self.study, repeat, twin)
@@ -202,7 +286,8 @@ def run_trials(space: SearchSpace, study: optuna.Study, vocab_size: int, budget:
             run_config=tune.RunConfig(storage_path=str(scratch.resolve()), name="trials", verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
-        tuner.fit()
+        with Heartbeat(study, searcher.alive_ids):
+            tuner.fit()
     except KeyboardInterrupt:
         mark_interrupted(study, searcher.running_numbers())  # owed again, as after a kill, but known now
         raise

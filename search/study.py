@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import threading
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -25,10 +26,13 @@ from .space import SearchSpace
 STUDY_FILE = "study.db"
 INTERRUPTED = "interrupted"
 WORKER_DIED = "worker_died"
+WITHDRAWN = "withdrawn"  # asked when another driver had just taken the last of the budget
 REFUSED = ("rejected", "constraint", "leaks_future")  # refused before training: they cost no budget
-NOT_COUNTED = (INTERRUPTED, WORKER_DIED, *REFUSED)  # failures that measured nothing: owed again, or never owed
+NOT_COUNTED = (INTERRUPTED, WORKER_DIED, WITHDRAWN, *REFUSED)  # failures that measured nothing: owed again, or never owed
 MAX_REPEATS = 100  # suggestions in a row that repeat measured or running configs before a space counts as exhausted
 MAX_REFUSALS = 100  # candidates in a row refused before training before a search stops and says why
+HEARTBEAT_S = 5  # how often a driver records that its running trials are alive
+GRACE_S = 30  # a RUNNING trial whose heartbeat is older than this was left by a dead driver
 # User attributes that hold structures rather than scalars (kept as JSON-able values, left out of tables).
 STRUCTURED_ATTRS = ("model_config", "train", "timings", "constraints")
 
@@ -51,8 +55,19 @@ def make_sampler(space: SearchSpace, name: str, seed: int, n_trials: int) -> opt
     return optuna.samplers.TPESampler(n_startup_trials=startup, seed=seed, multivariate=True)
 
 
-def open_study(space: SearchSpace, storage: Optional[str], sampler: Optional[optuna.samplers.BaseSampler] = None) -> optuna.Study:
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """An RDB storage with Optuna's heartbeat, so that stale RUNNING trials can be told from live ones, and, for
+    SQLite, a lock timeout long enough for several drivers on one file."""
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+
+
+def open_study(space: SearchSpace, storage: Optional[str | optuna.storages.BaseStorage],
+               sampler: Optional[optuna.samplers.BaseSampler] = None) -> optuna.Study:
     """Create or load the study named after the space (storage None: in memory); its objectives must be the space's."""
+    storage_name = getattr(storage, "url", storage)
     directions = ["minimize" if d == "min" else "maximize" for d in space.objectives.values()]
     study = optuna.create_study(storage=storage, study_name=space.name, sampler=sampler, directions=directions,
                                 load_if_exists=True)
@@ -63,10 +78,10 @@ def open_study(space: SearchSpace, storage: Optional[str], sampler: Optional[opt
             study.set_metric_names(names)
         study.set_user_attr("space", str(Path(space.path).resolve()))
     elif study.metric_names != names or [d.name.lower() for d in study.directions] != directions:
-        raise SpaceError(f"{space.path}: objectives: the study '{space.name}' in {storage} optimises {', '.join(study.metric_names)}; "
+        raise SpaceError(f"{space.path}: objectives: the study '{space.name}' in {storage_name} optimises {', '.join(study.metric_names)}; "
                          f"the space asks for {', '.join(names)} (use --fresh or another --out)")
     else:
-        _check_distributions(study, space, storage)
+        _check_distributions(study, space, storage_name)
     return study
 
 
@@ -114,27 +129,70 @@ def mark_interrupted(study: optuna.Study, numbers: Optional[set[int]] = None) ->
     return len(stale)
 
 
+def mark_stale(study: optuna.Study) -> int:
+    """Trials RUNNING with a stopped heartbeat (their driver died) become FAIL, owed again (Optuna's
+    fail_stale_trials); a live driver's trials are left alone. Returns how many were failed."""
+    before = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return before - len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+class Heartbeat:
+    """Records, every HEARTBEAT_S seconds in a thread of its own, that the trials `alive()` names (trial ids) are
+    alive, so that other drivers sharing the study never take them for a dead driver's. Without a heartbeat storage
+    (an in-memory study) it does nothing."""
+
+    def __init__(self, study: optuna.Study, alive: Callable[[], list[int]]) -> None:
+        from optuna.storages._heartbeat import is_heartbeat_enabled
+
+        self.study, self.alive, self.enabled = study, alive, is_heartbeat_enabled(study._storage)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="configaformer-heartbeat", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            record_heartbeats(self.study, self.alive())
+
+
+def record_heartbeats(study: optuna.Study, trial_ids: list[int]) -> None:
+    """Record that these trials (storage ids) are alive, where the storage keeps heartbeats."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    if not is_heartbeat_enabled(study._storage):
+        return
+    for trial_id in trial_ids:
+        try:
+            study._storage.record_heartbeat(trial_id)
+        except Exception:  # the trial finished meanwhile, or the storage is busy: the next beat tries again
+            pass
+
+
 def _ended(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
 
 
 def counts(attrs: Mapping[str, Any]) -> bool:
     """Whether a finished trial (its user attributes, or the metrics it was told) used up budget: it trained, or
-    failed in training, on its own; refusals before training, interruptions, lost workers and twins did not."""
-    return attrs.get("reason") not in NOT_COUNTED and "reused_from" not in attrs
+    failed in training, on its own; refusals before training, interruptions (a trial failed by its stopped
+    heartbeat has no status), lost workers and twins did not."""
+    return "status" in attrs and attrs.get("reason") not in NOT_COUNTED and "reused_from" not in attrs
 
 
 def measured(study: optuna.Study) -> list[FrozenTrial]:
     """Finished trials that trained and measured their config: the ones `--trials` counts."""
     return [t for t in _ended(study) if counts(t.user_attrs)]
-
-
-def measured_by_key(study: optuna.Study) -> dict[str, dict[str, Any]]:
-    """config_key -> the recorded metrics of a trial that settled its config (measured, or refused), so that an
-    identical suggestion reuses them."""
-    return {t.user_attrs["config_key"]: dict(t.user_attrs, reused_from=t.number) for t in _ended(study)
-            if "config_key" in t.user_attrs and "status" in t.user_attrs and "reused_from" not in t.user_attrs
-            and t.user_attrs.get("reason") not in (INTERRUPTED, WORKER_DIED)}
 
 
 @dataclass
@@ -162,7 +220,9 @@ def ask_new(study: optuna.Study, space: SearchSpace, vocab_size: int, settled: d
 
     repeats, refusals = 0, Counter() if refusals is None else refusals
     while repeats < MAX_REPEATS and sum(refusals.values()) < MAX_REFUSALS:
-        trial = study.ask()
+        with warnings.catch_warnings():  # the driver keeps the heartbeats itself (Heartbeat), not optimize()
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            trial = study.ask()
         params = space.sample(trial)
         key = config_key(*space.resolve(params, vocab_size))
         if key in settled:
@@ -232,6 +292,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     for trial in study.get_trials(deepcopy=False):
         told = dict(zip(study.metric_names, trial.values or [None] * len(study.metric_names)))
         attrs = {k: v for k, v in trial.user_attrs.items() if k not in STRUCTURED_ATTRS and k != "status"}
+        if trial.state == TrialState.FAIL and "status" not in trial.user_attrs:
+            attrs.setdefault("reason", INTERRUPTED)  # failed by a stopped heartbeat: its driver died
         rows.append({"number": trial.number, "state": trial.state.name,
                      **{name: attrs.get(name) if told[name] is None else told[name] for name in study.metric_names},
                      **{k: v for k, v in attrs.items() if k not in told},
