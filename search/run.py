@@ -229,6 +229,8 @@ def storage_fault(url: str, err: BaseException) -> Optional[UsageError]:
     text = f"{_first_line(err)} {_first_line(cause)}".lower()
     if not (isinstance(err, optuna.exceptions.StorageInternalError) or type(err).__module__.startswith("sqlalchemy")):
         return None
+    if type(err).__name__ in ("NoSuchModuleError", "ArgumentError"):  # the URL itself is wrong
+        return UsageError(f"--storage {url}: {_first_line(err)}")
     where = url.removeprefix("sqlite:///")
     if "malformed" in text or "not a database" in text or "corrupt" in text:
         advice = "the file is damaged: restore it from a backup, or start over with --fresh or another --out"
