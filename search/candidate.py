@@ -14,7 +14,7 @@ import torch
 from configaformer import ConfigaFormer, ConfigError, find_future_leak
 from configaformer.registry import OpError, check_value
 
-from .errors import SpaceError, TrialFailure
+from .errors import SpaceError, TrialFailure, is_out_of_memory
 from .probes import count_flops
 from .space import CHEAP_METRICS, INPUT_STREAM, TRAIN_KEYS, SearchSpace
 
@@ -121,7 +121,13 @@ def build(candidate: Candidate) -> ConfigaFormer:
     model whose outputs read later positions, which a next-token loss would reward."""
     with torch.random.fork_rng(devices=[]):  # initial weights from the trial's seed alone, not from what ran before
         torch.manual_seed(candidate.train["seed"])
-        model = ConfigaFormer.from_config(candidate.model_config, verbose=False)
+        try:
+            model = ConfigaFormer.from_config(candidate.model_config, verbose=False)
+        except RuntimeError as err:
+            if not is_out_of_memory(err):
+                raise
+            raise TrialFailure("oom", f"building the model: {str(err).splitlines()[0]}",
+                               dict(candidate.metrics, config_key=candidate.key)) from None
     seq_len = candidate.train["seq_len"]
     try:
         leak = find_future_leak(model, length=min(CAUSALITY_LENGTH, seq_len))
@@ -159,5 +165,5 @@ def check_buildable(space: SearchSpace, vocab_size: int, draws: int = PREFLIGHT_
         except TrialFailure as failure:
             failures[(failure.kind, failure.message)] += 1
     (kind, message), count = failures.most_common(1)[0]
-    raise SpaceError(f"{space.path}: model: none of {sum(failures.values())} sampled candidates builds; "
-                     f"{count} were refused ({kind}) with: {message}")
+    raise SpaceError(f"{space.path}: model: none of {sum(failures.values())} sampled candidates builds and meets the "
+                     f"cheap constraints; {count} were refused ({kind}) with: {message}")

@@ -19,3 +19,12 @@ class TrialFailure(Exception):
         self.kind = kind
         self.message = message
         self.metrics = metrics or {}  # whatever was measured before the failure
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """An allocation that failed on any device: CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    import torch
+
+    text = str(err)
+    return isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and ("can't allocate memory" in text or "DefaultCPUAllocator" in text))

@@ -67,7 +67,8 @@ class StudySearcher(Searcher):
         self.refusals: Counter = Counter()  # reasons of the refusals since the last measured trial
         self.stop_reason: Optional[str] = None  # 'exhausted' or 'refused'
         self.study_seconds = 0.0  # time spent asking and telling the study (the storage's share of a search)
-        self._seen: set[int] = set()  # numbers of the ended trials already taken into account
+        self._seen: set[int] = set()  # numbers of the ended trials taken into account, from _settled_below on
+        self._settled_below = 0  # every trial numbered below this has ended and been taken into account
         self._refreshed = -math.inf
         self.refresh(force=True)
 
@@ -82,14 +83,17 @@ class StudySearcher(Searcher):
         start = time.perf_counter()
         mark_stale(self.study)
         mine = self.running_numbers()
-        trials = self.study.get_trials(deepcopy=False)
-        ended = {}
+        trials = self.study.get_trials(deepcopy=False)[self._settled_below:]  # ordered by number; older ones all ended
+        ended = set()
         for trial in trials:
-            if trial.state != TrialState.RUNNING and trial.number not in self._seen:
-                self._seen.add(trial.number)
-                self._learn(trial)
             if trial.state != TrialState.RUNNING:
-                ended[trial.number] = trial
+                ended.add(trial.number)
+                if trial.number not in self._seen:
+                    self._seen.add(trial.number)
+                    self._learn(trial)
+        while self._settled_below in self._seen:
+            self._seen.discard(self._settled_below)
+            self._settled_below += 1
         others = [t for t in trials if t.state == TrialState.RUNNING and t.number not in mine and t.user_attrs.get("claimed")]
         self.others = len(others)
         for trial in others:
@@ -98,8 +102,8 @@ class StudySearcher(Searcher):
                 self.foreign[key] = trial.number
                 self.parked[key] = []
         for key, number in list(self.foreign.items()):
-            if number in ended:
-                self._foreign_ended(key, ended[number])
+            if number in ended or number < self._settled_below:
+                self._foreign_ended(key, number)
         self._refreshed = time.monotonic()
         self.study_seconds += time.perf_counter() - start
 
@@ -113,13 +117,13 @@ class StudySearcher(Searcher):
         if trial.state == TrialState.COMPLETE and feasible(attrs.get("constraints")):
             self.front.add(trial.values)
 
-    def _foreign_ended(self, key: str, trial: FrozenTrial) -> None:
+    def _foreign_ended(self, key: str, number: int) -> None:
         """Another driver's trial ended: the repeats waiting here are told its result (or, where it measured
         nothing, that it was interrupted: they are owed nothing, and the sampler may suggest the config again)."""
         del self.foreign[key]
         waiting = self.parked.pop(key, [])
         twin = self.settled.get(key) or {"status": "failed", "reason": INTERRUPTED,
-                                         "message": f"its twin #{trial.number} in another driver measured nothing"}
+                                         "message": f"its twin #{number} in another driver measured nothing"}
         for repeat in waiting:
             record(self.study, repeat, twin)
             self.progress.free(repeat.number, twin)
@@ -154,21 +158,28 @@ class StudySearcher(Searcher):
         return None  # the budget is spoken for by trials in training; one may yet fail and be owed again
 
     def _claim(self, asked: Asked) -> bool:
-        """Mark the trial as one that trains; near the end of the budget, make sure no other driver's earlier claim
-        took the last place meanwhile (else withdraw it: recorded, not counted)."""
-        asked.trial.set_user_attr("config_key", asked.key)
-        asked.trial.set_user_attr("claimed", True)
-        record_heartbeats(self.study, [asked.trial._trial_id])
-        if self.measured + self.others + len(self.live) + 1 < self.budget:
-            return True
-        self.refresh(force=True)
-        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        ahead = sum(1 for t in running if t.user_attrs.get("claimed") and t.number < asked.trial.number)
-        if self.measured + ahead < self.budget:
-            return True
-        record(self.study, asked.trial, {"status": "failed", "reason": WITHDRAWN, "config_key": asked.key,
-                                         "message": "another driver took the last of the budget first"})
-        return False
+        """Mark the trial as one that trains. If another driver claimed the same config first, wait for its result
+        instead; if, near the end of the budget, other claims took the last place first, withdraw (recorded, not
+        counted). Claims are ordered by trial number, which the storage hands out one at a time."""
+        trial = asked.trial
+        trial.set_user_attr("config_key", asked.key)
+        trial.set_user_attr("claimed", True)
+        record_heartbeats(self.study, [trial._trial_id])
+        self.refresh(force=True)  # what other drivers measured and claimed up to now
+        mine = self.running_numbers()
+        earlier = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                   if t.user_attrs.get("claimed") and t.number < trial.number]
+        twin = next((t for t in earlier if t.user_attrs.get("config_key") == asked.key and t.number not in mine), None)
+        if twin is not None:
+            trial.set_user_attr("claimed", False)
+            self.foreign[asked.key] = twin.number
+            self.parked.setdefault(asked.key, []).append(trial)
+            return False
+        if self.measured + len(earlier) >= self.budget:
+            record(self.study, trial, {"status": "failed", "reason": WITHDRAWN, "config_key": asked.key,
+                                       "message": "another driver took the last of the budget first"})
+            return False
+        return True
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         if trial_id not in self.live:

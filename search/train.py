@@ -16,7 +16,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 from configaformer import ConfigaFormer
 
 from .data import Corpus, train_batches, val_set
-from .errors import TrialFailure
+from .errors import TrialFailure, is_out_of_memory
 
 NAN_CHECK_EVERY = 10  # steps between loss checks: each one waits for the device
 
@@ -109,9 +109,12 @@ def train(model: ConfigaFormer, corpus: Corpus, cfg: Mapping, device: torch.devi
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         scored = val_set(corpus, cfg["eval_seq_len"], cfg["eval_tokens"])
         val_loss = evaluate(model, scored.batches, device)
-    except torch.OutOfMemoryError as err:
+    except RuntimeError as err:  # torch.OutOfMemoryError is one
+        if not is_out_of_memory(err):
+            raise
         optimizer.zero_grad(set_to_none=True)
-        torch.cuda.empty_cache()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         raise TrialFailure("oom", str(err).splitlines()[0]) from None
     if not math.isfinite(val_loss):
         raise TrialFailure("nan_loss", f"validation loss is {val_loss}")
