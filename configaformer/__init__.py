@@ -1,12 +1,23 @@
-"""configaformer: transformers built from small op configs (lists of dicts) or a higher-level layer config."""
+"""configaformer: transformers built from small op configs (lists of dicts) or a higher-level layer config.
 
-from .builder import ConfigaFormer
-from .causality import FutureLeak, find_future_leak
-from .errors import ConfigError
-from .io import load_config, save_config
-from .layers import compile_layers
-from .offsets import get_alibi
-from .registry import Key, register, registered_ops
+Names are imported on first use, so that reading and writing configs (`load_config`, `save_config`) does not
+import torch.
+"""
 
-__all__ = ["ConfigaFormer", "ConfigError", "FutureLeak", "find_future_leak", "Key", "compile_layers", "get_alibi", "load_config", "register",
-           "registered_ops", "save_config"]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "ConfigaFormer": ".builder", "FutureLeak": ".causality", "find_future_leak": ".causality",
+    "ConfigError": ".errors", "load_config": ".io", "save_config": ".io", "compile_layers": ".layers",
+    "get_alibi": ".offsets", "Key": ".registry", "register": ".registry", "registered_ops": ".registry",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'configaformer' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value

@@ -93,23 +93,33 @@ def _check_length(model: ConfigaFormer, length: int) -> None:
                           f"need: {str(err).splitlines()[0]}") from None
 
 
-def screen(space: SearchSpace, params: Mapping[str, Any], vocab_size: int) -> Candidate:
-    """Resolve params and measure the cheap metrics on a model built on the meta device (no weight is allocated,
-    so refusing a huge candidate costs nothing); raises TrialFailure('rejected' or 'constraint')."""
+def resolve(space: SearchSpace, params: Mapping[str, Any], vocab_size: int) -> tuple[dict, dict, str]:
+    """Params -> (model config, train config, config key)."""
     model_config, train = space.resolve(params, vocab_size)
-    key = config_key(model_config, train)  # failures carry it too: a repeat of a refused config is refused for free
+    return model_config, train, config_key(model_config, train)
+
+
+def screen(space: SearchSpace, params: Mapping[str, Any], vocab_size: int, quick: bool = False,
+           resolved: Optional[tuple[dict, dict, str]] = None) -> Candidate:
+    """Resolve params and measure the cheap metrics on a model built on the meta device (no weight is allocated,
+    so refusing a huge candidate costs nothing); raises TrialFailure('rejected' or 'constraint'). `quick` (the
+    driver's screen, before a trial is handed out) leaves out the trace that counts FLOPs, unless a constraint needs
+    them, and the run at the longest length: the trial does both."""
+    model_config, train, key = resolved or resolve(space, params, vocab_size)
     try:
         _check_train(train)
         with torch.device("meta"):
             model = ConfigaFormer.from_config(model_config, verbose=False)
         _check_model(model, vocab_size)
-        _check_length(model, max(train["seq_len"], train["eval_seq_len"]))
+        if not quick:
+            _check_length(model, max(train["seq_len"], train["eval_seq_len"]))
     except ConfigError as err:
         raise TrialFailure("rejected", str(err), {"config_key": key}) from None
     except TrialFailure as failure:
         raise TrialFailure(failure.kind, failure.message, {"config_key": key}) from None
-    metrics = {"params": model.num_params(), "nonemb_params": model.num_params(non_embedding=True),
-               "flops": count_flops(model, space.probes["batch_size"], space.probes["seq_len"])}
+    metrics = {"params": model.num_params(), "nonemb_params": model.num_params(non_embedding=True)}
+    if not quick or "flops" in space.constraints:
+        metrics["flops"] = count_flops(model, space.probes["batch_size"], space.probes["seq_len"])
     over = violations(space.constraints, metrics, only=CHEAP_METRICS)
     if over:
         raise TrialFailure("constraint", "; ".join(over), dict(metrics, config_key=key))
@@ -160,7 +170,7 @@ def check_buildable(space: SearchSpace, vocab_size: int, draws: int = PREFLIGHT_
     failures: Counter = Counter()
     for _ in range(draws if space.size() is None else min(draws, space.size())):
         try:
-            screen(space, space.sample(study.ask()), vocab_size)
+            screen(space, space.sample(study.ask()), vocab_size, quick=True)
             return
         except TrialFailure as failure:
             failures[(failure.kind, failure.message)] += 1

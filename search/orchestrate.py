@@ -162,10 +162,10 @@ class StudySearcher(Searcher):
         instead; if, near the end of the budget, other claims took the last place first, withdraw (recorded, not
         counted). Claims are ordered by trial number, which the storage hands out one at a time."""
         trial = asked.trial
+        self.refresh(force=True)  # what other drivers measured and claimed up to now
         trial.set_user_attr("config_key", asked.key)
         trial.set_user_attr("claimed", True)
         record_heartbeats(self.study, [trial._trial_id])
-        self.refresh(force=True)  # what other drivers measured and claimed up to now
         mine = self.running_numbers()
         earlier = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                    if t.user_attrs.get("claimed") and t.number < trial.number]

@@ -70,25 +70,29 @@ def search(space: Union[SearchSpace, str, Path], trials: Optional[int] = None, o
     url = storage or default_storage(out_dir)
     say = print if verbosity > 0 else (lambda *a, **k: None)
 
+    from .study import close_storage, measured, open_storage
+
     with _run_folder(out_dir, url) as lock, _signals_as_interrupts():
-        study = storage_call(url, lambda: _open(space, url, fresh, out_dir))
-        result = SearchResult(study, out_dir, budget, 0)
+        rdb = storage_call(url, lambda: open_storage(url, writer=True))
         try:
-            result.stop_reason = _search(space, study, corpus.vocab_size, url, out_dir, budget, lock.owns_study,
-                                         address, gpus_per_trial, concurrency, sampler, seed, verbosity, say)
-        except KeyboardInterrupt as interrupt:  # Ray Tune may raise its own KeyboardInterrupt on the way out
-            result.stopped_by = signal.SIGTERM if isinstance(interrupt, Terminated) or _terminated.is_set() else signal.SIGINT
-        from .study import measured
+            study = storage_call(url, lambda: _open(space, rdb, fresh, out_dir))
+            result = SearchResult(study, out_dir, budget, 0)
+            try:
+                result.stop_reason = _search(space, study, corpus.vocab_size, url, out_dir, budget, lock.owns_study,
+                                             address, gpus_per_trial, concurrency, sampler, seed, verbosity, say)
+            except KeyboardInterrupt as interrupt:  # Ray Tune may raise its own KeyboardInterrupt on the way out
+                result.stopped_by = signal.SIGTERM if isinstance(interrupt, Terminated) or _terminated.is_set() \
+                    else signal.SIGINT
+            result.measured = len(measured(study))
+            result.written = write_outputs(study, out_dir)
+            return result
+        finally:
+            close_storage(rdb)
 
-        result.measured = len(measured(study))
-        result.written = write_outputs(study, out_dir)
-        return result
 
+def _open(space: SearchSpace, storage: optuna.storages.BaseStorage, fresh: bool, out_dir: Path) -> optuna.Study:
+    from .study import open_study
 
-def _open(space: SearchSpace, url: str, fresh: bool, out_dir: Path) -> optuna.Study:
-    from .study import open_storage, open_study
-
-    storage = open_storage(url)
     if fresh:
         delete_run(out_dir, storage, space.name)
     return open_study(space, storage)
@@ -225,10 +229,13 @@ def storage_call(url: str, call: Callable[[], Any]) -> Any:
 def storage_fault(url: str, err: BaseException) -> Optional[UsageError]:
     """The one-line error for a storage failure (Optuna's StorageInternalError wraps sqlalchemy's), or None when
     `err` is not one."""
+    while err is not None and not (isinstance(err, optuna.exceptions.StorageInternalError)
+                                   or type(err).__module__.startswith("sqlalchemy")):
+        err = err.__cause__ or err.__context__  # Ray Tune may wrap what the searcher raised
+    if err is None:
+        return None
     cause = err.__cause__ or err.__context__ or err
     text = f"{_first_line(err)} {_first_line(cause)}".lower()
-    if not (isinstance(err, optuna.exceptions.StorageInternalError) or type(err).__module__.startswith("sqlalchemy")):
-        return None
     if type(err).__name__ in ("NoSuchModuleError", "ArgumentError"):  # the URL itself is wrong
         return UsageError(f"--storage {url}: {_first_line(err)}")
     where = url.removeprefix("sqlite:///")

@@ -55,13 +55,48 @@ def make_sampler(space: SearchSpace, name: str, seed: int, n_trials: int) -> opt
     return optuna.samplers.TPESampler(n_startup_trials=startup, seed=seed, multivariate=True)
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An RDB storage with Optuna's heartbeat, so that stale RUNNING trials can be told from live ones, and, for
-    SQLite, a lock timeout long enough for several drivers on one file."""
+def open_storage(url: str, writer: bool = False) -> optuna.storages.RDBStorage:
+    """An RDB storage with Optuna's heartbeat, so that stale RUNNING trials can be told from live ones. SQLite gets
+    a lock timeout long enough for several drivers on one file, and a `writer` (a search) write-ahead logging with
+    normal syncing while it runs: each user attribute is its own commit, which a rollback journal syncs to disk
+    every time (`close_storage` goes back to it, so that a finished study reads from a read-only folder)."""
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
+                                             grace_period=GRACE_S)
+    if writer and url.startswith("sqlite"):
+        import sqlalchemy
+
+        sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
+        storage.engine.dispose()  # connections made before the listener reopen with it
+    return storage
+
+
+def close_storage(storage: optuna.storages.BaseStorage) -> None:
+    """A writer's SQLite file back in rollback-journal mode, its log folded in; left as it is while another driver
+    still has it open."""
+    engine = getattr(storage, "engine", None)
+    if engine is None or engine.dialect.name != "sqlite":
+        return
+    import sqlalchemy
+
+    if sqlalchemy.event.contains(engine, "connect", _sqlite_pragmas):
+        sqlalchemy.event.remove(engine, "connect", _sqlite_pragmas)  # later readers of this study leave the mode be
+    engine.dispose()  # the pooled connections of other threads: a mode change needs the file to itself
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA journal_mode=DELETE")
+    except Exception:  # locked by another driver: it will do this when it is done
+        pass
+    engine.dispose()
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 def open_study(space: SearchSpace, storage: Optional[str | optuna.storages.BaseStorage],
@@ -111,12 +146,13 @@ def _describe(distribution: optuna.distributions.BaseDistribution) -> str:
     return f"{kind} [{distribution.low:g}, {distribution.high:g}]{step}"
 
 
-def load_existing(storage: str) -> optuna.Study:
-    """The single study in a run folder's storage."""
-    summaries = optuna.study.get_all_study_summaries(storage)
-    if len(summaries) != 1:
-        raise ValueError(f"expected one study in {storage}, found {len(summaries)}")
-    return optuna.load_study(study_name=summaries[0].study_name, storage=storage)
+def load_existing(storage: str | optuna.storages.BaseStorage) -> optuna.Study:
+    """The single study in a run folder's storage (a URL, opened once: each opening costs a schema check)."""
+    storage = open_storage(storage) if isinstance(storage, str) else storage
+    studies = storage.get_all_studies()
+    if len(studies) != 1:
+        raise ValueError(f"expected one study in {getattr(storage, 'url', storage)}, found {len(studies)}")
+    return optuna.load_study(study_name=studies[0].study_name, storage=storage)
 
 
 def mark_interrupted(study: optuna.Study, numbers: Optional[set[int]] = None) -> int:
@@ -215,7 +251,7 @@ def ask_new(study: optuna.Study, space: SearchSpace, vocab_size: int, settled: d
     parked in `running[key]`, to be told that trial's result when it ends (`tell_parked`). A candidate that fails
     the cheap screen (config error, cheap constraint; the model is built on the meta device) is recorded failed
     with its reason. None of these uses budget; each is passed to `on_free` with the metrics it was told."""
-    from .candidate import config_key, screen  # builds models: kept off the import path of the review commands
+    from .candidate import resolve, screen  # builds models: kept off the import path of the review commands
     from .errors import TrialFailure
 
     repeats, refusals = 0, Counter() if refusals is None else refusals
@@ -224,7 +260,8 @@ def ask_new(study: optuna.Study, space: SearchSpace, vocab_size: int, settled: d
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
             trial = study.ask()
         params = space.sample(trial)
-        key = config_key(*space.resolve(params, vocab_size))
+        resolved = resolve(space, params, vocab_size)
+        key = resolved[2]
         if key in settled:
             repeats += 1
             twin = settled[key]
@@ -236,7 +273,7 @@ def ask_new(study: optuna.Study, space: SearchSpace, vocab_size: int, settled: d
             running[key].append(trial)
             continue
         try:
-            screen(space, params, vocab_size)
+            screen(space, params, vocab_size, quick=True, resolved=resolved)
         except TrialFailure as failure:
             refusals[failure.kind] += 1
             metrics = {"status": "failed", "reason": failure.kind, "message": failure.message, **failure.metrics}

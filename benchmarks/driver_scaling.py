@@ -1,0 +1,102 @@
+"""Does the search driver keep up with a cluster? Synthetic trial completions arrive at a cluster's rate and are
+handed to the real searcher (StudySearcher: ask, screen, claim, record, front upkeep) over a real SQLite study.
+
+For windows of trials ending at each checkpoint it prints the driver's own work per finished trial (recording,
+twins, progress, front upkeep: on_trial_complete), the sampler's time per suggestion, and the backlog: how many
+completions wait for the driver when it is done with that trial. Then it times `front` and `trials` on the study.
+
+    python benchmarks/driver_scaling.py --trials 3000 --rate 8.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+
+from configaformer_search.orchestrate import StudySearcher
+from configaformer_search.progress import Progress
+from configaformer_search.space import load_space
+from configaformer_search.study import make_sampler, open_storage, open_study
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def synthetic_metrics(params: dict, number: int, key: str) -> dict:
+    """Deterministic objective values that depend on the params, as a trial would report them."""
+    digest = int(hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8], 16)
+    width, depth = params.get("width", 64), params.get("depth", 1)
+    return {"status": "ok", "val_loss": 2.6 - 0.1 * depth - width / 1000 + (digest % 1000) / 5000,
+            "peak_mem_mb": width * depth / 10 + (digest % 97) / 10, "latency_ms": depth * width / 100 + (digest % 89) / 100,
+            "config_key": key, "model_config": {"dim_model": width}, "train": {"tokens": 1}, "constraints": {},
+            "started_at": time.time(), "ended_at": time.time()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--space", default=str(ROOT / "spaces" / "small.yaml"))
+    parser.add_argument("--trials", type=int, default=3000)
+    parser.add_argument("--rate", type=float, default=8.5, help="completions a second the cluster delivers")
+    parser.add_argument("--checkpoints", default="100,1000,3000")
+    parser.add_argument("--window", type=int, default=50, help="trials averaged at each checkpoint")
+    parser.add_argument("--sampler", default="tpe", choices=("tpe", "nsga2", "random"))
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    space = load_space(args.space)
+    space.search["trials"] = args.trials
+    folder = Path(tempfile.mkdtemp(prefix="driver-scaling-"))
+    url = f"sqlite:///{folder / 'study.db'}"
+    study = open_study(space, open_storage(url, writer=True))
+    study.sampler = make_sampler(space, args.sampler, 0, args.trials)
+    searcher = StudySearcher(space, study, 256, args.trials, Progress(args.trials, 0, list(space.objectives), 0))
+
+    checkpoints = sorted(int(c) for c in args.checkpoints.split(","))
+    ask, own, backlog = [], [], []
+    driver_clock = 0.0
+    print(f"space {space.name}, sampler {args.sampler}, {args.trials} trials arriving at {args.rate:g}/s; study {url}")
+    print(f"{'trials':>7} {'driver ms/trial':>16} {'ask ms/trial':>13} {'backlog':>8} {'free asks':>10}")
+    done = 0
+    while done < args.trials:
+        trial_id = f"t{done}"
+        start = time.perf_counter()
+        config = searcher.suggest(trial_id)
+        asked = time.perf_counter() - start
+        if not isinstance(config, dict):
+            print(f"the searcher stopped after {done} trials: {config or searcher.stop_reason}")
+            break
+        asked_trial = searcher.live[trial_id]
+        result = {"metrics": json.dumps(synthetic_metrics(config["params"], config["number"], asked_trial.key))}
+        start = time.perf_counter()
+        searcher.on_trial_complete(trial_id, result)
+        recorded = time.perf_counter() - start
+        done += 1
+        arrival = done / args.rate
+        driver_clock = max(driver_clock, arrival) + asked + recorded
+        ask.append(asked)
+        own.append(recorded)
+        backlog.append((driver_clock - arrival) * args.rate)
+        if done in checkpoints:
+            window = slice(max(0, done - args.window), done)
+            free = len(study.get_trials(deepcopy=False)) - done
+            print(f"{done:>7} {statistics.mean(own[window]) * 1e3:>16.2f} {statistics.mean(ask[window]) * 1e3:>13.1f} "
+                  f"{backlog[-1]:>8.1f} {free:>10}")
+
+    for command in ("front", "trials"):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "configaformer_search.cli", command, str(folder)],
+                       stdout=subprocess.DEVNULL, check=True)
+        print(f"configaformer-search {command} at {done} trials: {time.perf_counter() - start:.2f} s")
+    print(f"study file: {(folder / 'study.db').stat().st_size / 2**20:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
