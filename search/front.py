@@ -11,6 +11,7 @@ import optuna
 import pandas as pd
 from optuna._hypervolume import compute_hypervolume  # optuna's WFG algorithm; no public equivalent yet
 from optuna.study._constrained_optimization import _get_feasible_trials  # the feasibility best_trials uses
+from optuna.study._multi_objective import _get_pareto_front_trials_by_trials  # the front best_trials takes
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import SpaceError
@@ -47,11 +48,10 @@ class ParetoFront:
 
 
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Pareto-optimal trials among the complete, feasible ones (Optuna's best_trials), by number; a twin that
-    reused another trial's measurement is left out (the trial it copies stands for it)."""
-    if not _get_feasible_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
-        return []  # best_trials would log a warning to the console
-    return sorted((t for t in study.best_trials if "reused_from" not in t.user_attrs), key=lambda t: t.number)
+    """Pareto-optimal trials among the complete, feasible ones, by number: what Optuna's best_trials gives (twins
+    are PRUNED, so they are not among them), without its deep copy of every trial."""
+    feasible_trials = _get_feasible_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return sorted(_get_pareto_front_trials_by_trials(feasible_trials, study.directions), key=lambda t: t.number)
 
 
 def front_frame(study: optuna.Study) -> pd.DataFrame:

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's console output stays off unless asked for
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/JSON/TensorBoard files
@@ -27,7 +27,7 @@ os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C stops the se
 import optuna  # noqa: E402
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
-from optuna.trial import FrozenTrial, TrialState  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 from . import trial as trial_module  # noqa: E402
@@ -90,7 +90,7 @@ class StudySearcher(Searcher):
                 ended.add(trial.number)
                 if trial.number not in self._seen:
                     self._seen.add(trial.number)
-                    self._learn(trial)
+                    self._learn(trial.number, trial.user_attrs, trial.state, trial.values)
         while self._settled_below in self._seen:
             self._seen.discard(self._settled_below)
             self._settled_below += 1
@@ -107,15 +107,15 @@ class StudySearcher(Searcher):
         self._refreshed = time.monotonic()
         self.study_seconds += time.perf_counter() - start
 
-    def _learn(self, trial: FrozenTrial) -> None:
-        attrs = trial.user_attrs
+    def _learn(self, number: int, attrs: Mapping[str, Any], state: TrialState, values: Optional[list]) -> None:
+        """Take an ended trial into account: the measured count, the configs settled, the front."""
         if counts(attrs):
             self.measured += 1
         key = attrs.get("config_key")
         if key is not None and "status" in attrs and "reused_from" not in attrs and (counts(attrs) or attrs.get("reason") in REFUSED):
-            self.settled[key] = dict(attrs, reused_from=trial.number)
-        if trial.state == TrialState.COMPLETE and feasible(attrs.get("constraints")):
-            self.front.add(trial.values)
+            self.settled[key] = dict(attrs, reused_from=number)
+        if state == TrialState.COMPLETE and feasible(attrs.get("constraints")):
+            self.front.add(values)
 
     def _foreign_ended(self, key: str, number: int) -> None:
         """Another driver's trial ended: the repeats waiting here are told its result (or, where it measured
@@ -190,12 +190,12 @@ class StudySearcher(Searcher):
         parked = self.parked.pop(asked.key)
         died = metrics.get("reason") == WORKER_DIED
         start = time.perf_counter()
-        record(self.study, trial, metrics)
+        state = record(self.study, trial, metrics)
         twin = {"status": "failed", "reason": WORKER_DIED, "message": f"the worker of its twin #{trial.number} died"} \
             if died else tell_parked(self.study, parked, trial.number, metrics)
         self.study_seconds += time.perf_counter() - start
         self._seen.add(trial.number)
-        self._learn(self.study._storage.get_trial(trial._trial_id))
+        self._learn(trial.number, metrics, state, [metrics.get(name) for name in self.study.metric_names])
         if counts(metrics):
             self.refusals.clear()
         elif metrics.get("reason") in REFUSED:
