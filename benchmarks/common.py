@@ -31,6 +31,13 @@ def timed(step: Callable[[], None], device: torch.device, warmup: int, repeats: 
     return times
 
 
+def seconds(iso_time: str) -> float:
+    """A trial's recorded wall-clock time (ISO 8601) as epoch seconds."""
+    import datetime
+
+    return datetime.datetime.fromisoformat(iso_time).timestamp()
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import optuna
 
-from configaformer_search.orchestrate import StudySearcher
+from configaformer_search.orchestrate import StudySearcher, wall_clock
 from configaformer_search.progress import Progress
 from configaformer_search.space import load_space
 from configaformer_search.study import make_sampler, open_storage, open_study
@@ -37,7 +37,7 @@ def synthetic_metrics(params: dict, number: int, key: str) -> dict:
     return {"status": "ok", "val_loss": 2.6 - 0.1 * depth - width / 1000 + (digest % 1000) / 5000,
             "peak_mem_mb": width * depth / 10 + (digest % 97) / 10, "latency_ms": depth * width / 100 + (digest % 89) / 100,
             "config_key": key, "model_config": {"dim_model": width}, "train": {"tokens": 1}, "constraints": {},
-            "started_at": time.time(), "ended_at": time.time()}
+            "started_at": wall_clock(), "ended_at": wall_clock()}
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import print_table  # noqa: E402
+from common import print_table, seconds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +26,7 @@ def main() -> None:
     from configaformer_search.data import load_corpus
     from configaformer_search.progress import Progress
     from configaformer_search.space import load_space
-    from configaformer_search.study import make_sampler, open_study
+    from configaformer_search.study import counts, make_sampler, open_study
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", default=str(ROOT / "spaces" / "small.yaml"))
@@ -44,19 +44,19 @@ def main() -> None:
     searcher = orchestrate.run_trials(space, study, corpus.vocab_size, args.trials, resources,
                                       Progress(args.trials, 0, [], verbosity=0))
     wall = time.perf_counter() - start
-    trials = sorted((t for t in study.trials if "reused_from" not in t.user_attrs), key=lambda t: t.user_attrs["started_at"])
+    trials = sorted((t for t in study.trials if counts(t.user_attrs)), key=lambda t: seconds(t.user_attrs["started_at"]))
     parts = {"data": 0.0, "build + FLOPs": 0.0, "training": 0.0, "probes": 0.0, "trial wrapper": 0.0}
     keys = {"data_s": "data", "build_s": "build + FLOPs", "train_s": "training", "probe_s": "probes"}
     for trial in trials:
         timings = trial.user_attrs["timings"]
         for key, value in timings.items():
             parts[keys[key]] += value
-        parts["trial wrapper"] += trial.user_attrs["ended_at"] - trial.user_attrs["started_at"] - sum(timings.values())
+        parts["trial wrapper"] += seconds(trial.user_attrs["ended_at"]) - seconds(trial.user_attrs["started_at"]) - sum(timings.values())
     parts["study storage"] = searcher.study_seconds
     # Ray's share per trial: the gaps between one trial's end and the next one's start (one at a time).
-    parts["Ray scheduling"] = sum(b.user_attrs["started_at"] - a.user_attrs["ended_at"] for a, b in zip(trials, trials[1:]))
+    parts["Ray scheduling"] = sum(seconds(b.user_attrs["started_at"]) - seconds(a.user_attrs["ended_at"]) for a, b in zip(trials, trials[1:]))
     per_trial_wall = sum(parts.values())
-    startup = trials[0].user_attrs["started_at"] - start_clock
+    startup = seconds(trials[0].user_attrs["started_at"]) - start_clock
     print(f"device: {torch.cuda.get_device_name() if cuda else 'CPU'}; {args.trials} trials of {Path(args.space).name}, "
           f"one at a time; wall {wall:.1f} s")
     print(f"once per search (Ray Tune start, first worker process, CUDA context): {startup:.1f} s")

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import print_table  # noqa: E402
+from common import print_table, seconds  # noqa: E402
 
 SPACE = """
 name: packing
@@ -77,7 +77,7 @@ def main() -> None:
         wall = time.perf_counter() - start
         done = [t for t in study.trials if t.user_attrs.get("status") == "ok"]
         tokens = sum(t.user_attrs["steps"] * 32 * 256 for t in done)
-        span = max(t.user_attrs["ended_at"] for t in done) - min(t.user_attrs["started_at"] for t in done)
+        span = max(seconds(t.user_attrs["ended_at"]) for t in done) - min(seconds(t.user_attrs["started_at"]) for t in done)
         aggregate, aggregate_wall = tokens / span, tokens / wall
         base = base or (aggregate, aggregate_wall)
         mean = lambda key: sum(t.user_attrs[key] for t in done) / len(done)  # noqa: E731

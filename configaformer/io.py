@@ -37,6 +37,9 @@ def write_text_atomic(path: PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file would be; mkstemp makes it private
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

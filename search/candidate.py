@@ -16,7 +16,8 @@ from configaformer.registry import OpError, check_value
 
 from .errors import SpaceError, TrialFailure, is_out_of_memory
 from .probes import count_flops
-from .space import CHEAP_METRICS, INPUT_STREAM, TRAIN_KEYS, SearchSpace
+from .metrics import CHEAP_METRICS
+from .space import INPUT_STREAM, TRAIN_KEYS, SearchSpace
 
 
 

@@ -1,4 +1,4 @@
-"""The configaformer-search command line: run, validate, front, trials, plot, export.
+"""The configaformer-search command line: run, validate, front, trials, plot, report, export.
 
 Heavy imports (torch, ray, optuna) happen inside the commands, so `--help` returns at once. Bad input is one
 line on stderr and exit status 2, never a traceback.
@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 from .errors import UsageError
 from .progress import Progress, plural
 
-COMMANDS = ("run", "validate", "front", "trials", "plot", "export")
+COMMANDS = ("run", "validate", "front", "trials", "plot", "report", "export")
 
 
 def _format(value: float) -> str:
@@ -107,7 +107,7 @@ def _print_summary(result) -> None:
     front = front_trials(study)
     if front:
         print(f"Pareto front ({plural(len(front), 'trial')}):")
-        sys.stdout.write(_console_table(front_frame(study)))
+        sys.stdout.write(_console_table(_fitted(front_frame(study), study.metric_names)))
     elif len(measured_trials) > sum(failed.values()):
         print(f"Pareto front: empty, every complete trial breaks a constraint (see `configaformer-search trials {result.out_dir}`)")
     if result.written:
@@ -130,11 +130,34 @@ def _open_run(directory: str, storage: Optional[str]):
     return storage_call(storage, lambda: load_existing(storage))
 
 
+CONSOLE_WIDTH = 100  # what the console tables fit by default; --all prints every column
+
+
 def _console_table(frame) -> str:
     """Four significant digits, and blanks where a trial has no value."""
     blanks = {c: frame[c].astype(object).where(frame[c].notna(), "") for c in frame if frame[c].dtype.kind in "iub"
               and frame[c].hasnans}  # nullable ints, whose <NA> to_string's na_rep does not reach
     return frame.assign(**blanks).to_string(float_format=lambda v: f"{v:.4g}", na_rep="") + "\n"
+
+
+def _fitted(frame, keep: Sequence[str], width: int = CONSOLE_WIDTH):
+    """The columns in `keep` that the frame has, then its params joined into one 'config' column (width=64
+    depth=2 ...), cut so that every line fits `width` characters."""
+    params = [c for c in frame if c.startswith("param:")]
+    fitted = frame[[c for c in keep if c in frame]].copy()
+    fitted = fitted[[c for c in fitted if not fitted[c].isin([None, False, ""]).all() and not fitted[c].isna().all()]]
+    if "duration" in fitted:
+        fitted["duration"] = fitted["duration"].map(lambda v: "" if v is None or v != v else f"{v:.1f} s")
+    if "message" in fitted:
+        fitted["message"] = fitted["message"].map(lambda v: v if not isinstance(v, str) or len(v) <= 28 else v[:27] + "…")
+    if params:
+        import pandas as pd
+
+        config = frame[params].apply(lambda row: " ".join(f"{c[6:]}={v}" for c, v in row.items() if not pd.isna(v)), axis=1)
+        room = width - max(len(line) for line in _console_table(fitted).splitlines()) - 2
+        if room >= 12:
+            fitted["config"] = config.map(lambda text: text if len(text) <= room else text[: room - 1] + "…")
+    return fitted
 
 
 def _emit(frame, fmt: str, output: Optional[str], empty: str) -> None:
@@ -166,8 +189,11 @@ def _emit(frame, fmt: str, output: Optional[str], empty: str) -> None:
 def cmd_front(args: argparse.Namespace) -> int:
     from .front import front_frame
 
-    _emit(front_frame(_open_run(args.dir, args.storage)), args.format, args.output,
-          empty="(the front is empty: no trial has finished that meets the constraints)")
+    study = _open_run(args.dir, args.storage)
+    frame = front_frame(study)
+    if args.format == "table" and not args.all and not frame.empty:  # what fits a terminal; the files keep it all
+        frame = _fitted(frame, study.metric_names)
+    _emit(frame, args.format, args.output, empty="(the front is empty: no trial has finished that meets the constraints)")
     return 0
 
 
@@ -177,10 +203,7 @@ def cmd_trials(args: argparse.Namespace) -> int:
     study = _open_run(args.dir, args.storage)
     frame = trials_frame(study)
     if args.format == "table" and not args.all and not frame.empty:  # what fits a terminal; the files keep it all
-        frame = frame[[c for c in frame if c in ("state", *study.metric_names, *TRIAL_NOTES, "params", "duration")
-                       or c.startswith("param:")]]
-        if "message" in frame:
-            frame = frame.assign(message=frame["message"].str.slice(0, 60))
+        frame = _fitted(frame, ("state", *study.metric_names, *TRIAL_NOTES, "duration"))
     _emit(frame, args.format, args.output, empty="(no trials yet)")
     return 0
 
@@ -188,17 +211,32 @@ def cmd_trials(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .plots import plot_study
+    from .plots import plot_review
+    from .review import build_review
 
     study = _open_run(args.dir, args.storage)
     output = Path(args.output or Path(args.dir) / "front.png")
     if output.suffix.lower() != ".png":
         raise UsageError(f"-o {output}: expected a .png path")
     try:
-        written = plot_study(study, output)
+        written = plot_review(build_review(study), output)
     except ValueError as err:
         raise UsageError(f"{args.dir}: {err}") from None
     print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .report import write_report
+    from .review import build_review
+
+    study = _open_run(args.dir, args.storage)
+    output = Path(args.output or Path(args.dir) / "report.html")
+    if output.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"-o {output}: expected an .html path")
+    print(f"wrote {write_report(study, build_review(study), output)}")
     return 0
 
 
@@ -265,12 +303,14 @@ def _parser() -> argparse.ArgumentParser:
     formats = ("table", "csv", "json")
     front = sub.add_parser("front", help="list the Pareto-optimal trials of a run folder")
     trials = sub.add_parser("trials", help="list every trial of a run folder")
-    plot = sub.add_parser("plot", help="draw the front and the hypervolume history")
+    plot = sub.add_parser("plot", help="draw the front and the hypervolume history (PNG)")
+    report = sub.add_parser("report", help="write one self-contained HTML page to review the search")
     export = sub.add_parser("export", help="write a trial's model config (default: lowest val_loss on the front)")
-    for command in (front, trials, plot, export):
+    for command in (front, trials, plot, report, export):
         command.add_argument("dir", help="run folder")
         command.add_argument("--storage", help="Optuna storage URL, when the study is not the folder's study.db")
     front.add_argument("--format", choices=formats, default="table")
+    front.add_argument("--all", action="store_true", help="every column in the table too (files always have them)")
     front.add_argument("-o", "--output", help="write to this file instead of the console")
     front.set_defaults(handler=cmd_front)
     trials.add_argument("--format", choices=formats + ("parquet",), default="table")
@@ -279,6 +319,8 @@ def _parser() -> argparse.ArgumentParser:
     trials.set_defaults(handler=cmd_trials)
     plot.add_argument("-o", "--output", help="PNG path (default DIR/front.png)")
     plot.set_defaults(handler=cmd_plot)
+    report.add_argument("-o", "--output", help="HTML path (default DIR/report.html)")
+    report.set_defaults(handler=cmd_report)
     choice = export.add_mutually_exclusive_group()
     choice.add_argument("--trial", type=int, help="export this trial number")
     choice.add_argument("--pick", help="best val_loss on the front meeting e.g. 'latency_ms<=2,peak_mem_mb<=300'")

@@ -7,6 +7,7 @@ resources; latency probes take a per-device lock inside the trial.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
@@ -220,12 +221,17 @@ class StudySearcher(Searcher):
 
 def run_trial(config: dict, space: SearchSpace) -> None:
     """The Ray trainable: measure one candidate and report it once."""
-    started = time.time()
+    started = wall_clock()
     device = "cuda" if ray.get_gpu_ids() else "cpu"
     metrics = trial_module.run(space, config["params"], device)
     metrics["node"] = ray.get_runtime_context().get_node_id()[:12]
-    metrics.update(started_at=started, ended_at=time.time())  # wall clock, for the scheduler's share
+    metrics.update(started_at=started, ended_at=wall_clock())  # ISO times, which optuna-dashboard shows as they are
     tune.report({"metrics": json.dumps(metrics, default=str)})
+
+
+def wall_clock() -> str:
+    """Now, as an ISO 8601 time with its UTC offset and milliseconds."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
 @dataclass

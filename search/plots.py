@@ -1,79 +1,85 @@
-"""Plots of a study: the Pareto front and the hypervolume history (matplotlib PNG; plotly and the same as interactive HTML)."""
+"""PNG plots of a review, in one style: the front for each pair of objectives (every complete trial, the front's
+members numbered and joined by its step line, each axis with its unit and which way is better), and the
+hypervolume history."""
 
 from __future__ import annotations
 
 import itertools
-import warnings
 from pathlib import Path
 
-import optuna
+from .review import Review, staircase
 
-from .front import front_trials, reference_point
+FRONT_COLOR, OTHER_COLOR, INFEASIBLE_COLOR = "#d62728", "#9e9e9e", "#ff9896"
+LABEL_OFFSETS = ((5, 5), (5, -11), (-20, 5), (-20, -11))  # points: where a front member's number goes, in turn
+STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
+         "axes.spines.right": False}
 
 
-def plot_study(study: optuna.Study, path: Path) -> list[Path]:
-    """Write the front to `path` (PNG: Optuna's plot for two objectives, one panel per pair from three up, which
-    reads better than a 3-D scatter), the hypervolume history beside it once a trial is feasible, and then
-    an interactive HTML front."""
+def plot_review(review: Review, path: Path) -> list[Path]:
+    """Write the front to `path` and, once a trial is feasible, the hypervolume history beside it
+    (`<stem>_hypervolume.png`); returns the files written. Raises ValueError with no complete trial."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if not complete:
+    if not review.complete:
         raise ValueError("the study has no complete trial to plot")
-    names = study.metric_names
     written = [path]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if len(names) == 2:
-            optuna.visualization.matplotlib.plot_pareto_front(study, target_names=names)
-            figure = plt.gcf()
-            figure.set_size_inches(7, 6)
-        else:
-            figure = _pairwise_front(study, plt)
-        figure.savefig(path, dpi=120, bbox_inches="tight")
-        plt.close("all")
-
-        if front_trials(study):  # with no feasible trial the history is zero throughout
-            history_path = path.with_name(path.stem + "_hypervolume.png")
-            reference = reference_point(study)
-            axes = optuna.visualization.matplotlib.plot_hypervolume_history(study, reference)
-            axes.set_title(f"Hypervolume history (reference {', '.join(f'{r:.3g}' for r in reference)})")
-            axes.figure.set_size_inches(7, 4)
-            axes.figure.savefig(history_path, dpi=120, bbox_inches="tight")
-            plt.close("all")
-            written.append(history_path)
-            written += _html(study, path, names)
+    with plt.rc_context(STYLE):
+        figure = _front_figure(review, plt)
+        figure.savefig(path, dpi=130, bbox_inches="tight")
+        plt.close(figure)
+        if review.front:
+            history = path.with_name(path.stem + "_hypervolume.png")
+            figure = _hypervolume_figure(review, plt)
+            figure.savefig(history, dpi=130, bbox_inches="tight")
+            plt.close(figure)
+            written.append(history)
     return written
 
 
-def _pairwise_front(study: optuna.Study, plt):
-    """One panel per pair of objectives: every complete trial in grey, the front in red."""
-    names = study.metric_names
-    pairs = list(itertools.combinations(range(len(names)), 2))
+def _front_figure(review: Review, plt):
+    objectives = review.objectives
+    pairs = list(itertools.combinations(range(len(objectives)), 2)) or [(0, 0)]
     columns = min(3, len(pairs))
     rows = -(-len(pairs) // columns)
-    figure, grid = plt.subplots(rows, columns, figsize=(4.5 * columns, 4 * rows), squeeze=False)
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    front = front_trials(study)
+    figure, grid = plt.subplots(rows, columns, figsize=(5 * columns, 4.4 * rows), squeeze=False)
+    complete = review.complete
     for axes, (i, j) in zip(grid.flat, pairs):
-        axes.scatter([t.values[i] for t in complete], [t.values[j] for t in complete], c="lightgrey", s=14, label="trials")
-        axes.scatter([t.values[i] for t in front], [t.values[j] for t in front], c="tab:red", s=22, label="Pareto front")
-        axes.set(xlabel=names[i], ylabel=names[j])
+        others = [t for t in complete if not t.on_front]
+        for group, color, name in (([t for t in others if t.feasible], OTHER_COLOR, "other trials"),
+                                   ([t for t in others if not t.feasible], INFEASIBLE_COLOR, "breaks a constraint")):
+            if group:
+                axes.scatter([t.values[i] for t in group], [t.values[j] for t in group], s=16, c=color, alpha=0.6,
+                             label=name, zorder=2)
+        front = review.front
+        feasible = [(t.values[i], t.values[j]) for t in complete if t.feasible]
+        xs, ys = staircase(feasible, (objectives[i].minimise, objectives[j].minimise))
+        axes.plot(xs, ys, color=FRONT_COLOR, lw=1, alpha=0.6, zorder=3, label="front in this pair")
+        axes.scatter([t.values[i] for t in front], [t.values[j] for t in front], s=30, c=FRONT_COLOR,
+                     edgecolors="white", linewidths=0.6, label="Pareto front", zorder=4)
+        for k, trial in enumerate(sorted(front, key=lambda t: t.values[i])):  # turn round the point, so that
+            axes.annotate(f"#{trial.number}", (trial.values[i], trial.values[j]), fontsize=7, zorder=5,  # neighbours
+                          xytext=LABEL_OFFSETS[k % len(LABEL_OFFSETS)], textcoords="offset points")  # part
+        axes.set_xlabel(f"{objectives[i].label}, {objectives[i].better}")
+        axes.set_ylabel(f"{objectives[j].label}, {objectives[j].better}")
     for axes in list(grid.flat)[len(pairs):]:
         axes.axis("off")
-    grid.flat[0].legend()
-    figure.suptitle(f"Pareto front of '{study.study_name}'")
+    grid.flat[0].legend(fontsize=7, loc="best")
+    figure.suptitle(f"Pareto front of '{review.study_name}': {len(review.front)} of {len(complete)} complete trials")
     figure.tight_layout()
     return figure
 
 
-def _html(study: optuna.Study, path: Path, names: list[str]) -> list[Path]:
-    html = path.with_suffix(".html")
-    if len(names) <= 3:
-        optuna.visualization.plot_pareto_front(study, target_names=names).write_html(html)
-    else:
-        optuna.visualization.plot_parallel_coordinate(study).write_html(html)
-    return [html]
+def _hypervolume_figure(review: Review, plt):
+    figure, axes = plt.subplots(figsize=(7, 3.6))
+    numbers, volumes = zip(*review.hypervolume)
+    axes.step(numbers, volumes, where="post", color=FRONT_COLOR, lw=1.5)
+    axes.scatter(numbers, volumes, s=10, c=FRONT_COLOR, zorder=3)
+    axes.set_xlabel("trial number")
+    axes.set_ylabel("hypervolume, higher is better")
+    reference = ", ".join(f"{o.name} {r:.3g}{' ' + o.unit if o.unit else ''}" for o, r in zip(review.objectives, review.reference))
+    axes.set_title(f"Hypervolume of the feasible complete trials (reference point: {reference})", fontsize=9)
+    figure.tight_layout()
+    return figure

@@ -26,7 +26,7 @@ from .study import STUDY_FILE, default_storage
 
 TUNE_SCRATCH = ".tune"  # Ray Tune's own records inside a run folder, deleted when its trials are done
 RUN_LOCK = ".lock"  # held by the search running in a folder (the OS lets go when it dies, even by SIGKILL)
-RUN_OUTPUTS = ("trials.csv", "front.csv", "front.png", "front_hypervolume.png", "front.html", "best.yaml")
+RUN_OUTPUTS = ("trials.csv", "front.csv", "front.png", "front_hypervolume.png", "report.html", "best.yaml")
 
 
 class Terminated(KeyboardInterrupt):
@@ -41,6 +41,7 @@ class SearchResult:
     measured: int
     stop_reason: Optional[str] = None  # why it stopped short of the budget, in a sentence
     stopped_by: Optional[int] = None  # the signal that interrupted it (SIGINT or SIGTERM)
+    ran: bool = False  # whether this call ran any trial (or found one to mark interrupted)
     written: list[Path] = field(default_factory=list)
 
 
@@ -77,6 +78,7 @@ def search(space: Union[SearchSpace, str, Path], trials: Optional[int] = None, o
         try:
             study = storage_call(url, lambda: _open(space, rdb, fresh, out_dir))
             result = SearchResult(study, out_dir, budget, 0)
+            before = _states(study)
             try:
                 result.stop_reason = _search(space, study, corpus.vocab_size, url, out_dir, budget, lock.owns_study,
                                              address, gpus_per_trial, concurrency, sampler, seed, verbosity, say)
@@ -84,10 +86,16 @@ def search(space: Union[SearchSpace, str, Path], trials: Optional[int] = None, o
                 result.stopped_by = signal.SIGTERM if isinstance(interrupt, Terminated) or _terminated.is_set() \
                     else signal.SIGINT
             result.measured = len(measured(study))
-            result.written = write_outputs(study, out_dir)
+            result.ran = _states(study) != before
+            if result.ran or not all((out_dir / name).exists() for name in ("trials.csv", "report.html")):
+                result.written = write_outputs(study, out_dir)  # a re-run with nothing to do writes nothing
             return result
         finally:
             close_storage(rdb)
+
+
+def _states(study: optuna.Study) -> list[str]:
+    return [t.state.name for t in study.get_trials(deepcopy=False)]
 
 
 def _open(space: SearchSpace, storage: optuna.storages.BaseStorage, fresh: bool, out_dir: Path) -> optuna.Study:
@@ -108,7 +116,11 @@ def _search(space: SearchSpace, study: optuna.Study, vocab_size: int, url: str, 
 
     # A resumed search must not replay the first session's random draws: the seed moves with the trial count.
     seed = space.search["seed"] if seed is None else seed
-    study.sampler = make_sampler(space, sampler or space.search["sampler"], seed + len(study.trials), budget)
+    sampler = sampler or space.search["sampler"]
+    study.sampler = make_sampler(space, sampler, seed + len(study.trials), budget)
+    for key, value in (("sampler", sampler), ("trials", budget), ("train_tokens", space.train["tokens"])):
+        if study.user_attrs.get(key) != value:  # the settings the report shows
+            study.set_user_attr(key, value)
     interrupted = mark_interrupted(study) if owns_study else mark_stale(study)
     done = len(measured(study))
     size = space.size()
@@ -267,18 +279,20 @@ def delete_run(out_dir: Path, storage: Union[str, optuna.storages.BaseStorage], 
 
 
 def write_outputs(study: optuna.Study, out_dir: Path) -> list[Path]:
-    """The run folder's tables, plots and default export; a run output this call did not write (another space's
-    winner where this front is empty, say) is removed."""
-    from optuna.trial import TrialState
-
+    """The run folder's tables, plots, report and default export; a run output this call did not write (another
+    space's winner where this front is empty, say) is removed."""
     from .export import export_trial, write_tables
-    from .front import front_trials, pick_default
-    from .plots import plot_study
+    from .front import pick_default
+    from .plots import plot_review
+    from .report import write_report
+    from .review import build_review
 
+    review = build_review(study)
     written = write_tables(study, out_dir)
-    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        written += plot_study(study, out_dir / "front.png")
-    if front_trials(study):
+    if review.complete:
+        written += plot_review(review, out_dir / "front.png")
+    written.append(write_report(study, review, out_dir / "report.html"))
+    if review.front:
         written.append(export_trial(study, pick_default(study), out_dir / "best.yaml"))
     for stale in {out_dir / name for name in RUN_OUTPUTS} - set(written):
         stale.unlink(missing_ok=True)

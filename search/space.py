@@ -21,12 +21,11 @@ from configaformer.io import read_structured
 from configaformer.registry import Key, OpError, check_value, positive, probability, resolve_keys
 
 from .errors import SpaceError
+from .metrics import METRICS
 
 KINDS = ("choice", "int", "float", "log")
 DIST_KEYS = set(KINDS) | {"step", "if", "per_layer"}
 SECTIONS = ("name", "data", "params", "model", "train", "probes", "objectives", "constraints", "search", "resources")
-METRICS = ("val_loss", "val_bpb", "train_tok_s", "flops", "params", "nonemb_params", "peak_mem_mb", "latency_ms")
-CHEAP_METRICS = ("params", "nonemb_params", "flops")  # known before any training
 BUILTIN_REFS = ("vocab_size", "seq_len")  # filled from the data and train sections
 INPUT_STREAM = "emb_ids"  # the one input stream of a searched model: token ids
 

@@ -21,6 +21,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import SpaceError
+from .metrics import label
 from .space import SearchSpace
 
 STUDY_FILE = "study.db"
@@ -56,16 +57,19 @@ def make_sampler(space: SearchSpace, name: str, seed: int, n_trials: int) -> opt
 
 
 def open_storage(url: str, writer: bool = False) -> optuna.storages.RDBStorage:
-    """An RDB storage with Optuna's heartbeat, so that stale RUNNING trials can be told from live ones. SQLite gets
-    a lock timeout long enough for several drivers on one file, and a `writer` (a search) write-ahead logging with
-    normal syncing while it runs: each user attribute is its own commit, which a rollback journal syncs to disk
-    every time (`close_storage` goes back to it, so that a finished study reads from a read-only folder)."""
+    """An RDB storage. A `writer` (a search) gets Optuna's heartbeat, so that stale RUNNING trials can be told from
+    live ones, and on SQLite a lock timeout long enough for several drivers on one file and, while it runs,
+    write-ahead logging with normal syncing: each user attribute is its own commit, which a rollback journal syncs to
+    disk every time (`close_storage` goes back to it, so that a finished study reads from a read-only folder). A
+    reader skips the schema checks, which cost a review command most of its start."""
+    if not writer:
+        return optuna.storages.RDBStorage(url, skip_compatibility_check=True, skip_table_creation=True)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
                                              grace_period=GRACE_S)
-    if writer and url.startswith("sqlite"):
+    if url.startswith("sqlite"):
         import sqlalchemy
 
         sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
@@ -111,7 +115,10 @@ def open_study(space: SearchSpace, storage: Optional[str | optuna.storages.BaseS
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(names)
+        # for optuna-dashboard and the report: what the study optimises, in which units, and the space it searched
         study.set_user_attr("space", str(Path(space.path).resolve()))
+        study.set_user_attr("objectives", ", ".join(f"{label(n)} {d}" for n, d in space.objectives.items()))
+        study.set_user_attr("space_yaml", Path(space.path).read_text() if Path(space.path).is_file() else "")
     elif study.metric_names != names or [d.name.lower() for d in study.directions] != directions:
         raise SpaceError(f"{space.path}: objectives: the study '{space.name}' in {storage_name} optimises {', '.join(study.metric_names)}; "
                          f"the space asks for {', '.join(names)} (use --fresh or another --out)")
@@ -343,10 +350,9 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     params = [c for c in frame if c.startswith("param:")]
     metrics = sorted(c for c in frame if c not in leading and c not in params and c != "duration")
     frame = frame[leading + metrics + params + ["duration"]]
-    for column in ("started_at", "ended_at"):  # the worker's wall clock in epoch seconds, shown as local time
+    for column in ("started_at", "ended_at"):  # the worker's wall clock, shown as local time
         if column in frame:
-            frame[column] = pd.to_datetime(frame[column], unit="s", utc=True).dt.tz_convert(_local_zone()) \
-                .dt.tz_localize(None).dt.round("ms")
+            frame[column] = _local_times(frame[column])
     return frame
 
 
@@ -359,6 +365,14 @@ def rows_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         if present and frame[column].dtype == float and all(type(v) is int for v in present):
             frame[column] = frame[column].astype("Int64")
     return frame
+
+
+def _local_times(column: pd.Series) -> pd.Series:
+    """Recorded times (ISO 8601; epoch seconds in studies of earlier versions) as naive local times."""
+    numeric = pd.to_numeric(column, errors="coerce")
+    times = pd.to_datetime(column.where(numeric.isna()), utc=True, format="ISO8601")
+    times = times.fillna(pd.to_datetime(numeric, unit="s", utc=True))
+    return times.dt.tz_convert(_local_zone()).dt.tz_localize(None).dt.round("ms")
 
 
 def _local_zone() -> datetime.tzinfo:

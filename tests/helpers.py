@@ -76,3 +76,25 @@ def write_space(tmp_path, text: str = TINY_SPACE, name: str = "space.yaml"):
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+def synthetic_run(tmp_path, trials: int = 40, text: str = TINY_SPACE):
+    """A run folder whose study holds finished trials written through the project's own recording path, with
+    made-up measurements (no training): for the review commands and the storage faults."""
+    from configaformer_search.space import load_space
+    from configaformer_search.study import default_storage, open_study, record
+
+    out = tmp_path / "run"
+    out.mkdir()
+    space = load_space(write_space(tmp_path, text))
+    study = open_study(space, default_storage(out))
+    for i in range(trials):
+        trial = study.ask()
+        space.sample(trial)
+        metrics = {"status": "ok", "val_loss": 3 - i / 100 + (i % 5) / 20, "peak_mem_mb": 1 + i % 13, "latency_ms": 1 + i % 7,
+                   "config_key": str(i), "params": 1000 + i,
+                   "model_config": {"dim_model": 32, "vocab_size": 256, "layers": [{"type": "FFN"}]}}
+        if i % 9 == 4:
+            metrics = {"status": "failed", "reason": "nan_loss", "message": "training loss became nan", "config_key": str(i)}
+        record(study, trial, metrics)
+    return out, space

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import TINY_SPACE, write_space
+from helpers import TINY_SPACE, synthetic_run, write_space
 
 from configaformer_search.cli import main
 from configaformer_search.study import default_storage, load_existing, measured
@@ -109,21 +109,7 @@ def test_a_killed_worker_is_recorded_and_its_config_run_again(ray_local, tmp_pat
 
 @pytest.fixture
 def finished_run(tmp_path):
-    """A run folder whose study holds a few finished trials (written through Optuna, no training needed)."""
-    from configaformer_search.space import load_space
-    from configaformer_search.study import open_study, record
-
-    out = tmp_path / "run"
-    out.mkdir()
-    space = load_space(write_space(tmp_path, FAST))
-    study = open_study(space, default_storage(out))
-    for i in range(40):
-        trial = study.ask()
-        space.sample(trial)
-        record(study, trial, {"status": "ok", "val_loss": 3 - i / 100, "peak_mem_mb": 1 + i, "latency_ms": 1 + i % 7,
-                              "config_key": str(i), "model_config": {"dim_model": 32, "vocab_size": 256,
-                                                                      "layers": [{"type": "FFN"}]}})
-    return out, space
+    return synthetic_run(tmp_path, text=FAST)
 
 
 @pytest.mark.parametrize("command", [["front"], ["trials"], ["export", "--knee"], ["plot"]])

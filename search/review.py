@@ -1,0 +1,147 @@
+"""What a review of a search shows, computed once from the study and drawn by several renderers (the PNG plots, the
+HTML report): the objectives with their units and directions, every trial with its state, values, params and
+reason, which are on the front, the hypervolume history, and the run's settings."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Optional
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from .front import front_trials, hypervolume_of, reference_point
+from .metrics import METRICS, label
+from .study import STRUCTURED_ATTRS, counts
+
+PACKAGES = ("configaformer", "torch", "optuna", "ray", "fvcore", "plotly")
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    minimise: bool
+    unit: str
+
+    @property
+    def label(self) -> str:
+        return label(self.name)
+
+    @property
+    def better(self) -> str:
+        return "lower is better" if self.minimise else "higher is better"
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    number: int
+    state: str  # COMPLETE, FAIL, PRUNED (a repeat that reused a measurement), RUNNING
+    values: Optional[tuple[float, ...]]
+    params: dict[str, Any]
+    metrics: dict[str, Any]  # every scalar it recorded
+    reason: str  # why it failed or was free, '' otherwise
+    measured: bool  # it used up budget (trained on its own)
+    feasible: bool
+    on_front: bool
+
+
+@dataclass
+class Review:
+    study_name: str
+    objectives: list[Objective]
+    trials: list[TrialRow]
+    reference: Optional[list[float]]
+    hypervolume: list[tuple[int, float]]  # (trial number, hypervolume of the feasible complete trials so far)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> list[TrialRow]:
+        return [t for t in self.trials if t.state == "COMPLETE"]
+
+    @property
+    def front(self) -> list[TrialRow]:
+        return [t for t in self.trials if t.on_front]
+
+    @property
+    def measured(self) -> list[TrialRow]:
+        return [t for t in self.trials if t.measured]
+
+
+def _reason(trial: FrozenTrial) -> str:
+    attrs = trial.user_attrs
+    if "reused_from" in attrs:
+        return f"same config as #{attrs['reused_from']}"
+    if trial.state == TrialState.FAIL:
+        return str(attrs.get("reason", "interrupted"))
+    return ""
+
+
+def build_review(study: optuna.Study) -> Review:
+    """Gather everything a review shows from the study, reading each trial once."""
+    directions = study.directions
+    names = study.metric_names or [f"objective_{i}" for i in range(len(directions))]
+    objectives = [Objective(n, d == optuna.study.StudyDirection.MINIMIZE, METRICS[n].unit if n in METRICS else "")
+                  for n, d in zip(names, directions)]
+    front = {t.number for t in front_trials(study)}
+    trials = study.get_trials(deepcopy=False)
+    rows = []
+    for trial in trials:
+        constraints = trial.user_attrs.get("constraints") or {}
+        rows.append(TrialRow(
+            number=trial.number, state=trial.state.name, values=tuple(trial.values) if trial.values else None,
+            params=dict(trial.params),
+            metrics={k: v for k, v in trial.user_attrs.items() if k not in STRUCTURED_ATTRS and not isinstance(v, (dict, list))},
+            reason=_reason(trial), measured=counts(trial.user_attrs),
+            feasible=all(v <= 0 for v in constraints.values()), on_front=trial.number in front))
+    complete = [r for r in rows if r.state == "COMPLETE"]
+    reference = reference_point(study) if complete else None
+    history, points = [], []
+    for row in complete:
+        if row.feasible:
+            points.append(row.values)
+        history.append((row.number, hypervolume_of(points, reference, directions) if points else 0.0))
+    return Review(study.study_name, objectives, rows, reference, history, settings=_settings(study))
+
+
+def _settings(study: optuna.Study) -> dict[str, Any]:
+    """The run's settings as the study recorded them, the machine, and the package versions."""
+    attrs = dict(study.user_attrs)
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return {**{k: v for k, v in attrs.items() if not isinstance(v, (dict, list))},
+            "machine": f"{platform.node()} ({platform.machine()}, {platform.system()} {platform.release()}), "
+                       f"Python {platform.python_version()}",
+            "packages": ", ".join(f"{k} {v}" for k, v in versions.items()),
+            "written": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+
+
+def staircase(points: list[tuple[float, float]], minimise: tuple[bool, bool]) -> tuple[list[float], list[float]]:
+    """The 2-D Pareto front of `points` as a step line (x and y lists), from the best x to the best y."""
+    if not points:
+        return [], []
+    signs = np.array([1.0 if m else -1.0 for m in minimise])
+    scaled = np.asarray(points, dtype=float) * signs
+    order = np.lexsort((scaled[:, 1], scaled[:, 0]))
+    kept, best_y = [], np.inf
+    for i in order:
+        if scaled[i, 1] < best_y:
+            kept.append(i)
+            best_y = scaled[i, 1]
+    xs, ys = [], []
+    for k, i in enumerate(kept):
+        x, y = points[i]
+        if k:
+            xs.append(x)
+            ys.append(ys[-1])
+        xs.append(x)
+        ys.append(y)
+    return xs, ys
+

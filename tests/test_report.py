@@ -1,0 +1,80 @@
+"""Reviewing a search: the HTML report rendered in a real browser, the PNG plots, a terminal front that fits."""
+
+import shutil
+import subprocess
+import time
+
+import pytest
+from helpers import synthetic_run
+
+from configaformer_search.cli import main
+from configaformer_search.study import default_storage, load_existing, measured
+
+
+def external_resources(page: str) -> list[str]:
+    """The src and href of every script, link, img and iframe tag (script text itself is not parsed as tags)."""
+    from html.parser import HTMLParser
+
+    found = []
+
+    class Tags(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            found.extend(v for k, v in attrs if tag in ("script", "link", "img", "iframe") and k in ("src", "href") and v)
+
+    Tags().feed(page)
+    return found
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.skip("no Chromium on this machine (apt-get install chromium): the report cannot be rendered")
+
+
+def test_the_report_renders_offline_with_its_plots_and_every_measured_trial(tmp_path, capsys):
+    out, _ = synthetic_run(tmp_path)
+    assert main(["report", str(out)]) == 0
+    report = out / "report.html"
+    assert not external_resources(report.read_text())  # nothing to fetch: it opens offline
+    dom = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000",
+                          "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    study = load_existing(default_storage(out))
+    for plot in ("plot-front", "plot-hypervolume", "plot-importance-val_loss"):
+        start = dom.index(f'id="{plot}"')
+        assert "main-svg" in dom[start:start + 20000], plot  # plotly drew it
+    for trial in measured(study):
+        assert f'data-trial="{trial.number}"' in dom
+    assert "nan_loss" in dom  # failures with their reasons
+
+
+def test_front_and_trials_fit_100_columns_and_answer_fast(tmp_path, capsys):
+    out, _ = synthetic_run(tmp_path)
+    for command in (["front", str(out)], ["trials", str(out)]):
+        assert main(command) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines and max(map(len, lines)) <= 100, command
+    assert main(["front", str(out), "--all"]) == 0
+    assert max(map(len, capsys.readouterr().out.splitlines())) > 0
+    start = time.perf_counter()  # a fresh process: imports included, as a user sees it
+    subprocess.run(["configaformer-search", "front", str(out)], check=True, capture_output=True)
+    assert time.perf_counter() - start < 5  # a generous bound: the figure itself is in the README
+
+
+def test_png_plots_number_the_front_and_say_which_way_is_better(tmp_path, capsys):
+    out, _ = synthetic_run(tmp_path)
+    assert main(["plot", str(out)]) == 0
+    assert (out / "front.png").stat().st_size > 10_000 and (out / "front_hypervolume.png").exists()
+    from configaformer_search.review import build_review
+
+    review = build_review(load_existing(default_storage(out)))
+    assert review.front and all(t.on_front == (t.number in {f.number for f in review.front}) for t in review.trials)
+    assert [o.label for o in review.objectives] == ["val_loss (nats/token)", "peak_mem_mb (MiB)", "latency_ms (ms)"]
+    assert review.objectives[0].better == "lower is better"
+    assert review.hypervolume[-1][1] >= review.hypervolume[0][1]
+
+
+def test_exports_are_world_readable(tmp_path, capsys):
+    out, _ = synthetic_run(tmp_path)
+    assert main(["export", str(out), "--knee"]) == 0
+    assert (out / "best.yaml").stat().st_mode & 0o777 == 0o644
