@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import Counter
@@ -94,6 +95,21 @@ def _check_length(model: ConfigaFormer, length: int) -> None:
                           f"need: {str(err).splitlines()[0]}") from None
 
 
+@functools.lru_cache(maxsize=4096)
+def _meta_metrics(model_json: str, vocab_size: int, length: Optional[int], probe: Optional[tuple[int, int]]) -> tuple:
+    """Params (and FLOPs at `probe`) of a model built on the meta device, checked to run at `length`; cached by the
+    config, since a search meets one architecture again with other training settings. Raises ConfigError."""
+    with torch.device("meta"):
+        model = ConfigaFormer.from_config(json.loads(model_json), verbose=False)
+    _check_model(model, vocab_size)
+    if length is not None:
+        _check_length(model, length)
+    metrics = {"params": model.num_params(), "nonemb_params": model.num_params(non_embedding=True)}
+    if probe is not None:
+        metrics["flops"] = count_flops(model, *probe)
+    return tuple(metrics.items())
+
+
 def resolve(space: SearchSpace, params: Mapping[str, Any], vocab_size: int) -> tuple[dict, dict, str]:
     """Params -> (model config, train config, config key)."""
     model_config, train = space.resolve(params, vocab_size)
@@ -107,20 +123,16 @@ def screen(space: SearchSpace, params: Mapping[str, Any], vocab_size: int, quick
     driver's screen, before a trial is handed out) leaves out the trace that counts FLOPs, unless a constraint needs
     them, and the run at the longest length: the trial does both."""
     model_config, train, key = resolved or resolve(space, params, vocab_size)
+    probe = (space.probes["batch_size"], space.probes["seq_len"])
+    length = None if quick else max(train["seq_len"], train["eval_seq_len"])
     try:
         _check_train(train)
-        with torch.device("meta"):
-            model = ConfigaFormer.from_config(model_config, verbose=False)
-        _check_model(model, vocab_size)
-        if not quick:
-            _check_length(model, max(train["seq_len"], train["eval_seq_len"]))
+        metrics = dict(_meta_metrics(json.dumps(model_config, sort_keys=True), vocab_size, length,
+                                     probe if not quick or "flops" in space.constraints else None))
     except ConfigError as err:
         raise TrialFailure("rejected", str(err), {"config_key": key}) from None
     except TrialFailure as failure:
         raise TrialFailure(failure.kind, failure.message, {"config_key": key}) from None
-    metrics = {"params": model.num_params(), "nonemb_params": model.num_params(non_embedding=True)}
-    if not quick or "flops" in space.constraints:
-        metrics["flops"] = count_flops(model, space.probes["batch_size"], space.probes["seq_len"])
     over = violations(space.constraints, metrics, only=CHEAP_METRICS)
     if over:
         raise TrialFailure("constraint", "; ".join(over), dict(metrics, config_key=key))
