@@ -1,16 +1,19 @@
 """Does the search driver keep up with a cluster? Synthetic trial completions arrive at a cluster's rate and are
 handed to the real searcher (StudySearcher: ask, screen, claim, record, front upkeep) over a real SQLite study.
 
-For windows of trials ending at each checkpoint it prints the driver's own work per finished trial (recording,
-twins, progress, front upkeep: on_trial_complete), the sampler's time per suggestion, and the backlog: how many
-completions wait for the driver when it is done with that trial. Then it times `front` and `trials` on the study.
+Completions arrive in real time, one slot at a time: at each, the driver records the finished trial and hands the
+slot a new suggestion, which a thread has asked ahead (AskAhead) while the driver waited. For windows of trials
+ending at each checkpoint it prints the driver's own work per finished trial (recording, twins, progress, front
+upkeep: on_trial_complete), how long the freed slot waited for its suggestion, and the backlog: how many completions
+had arrived and were waiting when the driver got to this one. Then it times `front` and `trials` on the study.
 
-    python benchmarks/driver_scaling.py --trials 3000 --rate 8.5
+    python benchmarks/driver_scaling.py --space spaces/gpt2.yaml --trials 3000 --rate 8.5
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import statistics
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import optuna
 
-from configaformer_search.orchestrate import StudySearcher, wall_clock
+from configaformer_search.orchestrate import AskAhead, StudySearcher, wall_clock
 from configaformer_search.progress import Progress
 from configaformer_search.space import load_space
 from configaformer_search.study import make_sampler, open_storage, open_study
@@ -42,12 +45,13 @@ def synthetic_metrics(params: dict, number: int, key: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--space", default=str(ROOT / "spaces" / "small.yaml"))
+    parser.add_argument("--space", default=str(ROOT / "spaces" / "gpt2.yaml"))
     parser.add_argument("--trials", type=int, default=3000)
     parser.add_argument("--rate", type=float, default=8.5, help="completions a second the cluster delivers")
     parser.add_argument("--checkpoints", default="100,1000,3000")
     parser.add_argument("--window", type=int, default=50, help="trials averaged at each checkpoint")
     parser.add_argument("--sampler", default="tpe", choices=("tpe", "nsga2", "random"))
+    parser.add_argument("--ahead", type=int, default=4, help="suggestions kept ready by the thread asking ahead (0: none)")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -60,35 +64,44 @@ def main() -> None:
     searcher = StudySearcher(space, study, 256, args.trials, Progress(args.trials, 0, list(space.objectives), 0))
 
     checkpoints = sorted(int(c) for c in args.checkpoints.split(","))
-    ask, own, backlog = [], [], []
-    driver_clock = 0.0
-    print(f"space {space.name}, sampler {args.sampler}, {args.trials} trials arriving at {args.rate:g}/s; study {url}")
-    print(f"{'trials':>7} {'driver ms/trial':>16} {'ask ms/trial':>13} {'backlog':>8} {'free asks':>10}")
-    done = 0
-    while done < args.trials:
-        trial_id = f"t{done}"
+    own, waits, lateness = [], [], []
+    print(f"space {space.name}, sampler {args.sampler}, {args.trials} trials arriving at {args.rate:g}/s in real time, "
+          f"{args.ahead} suggestions asked ahead; study {url}")
+    print(f"{'trials':>7} {'driver ms/trial':>16} {'slot wait ms':>13} {'backlog':>8} {'free asks':>10}")
+
+    def next_config(trial_id: str) -> dict:
+        """The next suggestion for a freed slot, however long the slot waits for it."""
+        while True:
+            config = searcher.suggest(trial_id)
+            if isinstance(config, dict):
+                return config
+            if config == "FINISHED" or searcher.stop_reason:
+                raise SystemExit(f"the searcher stopped: {searcher.stop_reason or config}")
+            time.sleep(0.001)
+
+    with AskAhead(searcher, depth=args.ahead) if args.ahead else contextlib.nullcontext():
+        config = next_config("t0")
         start = time.perf_counter()
-        config = searcher.suggest(trial_id)
-        asked = time.perf_counter() - start
-        if not isinstance(config, dict):
-            print(f"the searcher stopped after {done} trials: {config or searcher.stop_reason}")
-            break
-        asked_trial = searcher.live[trial_id]
-        result = {"metrics": json.dumps(synthetic_metrics(config["params"], config["number"], asked_trial.key))}
-        start = time.perf_counter()
-        searcher.on_trial_complete(trial_id, result)
-        recorded = time.perf_counter() - start
-        done += 1
-        arrival = done / args.rate
-        driver_clock = max(driver_clock, arrival) + asked + recorded
-        ask.append(asked)
-        own.append(recorded)
-        backlog.append((driver_clock - arrival) * args.rate)
-        if done in checkpoints:
-            window = slice(max(0, done - args.window), done)
-            free = len(study.get_trials(deepcopy=False)) - done
-            print(f"{done:>7} {statistics.mean(own[window]) * 1e3:>16.2f} {statistics.mean(ask[window]) * 1e3:>13.1f} "
-                  f"{backlog[-1]:>8.1f} {free:>10}")
+        for done in range(1, args.trials + 1):
+            arrival = start + done / args.rate  # the cluster finishes the trial in this slot now
+            time.sleep(max(0.0, arrival - time.perf_counter()))
+            lateness.append(time.perf_counter() - arrival)
+            trial_id = f"t{done - 1}"
+            result = {"metrics": json.dumps(synthetic_metrics(config["params"], config["number"], searcher.live[trial_id].key))}
+            began = time.perf_counter()
+            searcher.on_trial_complete(trial_id, result)
+            own.append(time.perf_counter() - began)
+            if done == args.trials:
+                break
+            began = time.perf_counter()
+            config = next_config(f"t{done}")
+            waits.append(time.perf_counter() - began)
+            if done in checkpoints:
+                window = slice(max(0, done - args.window), done)
+                free = len(study.get_trials(deepcopy=False)) - done
+                print(f"{done:>7} {statistics.mean(own[window]) * 1e3:>16.2f} {statistics.mean(waits[window]) * 1e3:>13.1f} "
+                      f"{lateness[-1] * args.rate:>8.1f} {free:>10}", flush=True)
+    done = args.trials
 
     for command in ("front", "trials"):
         start = time.perf_counter()

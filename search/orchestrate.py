@@ -15,8 +15,9 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
-from collections import Counter
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -28,7 +29,7 @@ os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C stops the se
 import optuna  # noqa: E402
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
+from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 from . import trial as trial_module  # noqa: E402
@@ -36,11 +37,13 @@ from .errors import UsageError  # noqa: E402
 from .front import ParetoFront, feasible  # noqa: E402
 from .progress import Progress  # noqa: E402
 from .space import SearchSpace  # noqa: E402
-from .study import (INTERRUPTED, REFUSED, WITHDRAWN, WORKER_DIED, Asked, Heartbeat, ask_new, counts,  # noqa: E402
-                    mark_interrupted, mark_stale, record, record_heartbeats, tell_parked)
+from .study import (INTERRUPTED, REFUSED, WITHDRAWN, WORKER_DIED, Asked, Drawn, Heartbeat,  # noqa: E402
+                    Streak, ask_new, counts, draw, mark_interrupted, mark_stale, record, record_heartbeats, settle,
+                    tell_parked)
 
 
 REFRESH_S = 2.0  # how often a driver rereads what the other drivers on its study have done
+CLAIM_SETTLE_S = 0.5  # time for a later claim on the same config to see an earlier one and withdraw
 
 
 class StudySearcher(Searcher):
@@ -65,7 +68,11 @@ class StudySearcher(Searcher):
         self.foreign: dict[str, int] = {}  # config key -> the number of another driver's trial training it
         self.measured = 0  # measured trials in the study, all drivers together
         self.others = 0  # trials other drivers are training
-        self.refusals: Counter = Counter()  # reasons of the refusals since the last measured trial
+        self.streak = Streak()  # repeats in a row, and refusals by reason since the last measured trial
+        self.ready: deque[Asked] = deque()  # suggestions asked ahead (AskAhead), not yet handed to a trial
+        self.depth = 1  # how many to keep ready: set by AskAhead
+        self.asking_ahead = False  # whether a thread fills `ready` (else suggest asks itself)
+        self._lock = threading.RLock()  # the thread asking ahead and Ray Tune's calls share this object
         self.stop_reason: Optional[str] = None  # 'exhausted' or 'refused'
         self.study_seconds = 0.0  # time spent asking and telling the study (the storage's share of a search)
         self._seen: set[int] = set()  # numbers of the ended trials taken into account, from _settled_below on
@@ -75,15 +82,16 @@ class StudySearcher(Searcher):
 
     # -- what the study holds, all drivers together --------------------------------------------------------------
 
-    def refresh(self, force: bool = False) -> None:
+    def refresh(self, force: bool = False, claiming: Optional[int] = None) -> list[FrozenTrial]:
         """Reread the study (at most every REFRESH_S unless forced): fail the trials of dead drivers, count what
         is measured and what other drivers train, learn the configs they settled, hand their results to the
-        repeats waiting for them."""
+        repeats waiting for them. Returns the trials it read (from the oldest that had not ended), one listing, so
+        that a claim (`claiming`, this driver's) is judged on counts that agree with each other."""
         if not force and time.monotonic() - self._refreshed < REFRESH_S:
-            return
+            return []
         start = time.perf_counter()
         mark_stale(self.study)
-        mine = self.running_numbers()
+        mine = self.running_numbers() | {claiming}
         trials = self.study.get_trials(deepcopy=False)[self._settled_below:]  # ordered by number; older ones all ended
         ended = set()
         for trial in trials:
@@ -107,6 +115,7 @@ class StudySearcher(Searcher):
                 self._foreign_ended(key, number)
         self._refreshed = time.monotonic()
         self.study_seconds += time.perf_counter() - start
+        return trials
 
     def _learn(self, number: int, attrs: Mapping[str, Any], state: TrialState, values: Optional[list]) -> None:
         """Take an ended trial into account: the measured count, the configs settled, the front."""
@@ -130,50 +139,123 @@ class StudySearcher(Searcher):
             self.progress.free(repeat.number, twin)
 
     def alive_ids(self) -> list[int]:
-        """Storage ids of this driver's trials in training and of the repeats waiting here."""
-        return [a.trial._trial_id for a in list(self.live.values())] + \
-            [t._trial_id for ts in list(self.parked.values()) for t in ts]
+        """Storage ids of this driver's RUNNING trials: in training, asked ahead, repeats waiting here."""
+        with self._lock:
+            return [t._trial_id for t in self._running_trials()]
 
     def running_numbers(self) -> set[int]:
-        """Study numbers of this driver's trials in training and of the repeats waiting here."""
-        return {a.trial.number for a in self.live.values()} | {t.number for ts in self.parked.values() for t in ts}
+        """Study numbers of this driver's RUNNING trials: in training, asked ahead, repeats waiting here."""
+        with self._lock:
+            return {t.number for t in self._running_trials()}
+
+    def _running_trials(self) -> list[optuna.Trial]:
+        return [a.trial for a in [*self.live.values(), *self.ready]] + [t for ts in self.parked.values() for t in ts]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()  # Ray Tune pickles its searcher: a lock cannot be
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     # -- Ray Tune's Searcher interface ---------------------------------------------------------------------------
 
     def suggest(self, trial_id: str) -> Optional[dict | str]:
-        self.refresh()
-        if self.stop_reason is None and self.measured + self.others + len(self.live) < self.budget:
-            start = time.perf_counter()
-            asked = ask_new(self.study, self.space, self.vocab_size, self.settled, self.progress.free, self.parked,
-                            self.refusals)
+        with self._lock:
+            self.refresh()
+            if self.stop_reason is None and self.streak.too_many_refusals():
+                self.stop_reason = "refused"
+            while self.stop_reason is None and self._owes_more(0):
+                asked = self.ready.popleft() if self.ready else None
+                if asked is None and self.asking_ahead:
+                    return None  # the thread asking ahead will have one soon
+                if asked is None:
+                    start = time.perf_counter()
+                    asked = ask_new(self.study, self.space, self.vocab_size, self.settled, self.progress.free,
+                                    self.parked, self.streak)
+                    self.study_seconds += time.perf_counter() - start
+                    if not isinstance(asked, Asked):
+                        self.stop_reason = asked
+                        break
+                if asked.key in self.settled or asked.key in self.parked:  # settled or started since it was asked
+                    settle(self.study, Drawn(asked.trial, asked.params, asked.key), self.settled, self.progress.free,
+                           self.parked)
+                    continue
+                if self._claim(asked):
+                    self.live[trial_id] = asked
+                    self.parked[asked.key] = []
+                    self.progress.started()
+                    return {"params": asked.params, "number": asked.trial.number}
+            if self.stop_reason is not None or self.measured >= self.budget:
+                if self.live or self.others:
+                    return None
+                self._release_ready()
+                return Searcher.FINISHED
+            return None  # the budget is spoken for by trials in training; one may yet fail and be owed again
+
+    def _owes_more(self, ahead: int) -> bool:
+        """Whether the budget still has room for one more trial beyond those in training and `ahead` asked ahead."""
+        return self.measured + self.others + len(self.live) + ahead < self.budget
+
+    def ask_ahead(self) -> bool:
+        """Draw and settle one suggestion ahead of time, while Ray Tune runs the trials (called by AskAhead's thread;
+        the sampler and the screen run outside the lock). False when nothing more is wanted now."""
+        with self._lock:
+            if self.stop_reason is not None or len(self.ready) >= self.depth or not self._owes_more(len(self.ready)):
+                return False
+        start = time.perf_counter()
+        drawn = draw(self.study, self.space, self.vocab_size)
+        with self._lock:
+            outcome = settle(self.study, drawn, self.settled, self.progress.free, self.parked)
+            stop = self.streak.count(outcome, drawn)
+            if outcome == "new":
+                self.ready.append(Asked(drawn.trial, drawn.params, drawn.key))
+            elif stop is not None:
+                self.stop_reason = stop
             self.study_seconds += time.perf_counter() - start
-            if not isinstance(asked, Asked):
-                self.stop_reason = asked
-            elif self._claim(asked):
-                self.live[trial_id] = asked
-                self.parked[asked.key] = []
-                self.progress.started()
-                return {"params": asked.params, "number": asked.trial.number}
-        if self.stop_reason is not None or self.measured >= self.budget:
-            return Searcher.FINISHED if not self.live and not self.others else None
-        return None  # the budget is spoken for by trials in training; one may yet fail and be owed again
+        return True
+
+    def _release_ready(self) -> None:
+        """Suggestions asked ahead that no trial will measure: recorded as withdrawn (not counted)."""
+        while self.ready:
+            asked = self.ready.popleft()
+            record(self.study, asked.trial, {"status": "failed", "reason": WITHDRAWN, "config_key": asked.key,
+                                             "message": "asked ahead, and not needed by the end of the search"})
+
+    def _twin_claim(self, trials: list[FrozenTrial], asked: Asked, mine: set[int]) -> Optional[int]:
+        """The number of another driver's claim on the same config that should train instead of this one, if any.
+
+        The lower number trains. A higher-numbered claim seen here either has not yet read the study (it will see
+        this claim and withdraw its own at once) or read it before this claim existed and is training: a second
+        look after CLAIM_SETTLE_S tells which."""
+        def same(listing: list[FrozenTrial]) -> list[int]:
+            return [t.number for t in listing if t.state == TrialState.RUNNING and t.user_attrs.get("claimed")
+                    and t.user_attrs.get("config_key") == asked.key and t.number not in mine | {asked.trial.number}]
+
+        others = same(trials)
+        if not others or min(others) < asked.trial.number:
+            return min(others, default=None)
+        time.sleep(CLAIM_SETTLE_S)
+        return min(same(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))), default=None)
 
     def _claim(self, asked: Asked) -> bool:
         """Mark the trial as one that trains. If another driver claimed the same config first, wait for its result
         instead; if, near the end of the budget, other claims took the last place first, withdraw (recorded, not
         counted). Claims are ordered by trial number, which the storage hands out one at a time."""
         trial = asked.trial
-        self.refresh(force=True)  # what other drivers measured and claimed up to now
         trial.set_user_attr("config_key", asked.key)
         trial.set_user_attr("claimed", True)
         record_heartbeats(self.study, [trial._trial_id])
+        trials = self.refresh(force=True, claiming=trial.number)  # what all drivers measured and claimed by now
         mine = self.running_numbers()
-        earlier = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if t.user_attrs.get("claimed") and t.number < trial.number]
-        twin = next((t for t in earlier if t.user_attrs.get("config_key") == asked.key and t.number not in mine), None)
+        earlier = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("claimed")
+                   and t.number < trial.number]
+        twin = self._twin_claim(trials, asked, mine)
         if twin is not None:
             trial.set_user_attr("claimed", False)
-            self.foreign[asked.key] = twin.number
+            self.foreign[asked.key] = twin
             self.parked.setdefault(asked.key, []).append(trial)
             return False
         if self.measured + len(earlier) >= self.budget:
@@ -183,6 +265,10 @@ class StudySearcher(Searcher):
         return True
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        with self._lock:
+            self._complete(trial_id, result)
+
+    def _complete(self, trial_id: str, result: Optional[dict]) -> None:
         if trial_id not in self.live:
             return
         asked = self.live.pop(trial_id)
@@ -198,9 +284,9 @@ class StudySearcher(Searcher):
         self._seen.add(trial.number)
         self._learn(trial.number, metrics, state, [metrics.get(name) for name in self.study.metric_names])
         if counts(metrics):
-            self.refusals.clear()
+            self.streak.refusals.clear()
         elif metrics.get("reason") in REFUSED:
-            self.refusals[metrics["reason"]] += 1
+            self.streak.refusals[metrics["reason"]] += 1
         self.progress.finished(trial.number, asked.params, metrics, len(self.front), counted=counts(metrics))
         for repeat in parked:
             if died:  # nothing to reuse: the repeat is owed nothing, the retry stands for it
@@ -217,6 +303,38 @@ class StudySearcher(Searcher):
         self.study.enqueue_trial(self.study._storage.get_trial(trial._trial_id).params, user_attrs={"retry_of": trial.number})
         return {"status": "failed", "reason": WORKER_DIED,
                 "message": "its worker process died (killed, crashed or its node lost); the config is run again"}
+
+
+class AskAhead:
+    """A thread that keeps a few suggestions ready while Ray Tune runs the trials, so that a free slot never waits
+    for the sampler and the screen. Should it fail (the storage, say), the searcher goes back to asking itself,
+    and meets the same fault where it is reported."""
+
+    def __init__(self, searcher: StudySearcher, depth: int) -> None:
+        self.searcher, self.depth = searcher, depth
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="configaformer-ask-ahead", daemon=True)
+
+    def __enter__(self) -> AskAhead:
+        self.searcher.depth, self.searcher.asking_ahead = self.depth, True
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        with self.searcher._lock:
+            self.searcher.asking_ahead = False
+            if exc[0] is None:
+                self.searcher._release_ready()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if not self.searcher.ask_ahead():
+                    self._stop.wait(0.05)
+        except Exception:
+            self.searcher.asking_ahead = False
 
 
 def run_trial(config: dict, space: SearchSpace) -> None:
@@ -303,7 +421,7 @@ def run_trials(space: SearchSpace, study: optuna.Study, vocab_size: int, budget:
             run_config=tune.RunConfig(storage_path=str(scratch.resolve()), name="trials", verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
-        with Heartbeat(study, searcher.alive_ids):
+        with Heartbeat(study, searcher.alive_ids), AskAhead(searcher, depth=max(1, min(4, resources.concurrency // 2))):
             tuner.fit()
     except KeyboardInterrupt:
         mark_interrupted(study, searcher.running_numbers())  # owed again, as after a kill, but known now

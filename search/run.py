@@ -154,8 +154,8 @@ def _search(space: SearchSpace, study: optuna.Study, vocab_size: int, url: str, 
         say(f"stopped early: the sampler proposed only settled configs {MAX_REPEATS} times in a row "
             f"(the space looks exhausted at {plural(len(measured(study)), 'measured trial')})")
     elif searcher.stop_reason == "refused":
-        reason, count = searcher.refusals.most_common(1)[0]
-        return (f"stopped: the last {sum(searcher.refusals.values())} candidates were all refused before training, "
+        reason, count = searcher.streak.refusals.most_common(1)[0]
+        return (f"stopped: the last {sum(searcher.streak.refusals.values())} candidates were all refused before training, "
                 f"{count} of them for {reason}; see `configaformer-search trials {out_dir}`")
     return None
 

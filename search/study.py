@@ -10,9 +10,10 @@ import datetime
 import json
 import math
 import threading
+import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -65,10 +66,17 @@ def open_storage(url: str, writer: bool = False) -> optuna.storages.RDBStorage:
     if not writer:
         return optuna.storages.RDBStorage(url, skip_compatibility_check=True, skip_table_creation=True)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
-                                             grace_period=GRACE_S)
+    for attempt in range(3):  # drivers started together race to create the tables: the loser finds them made
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
+                                                     grace_period=GRACE_S)
+            break
+        except Exception as err:
+            if attempt == 2 or "UNIQUE constraint failed" not in str(err) and "IntegrityError" not in type(err).__name__:
+                raise
+            time.sleep(0.2)
     if url.startswith("sqlite"):
         import sqlalchemy
 
@@ -247,49 +255,95 @@ class Asked:
     key: str
 
 
-def ask_new(study: optuna.Study, space: SearchSpace, vocab_size: int, settled: dict[str, dict[str, Any]],
-            on_free: Callable[[int, Mapping[str, Any]], None] = lambda number, metrics: None,
-            running: Optional[Mapping[str, list[optuna.Trial]]] = None, refusals: Optional[Counter] = None) -> Asked | str:
-    """Ask the study until it suggests a config that is neither settled (config_key -> metrics), running, nor
-    refused before training; returns it, or why the search should stop ('exhausted' after MAX_REPEATS repeats in a
-    row, 'refused' once `refusals`, the reasons counted since the last measured trial, reach MAX_REFUSALS).
+@dataclass
+class Drawn:
+    """One suggestion of the sampler, resolved and screened: `refusal` says why the screen refused it, if it did."""
 
-    A repeat of a settled config is told its twin's result at once. A repeat of a config still being measured is
-    parked in `running[key]`, to be told that trial's result when it ends (`tell_parked`). A candidate that fails
-    the cheap screen (config error, cheap constraint; the model is built on the meta device) is recorded failed
-    with its reason. None of these uses budget; each is passed to `on_free` with the metrics it was told."""
+    trial: optuna.Trial
+    params: dict[str, Any]
+    key: str
+    refusal: Optional[Any] = None  # a TrialFailure
+
+
+def draw(study: optuna.Study, space: SearchSpace, vocab_size: int) -> Drawn:
+    """Ask the sampler for a suggestion and screen it (config errors, cheap constraints, on the meta device): the
+    slow part of asking, which touches nothing but the study, so a thread can do it ahead of time."""
     from .candidate import resolve, screen  # builds models: kept off the import path of the review commands
     from .errors import TrialFailure
 
-    repeats, refusals = 0, Counter() if refusals is None else refusals
-    while repeats < MAX_REPEATS and sum(refusals.values()) < MAX_REFUSALS:
-        with warnings.catch_warnings():  # the driver keeps the heartbeats itself (Heartbeat), not optimize()
-            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-            trial = study.ask()
-        params = space.sample(trial)
-        resolved = resolve(space, params, vocab_size)
-        key = resolved[2]
-        if key in settled:
-            repeats += 1
-            twin = settled[key]
-            record(study, trial, twin)
-            on_free(trial.number, twin)
-            continue
-        if running is not None and key in running:
-            repeats += 1
-            running[key].append(trial)
-            continue
-        try:
-            screen(space, params, vocab_size, quick=True, resolved=resolved)
-        except TrialFailure as failure:
-            refusals[failure.kind] += 1
-            metrics = {"status": "failed", "reason": failure.kind, "message": failure.message, **failure.metrics}
-            record(study, trial, metrics)
-            settled[key] = dict(metrics, reused_from=trial.number)
-            on_free(trial.number, metrics)
-            continue
-        return Asked(trial, params, key)
-    return "exhausted" if repeats >= MAX_REPEATS else "refused"
+    with warnings.catch_warnings():  # the driver keeps the heartbeats itself (Heartbeat), not optimize()
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        trial = study.ask()
+    params = space.sample(trial)
+    resolved = resolve(space, params, vocab_size)
+    try:
+        screen(space, params, vocab_size, quick=True, resolved=resolved)
+    except TrialFailure as failure:
+        return Drawn(trial, params, resolved[2], failure)
+    return Drawn(trial, params, resolved[2])
+
+
+def settle(study: optuna.Study, drawn: Drawn, settled: dict[str, dict[str, Any]],
+           on_free: Callable[[int, Mapping[str, Any]], None], running: Mapping[str, list[optuna.Trial]]) -> str:
+    """What a drawn suggestion becomes: 'repeat' (a settled config: told its twin's result at once; or one being
+    measured: parked in `running[key]`, to be told that result when it ends, see `tell_parked`), 'refused' (recorded
+    failed with the screen's reason), or 'new' (to be measured). The first two use no budget; each is passed to
+    `on_free` with the metrics it was told."""
+    trial, key = drawn.trial, drawn.key
+    if key in settled:
+        record(study, trial, settled[key])
+        on_free(trial.number, settled[key])
+        return "repeat"
+    if key in running:
+        running[key].append(trial)
+        return "repeat"
+    if drawn.refusal is not None:
+        failure = drawn.refusal
+        metrics = {"status": "failed", "reason": failure.kind, "message": failure.message, **failure.metrics}
+        record(study, trial, metrics)
+        settled[key] = dict(metrics, reused_from=trial.number)
+        on_free(trial.number, metrics)
+        return "refused"
+    return "new"
+
+
+@dataclass
+class Streak:
+    """Suggestions in a row that cost nothing: repeats (the space may be exhausted) and refusals by reason (the
+    space may hold little that trains), each reset by what ends it."""
+
+    repeats: int = 0
+    refusals: Counter = field(default_factory=Counter)
+
+    def count(self, outcome: str, drawn: Drawn) -> Optional[str]:
+        """Count an outcome of `settle`; returns why the search should stop, if it should."""
+        if outcome == "repeat":
+            self.repeats += 1
+        elif outcome == "refused":
+            self.refusals[drawn.refusal.kind] += 1
+        else:
+            self.repeats = 0
+        if self.repeats >= MAX_REPEATS:
+            return "exhausted"
+        return "refused" if self.too_many_refusals() else None
+
+    def too_many_refusals(self) -> bool:
+        return sum(self.refusals.values()) >= MAX_REFUSALS
+
+
+def ask_new(study: optuna.Study, space: SearchSpace, vocab_size: int, settled: dict[str, dict[str, Any]],
+            on_free: Callable[[int, Mapping[str, Any]], None], running: Mapping[str, list[optuna.Trial]],
+            streak: Streak) -> Asked | str:
+    """Draw and settle suggestions until one is new; returns it, or why the search should stop ('exhausted' after
+    MAX_REPEATS repeats in a row, 'refused' after MAX_REFUSALS refusals since the last measured trial)."""
+    while True:
+        drawn = draw(study, space, vocab_size)
+        outcome = settle(study, drawn, settled, on_free, running)
+        stop = streak.count(outcome, drawn)
+        if outcome == "new":
+            return Asked(drawn.trial, drawn.params, drawn.key)
+        if stop is not None:
+            return stop
 
 
 def tell_parked(study: optuna.Study, parked: list[optuna.Trial], number: int, metrics: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 the embedded split keeps near-copies on one side, the budget counts measured configs, noisy latency is marked."""
 
 import math
+import re
 
 import pytest
 from helpers import TINY_SPACE, write_space
@@ -61,7 +62,7 @@ def test_a_search_that_only_draws_leaky_candidates_stops_and_says_why(ray_local,
     out = tmp_path / "run"
     assert main(["run", str(write_space(tmp_path, text)), "--trials", "2", "--out", str(out), "--concurrency", "1"]) == 1
     err = capsys.readouterr().err
-    assert "the last 3 candidates were all refused before training, 3 of them for leaks_future" in err
+    assert re.search(r"the last (\d+) candidates were all refused before training, \1 of them for leaks_future", err)
     assert "no config was trained and measured" in err
 
 

@@ -37,7 +37,7 @@ def test_search_makes_a_front_plots_and_an_export_that_rebuilds(ray_local, tmp_p
     assert study.metric_names == ["val_loss", "peak_mem_mb", "latency_ms"]
     recorded = study.trials[0].user_attrs
     assert {"flops", "params", "nonemb_params", "val_bpb", "latency_cv", "config_key", "model_config"} <= set(recorded)
-    for name in ("trials.csv", "front.csv", "front.png", "front_hypervolume.png", "front.html", "best.yaml"):
+    for name in ("trials.csv", "front.csv", "front.png", "front_hypervolume.png", "report.html", "best.yaml"):
         assert (out / name).stat().st_size > 0, name
 
     best = load_document(out / "best.yaml")
@@ -81,7 +81,7 @@ def test_a_front_that_nothing_meets_leaves_no_winner_behind(ray_local, tmp_path,
     printed = capsys.readouterr().out
     assert "running 1 trial of 1," in printed and "\n1 config measured: 1 complete\n" in printed
     assert "Pareto front: empty, every complete trial breaks a constraint" in printed
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["front.png", "study.db", "trials.csv"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["front.png", "report.html", "study.db", "trials.csv"]
     assert "Your study does not have" not in capsys.readouterr().err
 
 
