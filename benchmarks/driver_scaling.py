@@ -91,11 +91,10 @@ def main() -> None:
             began = time.perf_counter()
             searcher.on_trial_complete(trial_id, result)
             own.append(time.perf_counter() - began)
-            if done == args.trials:
-                break
-            began = time.perf_counter()
-            config = next_config(f"t{done}")
-            waits.append(time.perf_counter() - began)
+            if done < args.trials:
+                began = time.perf_counter()
+                config = next_config(f"t{done}")
+                waits.append(time.perf_counter() - began)
             if done in checkpoints:
                 window = slice(max(0, done - args.window), done)
                 free = len(study.get_trials(deepcopy=False)) - done

@@ -26,7 +26,7 @@ def main() -> None:
     from configaformer_search.data import load_corpus
     from configaformer_search.progress import Progress
     from configaformer_search.space import load_space
-    from configaformer_search.study import counts, make_sampler, open_study
+    from configaformer_search.study import counts, make_sampler, open_storage, open_study
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", default=str(ROOT / "spaces" / "small.yaml"))
@@ -37,12 +37,12 @@ def main() -> None:
     corpus = load_corpus(space.data)
     workdir = Path(tempfile.mkdtemp(prefix="overhead-"))
     ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    study = open_study(space, f"sqlite:///{workdir}/study.db")
+    study = open_study(space, open_storage(f"sqlite:///{workdir}/study.db", writer=True))
     study.sampler = make_sampler(space, "random", 0, args.trials)
     resources = orchestrate.Resources(cpus_per_trial=1, gpus_per_trial=1 if cuda else 0, concurrency=1)
     start, start_clock = time.perf_counter(), time.time()
     searcher = orchestrate.run_trials(space, study, corpus.vocab_size, args.trials, resources,
-                                      Progress(args.trials, 0, [], verbosity=0))
+                                      Progress(args.trials, 0, [], verbosity=0), shared=False)  # one driver, alone
     wall = time.perf_counter() - start
     trials = sorted((t for t in study.trials if counts(t.user_attrs)), key=lambda t: seconds(t.user_attrs["started_at"]))
     parts = {"data": 0.0, "build + FLOPs": 0.0, "training": 0.0, "probes": 0.0, "trial wrapper": 0.0}

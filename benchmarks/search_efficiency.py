@@ -34,7 +34,7 @@ def run_study(job: tuple) -> tuple:
 
     from configaformer_search import trial as trial_module
     from configaformer_search.space import load_space
-    from configaformer_search.study import ask_new, make_sampler, open_study, record
+    from configaformer_search.study import Asked, Streak, ask_new, make_sampler, open_study, record
 
     space_path, sampler_name, seed, count, budget, cache, overrides = job
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -42,11 +42,12 @@ def run_study(job: tuple) -> tuple:
     space.search.update({k: v for k, v in overrides.items() if v is not None})
     study = open_study(space, None, make_sampler(space, sampler_name, seed, budget))  # in memory
     values, own = [], {}  # own: this study's measurements, which its repeats reuse as in a search
+    streak = Streak()
     while len(values) < count:
-        asked = ask_new(study, space, 256, own)
-        if asked is None:
-            break
-        trial, params, key = asked
+        asked = ask_new(study, space, 256, own, lambda number, metrics: None, {}, streak)
+        if not isinstance(asked, Asked):
+            break  # the space is exhausted, or holds nothing but refusals
+        trial, params, key = asked.trial, asked.params, asked.key
         if key not in cache:
             cache[key] = trial_module.run(space, params, device="cpu")
         metrics = cache[key]

@@ -52,7 +52,7 @@ def main() -> None:
     from configaformer_search import orchestrate
     from configaformer_search.progress import Progress
     from configaformer_search.space import load_space
-    from configaformer_search.study import open_study
+    from configaformer_search.study import open_storage, open_study
 
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,7 +71,7 @@ def main() -> None:
     for packing in (int(k) for k in args.packing.split(",")):
         count = args.waves * packing
         resources = orchestrate.Resources(cpus_per_trial=1, gpus_per_trial=1 / packing if cuda else 0, concurrency=packing)
-        study = open_study(space, f"sqlite:///{workdir}/packing-{packing}.db")
+        study = open_study(space, open_storage(f"sqlite:///{workdir}/packing-{packing}.db", writer=True))
         start = time.perf_counter()
         orchestrate.run_trials(space, study, 256, count, resources, Progress(count, 0, [], verbosity=0))
         wall = time.perf_counter() - start

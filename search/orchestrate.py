@@ -58,9 +58,11 @@ class StudySearcher(Searcher):
     study suggests nothing new, or nothing but refusals (`stop_reason`).
     """
 
-    def __init__(self, space: SearchSpace, study: optuna.Study, vocab_size: int, budget: int, progress: Progress) -> None:
+    def __init__(self, space: SearchSpace, study: optuna.Study, vocab_size: int, budget: int, progress: Progress,
+                 shared: bool = True) -> None:
         super().__init__()
         self.space, self.study, self.vocab_size, self.budget, self.progress = space, study, vocab_size, budget, progress
+        self.shared = shared  # other drivers may use the study (else claims need no second look at it)
         self.settled: dict[str, dict[str, Any]] = {}  # config key -> the result a repeat of it is told
         self.front = ParetoFront(study.directions)
         self.live: dict[str, Asked] = {}  # Ray trial id -> the study trial it measures
@@ -74,7 +76,8 @@ class StudySearcher(Searcher):
         self.asking_ahead = False  # whether a thread fills `ready` (else suggest asks itself)
         self._lock = threading.RLock()  # the thread asking ahead and Ray Tune's calls share this object
         self.stop_reason: Optional[str] = None  # 'exhausted' or 'refused'
-        self.study_seconds = 0.0  # time spent asking and telling the study (the storage's share of a search)
+        self.study_seconds = 0.0  # time Ray Tune's calls spent on the study and the sampler (the driver's share)
+        self.ahead_seconds = 0.0  # time the thread asking ahead spent, while trials ran
         self._seen: set[int] = set()  # numbers of the ended trials taken into account, from _settled_below on
         self._settled_below = 0  # every trial numbered below this has ended and been taken into account
         self._refreshed = -math.inf
@@ -214,7 +217,7 @@ class StudySearcher(Searcher):
                 self.ready.append(Asked(drawn.trial, drawn.params, drawn.key))
             elif stop is not None:
                 self.stop_reason = stop
-            self.study_seconds += time.perf_counter() - start
+            self.ahead_seconds += time.perf_counter() - start
         return True
 
     def _release_ready(self) -> None:
@@ -248,6 +251,8 @@ class StudySearcher(Searcher):
         trial.set_user_attr("config_key", asked.key)
         trial.set_user_attr("claimed", True)
         record_heartbeats(self.study, [trial._trial_id])
+        if not self.shared:
+            return True
         trials = self.refresh(force=True, claiming=trial.number)  # what all drivers measured and claimed by now
         mine = self.running_numbers()
         earlier = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("claimed")
@@ -401,12 +406,13 @@ def connect(address: Optional[str]) -> bool:
 
 
 def run_trials(space: SearchSpace, study: optuna.Study, vocab_size: int, budget: int, resources: Resources,
-               progress: Progress, scratch: Optional[Path] = None) -> StudySearcher:
+               progress: Progress, scratch: Optional[Path] = None, shared: bool = True) -> StudySearcher:
     """Run trials through Ray Tune until the study holds `budget` measured ones, recording each as it finishes.
 
     Tune keeps its own records in `scratch` (a temporary folder if None), deleted afterwards: the study is what
-    persists. A search folder's scratch left by a killed run is cleared here."""
-    searcher = StudySearcher(space, study, vocab_size, budget, progress)
+    persists. A search folder's scratch left by a killed run is cleared here. `shared`: other drivers may use the
+    study (a driver alone on its folder's own study skips the checks that keep drivers apart)."""
+    searcher = StudySearcher(space, study, vocab_size, budget, progress, shared)
     trainable = tune.with_resources(tune.with_parameters(run_trial, space=space),
                                     {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
     if scratch is None:

@@ -144,7 +144,7 @@ def _search(space: SearchSpace, study: optuna.Study, vocab_size: int, url: str, 
             + ", ".join(f"{m} ({d})" for m, d in space.objectives.items()))
         progress = Progress(budget, done, list(space.objectives), verbosity)
         searcher = orchestrate.run_trials(space, study, vocab_size, budget, resources, progress,
-                                          scratch=out_dir / TUNE_SCRATCH)
+                                          scratch=out_dir / TUNE_SCRATCH, shared=not owns_study)
     finally:
         if started_ray:
             import ray
