@@ -11,7 +11,7 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from .errors import UsageError
-from .progress import Progress, plural
+from .progress import plural
 
 COMMANDS = ("run", "validate", "front", "trials", "plot", "report", "export")
 
