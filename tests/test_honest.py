@@ -87,9 +87,8 @@ def test_a_diverged_run_is_a_failed_trial_not_a_winner(tmp_path):
     # lr 10 blows the loss up without a NaN: worse than a uniform guess over the bytes is not a result.
     space = load_space(write_space(tmp_path, FAST.replace("lr: 1e-2", "lr: 10.0")))
     failed = trial.run(space, PARAMS, device="cpu")
-    assert failed["status"] == "failed" and failed["reason"] in ("diverged", "nan_loss"), failed
-    if failed["reason"] == "diverged":
-        assert failed["val_loss"] > math.log(256) and "uniform guess" in failed["message"]
+    assert failed["status"] == "failed" and failed["reason"] == "diverged", failed
+    assert failed["val_loss"] > math.log(256) and "uniform guess" in failed["message"]
 
 
 def test_the_embedded_split_keeps_near_copies_on_one_side():
