@@ -16,7 +16,7 @@ from configaformer import ConfigaFormer, ConfigError, find_future_leak
 from configaformer.registry import OpError, check_value
 
 from .errors import SpaceError, TrialFailure, is_out_of_memory
-from .probes import count_flops
+from .probes.flops import count_flops
 from .metrics import CHEAP_METRICS
 from .space import INPUT_STREAM, TRAIN_KEYS, SearchSpace
 
@@ -77,6 +77,17 @@ def _check_train(train: Mapping[str, Any]) -> None:
             raise TrialFailure("rejected", f"train.{key}: {err.message}") from None
 
 
+def _check_rungs(rungs: list[int], train: Mapping[str, Any]) -> None:
+    """Each rung must add steps, the first at least two (a warm-up and a decay step)."""
+    from .train import budget_steps
+
+    steps = budget_steps(rungs, train)
+    if len(rungs) > 1 and (steps[0] < 2 or any(a >= b for a, b in zip(steps, steps[1:]))):
+        raise TrialFailure("rejected", f"search.min_tokens: the rungs of {', '.join(f'{t:,}' for t in rungs)} tokens make "
+                                       f"{steps} steps of {train['batch_size']} x {train['seq_len']} tokens; expected at "
+                                       f"least 2 steps at the first, and more at each")
+
+
 def _check_model(model: ConfigaFormer, vocab_size: int) -> None:
     if set(model.input_shapes) != {INPUT_STREAM}:
         raise ConfigError(f"input_streams: a searched model reads one stream, {INPUT_STREAM!r}; build offsets inside "
@@ -127,6 +138,7 @@ def screen(space: SearchSpace, params: Mapping[str, Any], vocab_size: int, quick
     length = None if quick else max(train["seq_len"], train["eval_seq_len"])
     try:
         _check_train(train)
+        _check_rungs(space.rungs(), train)
         metrics = dict(_meta_metrics(json.dumps(model_config, sort_keys=True), vocab_size, length,
                                      probe if not quick or "flops" in space.constraints else None))
     except ConfigError as err:

@@ -65,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from .run import search
 
-    result = search(args.space, trials=args.trials, out=args.out, storage=args.storage, address=args.address,
+    result = search(args.space, trials=args.trials, tokens=args.tokens, out=args.out, storage=args.storage, address=args.address,
                     gpus_per_trial=args.gpus_per_trial, concurrency=args.concurrency, sampler=args.sampler,
                     seed=args.seed, fresh=args.fresh, verbosity=0 if args.quiet else 1 + args.verbose)
     if not args.quiet:
@@ -100,7 +100,11 @@ def _print_summary(result) -> None:
     free = Counter(t.user_attrs.get("reason", "interrupted") for t in own if not counts(t.user_attrs))
     reused = sum("reused_from" in t.user_attrs for t in trials)
     tally = lambda counter: ", ".join(f"{r} {n}" for r, n in counter.most_common())  # noqa: E731
-    print(f"\n{plural(len(measured_trials), 'config')} measured: {len(measured_trials) - sum(failed.values())} complete"
+    stopped = Counter(t.user_attrs.get("rung") for t in measured_trials if t.state == TrialState.PRUNED)
+    complete = sum(t.state == TrialState.COMPLETE for t in measured_trials)
+    print(f"\n{plural(len(measured_trials), 'config')} measured: {complete} complete"
+          + (f", {sum(stopped.values())} stopped at a rung ({', '.join(f'rung {r}: {stopped[r]}' for r in sorted(stopped))})"
+             if stopped else "")
           + (f", {sum(failed.values())} failed ({tally(failed)})" if failed else "")
           + (f"; {sum(free.values())} refused before training or owed again ({tally(free)})" if free else "")
           + (f"; {plural(reused, 'repeat')} of a settled config reused its result" if reused else ""))
@@ -108,7 +112,7 @@ def _print_summary(result) -> None:
     if front:
         print(f"Pareto front ({plural(len(front), 'trial')}):")
         sys.stdout.write(_console_table(_fitted(front_frame(study), study.metric_names)))
-    elif len(measured_trials) > sum(failed.values()):
+    elif complete:
         print(f"Pareto front: empty, every complete trial breaks a constraint (see `configaformer-search trials {result.out_dir}`)")
     if result.written:
         print("wrote " + ", ".join(str(p) for p in result.written))
@@ -287,7 +291,10 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="search a space: Ray Tune trials, an Optuna study, a Pareto front (resumes)")
     run.add_argument("space", help="search space YAML")
-    run.add_argument("--trials", type=int, help="finished trials wanted in the study (default: the space's search.trials)")
+    run.add_argument("--trials", type=int, help="configs to measure (started and ended, stopped at a rung or not; "
+                                                "default: the space's search.trials)")
+    run.add_argument("--tokens", type=float, help="also stop starting configs once the measured ones spent this many "
+                                                  "training tokens (e.g. 2.4e6): a compute budget")
     run.add_argument("--out", help="run folder (default runs/<space name>)")
     run.add_argument("--address", help="join this Ray cluster (e.g. auto, or ray://head:10001) instead of a local Ray")
     run.add_argument("--storage", help="Optuna storage URL (default sqlite:///<out>/study.db)")

@@ -10,7 +10,7 @@ import sysconfig
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -84,22 +84,22 @@ def _window_block(tokens: torch.Tensor, starts: torch.Tensor, seq_len: int) -> t
     return tokens[starts[:, None] + torch.arange(seq_len + 1)].long()
 
 
-def train_batches(corpus: Corpus, batch_size: int, seq_len: int, seed: int,
-                  device: torch.device = torch.device("cpu")) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless (inputs, targets) batches of random training windows on `device`, reproducible from the seed.
+def train_batch(corpus: Corpus, batch_size: int, seq_len: int, seed: int, step: int,
+                device: torch.device = torch.device("cpu")) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (inputs, targets) windows of training step `step`: a pure function of the seed and the step, so that a
+    run resumed or branched at any step sees the batches a straight run would.
 
-    On CUDA each batch travels in one asynchronous copy from pinned memory; a copy from pageable memory would make
+    On CUDA the batch travels in one asynchronous copy from pinned memory; a copy from pageable memory would make
     the host wait at every step until the GPU has drained its queue.
     """
     if len(corpus.train) <= seq_len + 1:
         raise ValueError(f"the training text ({len(corpus.train)} tokens) is shorter than one window of {seq_len + 1}")
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        starts = torch.randint(0, len(corpus.train) - seq_len - 1, (batch_size,), generator=generator)
-        block = _window_block(corpus.train, starts, seq_len)
-        if device.type == "cuda":
-            block = block.pin_memory().to(device, non_blocking=True)
-        yield block[:, :-1], block[:, 1:]
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    starts = torch.randint(0, len(corpus.train) - seq_len - 1, (batch_size,), generator=generator)
+    block = _window_block(corpus.train, starts, seq_len)
+    if device.type == "cuda":
+        block = block.pin_memory().to(device, non_blocking=True)
+    return block[:, :-1], block[:, 1:]
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from optuna.study._multi_objective import _get_pareto_front_trials_by_trials  # 
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import SpaceError
+from .metrics import KEY_COLUMNS
 from .study import rows_frame
 
 _PICK_RE = re.compile(r"^\s*([A-Za-z_][\w]*)\s*(<=|>=|<|>|==)\s*([-+0-9.eE]+)\s*$")
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
-KEY_COLUMNS = ("flops", "params", "nonemb_params", "val_bpb", "peak_mem_source", "latency_cv", "latency_noisy")
 
 
 def feasible(constraints: Optional[dict]) -> bool:

@@ -1,18 +1,27 @@
-"""Every metric a trial can report, declared once: what it measures, its unit, and whether it is known before any
-training (cheap: from the model's shapes) or only after. Objectives, constraints, tables and plot labels derive
-their names and units from here."""
+"""Every metric a trial can report, declared once: what it measures, its unit, which part of a trial makes it, and
+whether the tables show it. Objectives, constraints, the cheap screen, table columns and plot labels derive their
+names and units from here; a new metric is one line here and the probe that measures it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+SHAPE = "shape"  # known from the model's shapes before any weight exists: the cheap screen measures it
+TRAINING = "training"  # made by the training run (at each rung of a multi-fidelity search)
+
 
 @dataclass(frozen=True)
 class Metric:
     name: str
-    unit: str  # '' for a pure number
+    unit: str  # '' for a pure number or a label
     description: str
-    cheap: bool = False  # known from the model before any weight exists
+    source: str  # SHAPE, TRAINING, or the name of the probe that measures it (search/probes/)
+    key: bool = False  # a column of the front table beside the objectives
+    note: bool = False  # a caution shown beside a trial's outcome wherever it appears
+
+    @property
+    def cheap(self) -> bool:
+        return self.source == SHAPE
 
     def label(self) -> str:
         """'latency_ms (ms)', for axes and headers."""
@@ -20,18 +29,32 @@ class Metric:
 
 
 METRICS = {m.name: m for m in (
-    Metric("val_loss", "nats/token", "cross-entropy on the space's validation windows after the training budget"),
-    Metric("val_bpb", "bits/byte", "val_loss in bits per byte, on byte corpora"),
-    Metric("train_tok_s", "tokens/s", "training throughput"),
-    Metric("flops", "MACs", "multiply-adds of a forward pass at the probe shape (fvcore)", cheap=True),
-    Metric("params", "", "all parameters", cheap=True),
-    Metric("nonemb_params", "", "parameters outside token and position embedding tables", cheap=True),
-    Metric("peak_mem_mb", "MiB", "peak memory of a training step at the train batch size"),
-    Metric("latency_ms", "ms", "median forward time at the probe batch and length"),
+    Metric("val_loss", "nats/token", "cross-entropy on the space's validation windows after the training budget", TRAINING),
+    Metric("val_bpb", "bits/byte", "val_loss in bits per byte, on byte corpora", TRAINING, key=True),
+    Metric("train_loss", "nats/token", "the last training batch's loss", TRAINING),
+    Metric("train_tok_s", "tokens/s", "training throughput", TRAINING),
+    Metric("tokens_trained", "tokens", "training tokens behind the reported val_loss", TRAINING),
+    Metric("tokens_spent", "tokens", "training tokens the trial spent, the decay branches of its rungs included", TRAINING),
+    Metric("rung", "", "the multi-fidelity rung of the reported val_loss (0 = the fewest tokens)", TRAINING),
+    Metric("flops", "MACs", "multiply-adds of a forward pass at the probe shape (fvcore)", SHAPE, key=True),
+    Metric("params", "", "all parameters", SHAPE, key=True),
+    Metric("nonemb_params", "", "parameters outside token and position embedding tables", SHAPE, key=True),
+    Metric("peak_mem_mb", "MiB", "peak memory of a training step at the train batch size", "memory"),
+    Metric("peak_mem_source", "", "'measured' on CUDA, 'estimated' (FakeTensor tracking) elsewhere", "memory", key=True),
+    Metric("latency_ms", "ms", "median forward time at the probe batch and length", "latency"),
+    Metric("latency_cv", "", "coefficient of variation of the kept latency round", "latency", key=True),
+    Metric("latency_noisy", "", "the latency stayed noisier than the probe accepts", "latency", key=True, note=True),
 )}
 CHEAP_METRICS = tuple(name for name, metric in METRICS.items() if metric.cheap)
+KEY_COLUMNS = tuple(name for name, metric in METRICS.items() if metric.key)
+NOTE_METRICS = tuple(name for name, metric in METRICS.items() if metric.note)
 
 
 def label(name: str) -> str:
     """A metric's axis label with its unit; an unknown name as it is."""
     return METRICS[name].label() if name in METRICS else name
+
+
+def made_by(source: str) -> tuple[str, ...]:
+    """The metrics that one source (a probe's name, TRAINING or SHAPE) makes."""
+    return tuple(name for name, metric in METRICS.items() if metric.source == source)

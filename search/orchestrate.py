@@ -33,13 +33,15 @@ from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 from . import trial as trial_module  # noqa: E402
+from .asha import MultiObjectiveAsha  # noqa: E402
 from .errors import UsageError  # noqa: E402
 from .front import ParetoFront, feasible  # noqa: E402
 from .progress import Progress  # noqa: E402
+from .rungs import CONSTRAINT_PREFIX, RungTable, rung_entry  # noqa: E402
 from .space import SearchSpace  # noqa: E402
 from .study import (INTERRUPTED, REFUSED, WITHDRAWN, WORKER_DIED, Asked, Drawn, Heartbeat,  # noqa: E402
                     Streak, ask_new, counts, draw, mark_interrupted, mark_stale, record, record_heartbeats, settle,
-                    tell_parked)
+                    STOPPED, tell_parked)
 
 
 REFRESH_S = 2.0  # how often a driver rereads what the other drivers on its study have done
@@ -59,10 +61,18 @@ class StudySearcher(Searcher):
     """
 
     def __init__(self, space: SearchSpace, study: optuna.Study, vocab_size: int, budget: int, progress: Progress,
-                 shared: bool = True) -> None:
+                 shared: bool = True, checkpoints: Optional[Path] = None, token_budget: Optional[int] = None) -> None:
         super().__init__()
         self.space, self.study, self.vocab_size, self.budget, self.progress = space, study, vocab_size, budget, progress
         self.shared = shared  # other drivers may use the study (else claims need no second look at it)
+        self.last_rung = len(space.rungs()) - 1
+        self.rungs = RungTable(list(space.objectives.values()), space.search["reduction_factor"])  # all drivers' results
+        self.checkpoints = checkpoints if self.last_rung else None  # where trials keep their state at each rung
+        self.partial: dict[str, dict[str, Any]] = {}  # config key -> rung results of an interrupted trial of it
+        self.resumed: set[int] = set()  # numbers of interrupted trials already queued to go on
+        self.token_budget = token_budget  # training tokens after which no config starts (None: configs alone count)
+        self.spent = 0  # training tokens spent by the measured trials, all drivers together
+        self.spending: dict[str, int] = {}  # Ray trial id -> the least a trial running here will have spent
         self.settled: dict[str, dict[str, Any]] = {}  # config key -> the result a repeat of it is told
         self.front = ParetoFront(study.directions)
         self.live: dict[str, Asked] = {}  # Ray trial id -> the study trial it measures
@@ -98,11 +108,12 @@ class StudySearcher(Searcher):
         trials = self.study.get_trials(deepcopy=False)[self._settled_below:]  # ordered by number; older ones all ended
         ended = set()
         for trial in trials:
-            if trial.state != TrialState.RUNNING:
+            self._learn_rungs(trial.user_attrs)
+            if trial.state.is_finished():
                 ended.add(trial.number)
                 if trial.number not in self._seen:
                     self._seen.add(trial.number)
-                    self._learn(trial.number, trial.user_attrs, trial.state, trial.values)
+                    self._learn(trial.number, trial.user_attrs, trial.state, trial.values, trial.params)
         while self._settled_below in self._seen:
             self._seen.discard(self._settled_below)
             self._settled_below += 1
@@ -120,13 +131,33 @@ class StudySearcher(Searcher):
         self.study_seconds += time.perf_counter() - start
         return trials
 
-    def _learn(self, number: int, attrs: Mapping[str, Any], state: TrialState, values: Optional[list]) -> None:
-        """Take an ended trial into account: the measured count, the configs settled, the front."""
+    def _learn_rungs(self, attrs: Mapping[str, Any]) -> None:
+        """Results a trial recorded at its rungs (any driver's, any state) join the rung table; a trial queued to
+        resume an interrupted one marks that one as resumed."""
+        key = attrs.get("config_key")
+        for rung, entry in (attrs.get("rungs") or {}).items():
+            if key is not None:
+                self.rungs.record(int(rung), key, entry["values"], entry["penalty"])
+        if "resumes" in attrs:
+            self.resumed.add(attrs["resumes"])
+
+    def _learn(self, number: int, attrs: Mapping[str, Any], state: TrialState, values: Optional[list],
+               params: Optional[dict[str, Any]] = None) -> None:
+        """Take an ended trial into account: the measured count, the configs settled, the front, and an interrupted
+        trial's rung results (its config is queued once to go on from its last rung)."""
         if counts(attrs):
             self.measured += 1
+            self.spent += attrs.get("tokens_spent") or 0
         key = attrs.get("config_key")
         if key is not None and "status" in attrs and "reused_from" not in attrs and (counts(attrs) or attrs.get("reason") in REFUSED):
             self.settled[key] = dict(attrs, reused_from=number)
+            self.partial.pop(key, None)
+        elif key is not None and attrs.get("rungs") and attrs.get("reason", INTERRUPTED) in (INTERRUPTED, WORKER_DIED) \
+                and key not in self.settled:
+            self.partial[key] = attrs["rungs"]
+            if attrs.get("reason", INTERRUPTED) == INTERRUPTED and number not in self.resumed and params is not None:
+                self.resumed.add(number)  # (a lost worker's config is queued again by _worker_died)
+                self.study.enqueue_trial(params, user_attrs={"resumes": number})
         if state == TrialState.COMPLETE and feasible(attrs.get("constraints")):
             self.front.add(values)
 
@@ -188,19 +219,32 @@ class StudySearcher(Searcher):
                     continue
                 if self._claim(asked):
                     self.live[trial_id] = asked
+                    self.spending[trial_id] = self.space.rungs()[0]  # the least it will spend
                     self.parked[asked.key] = []
                     self.progress.started()
-                    return {"params": asked.params, "number": asked.trial.number}
-            if self.stop_reason is not None or self.measured >= self.budget:
+                    if asked.key in self.partial:  # goes on from an interrupted trial's last rung: it keeps its results
+                        asked.trial.set_user_attr("rungs", self.partial[asked.key])
+                    return {"params": asked.params, "number": asked.trial.number, "key": asked.key,
+                            "checkpoints": str(self.checkpoints) if self.checkpoints else None}
+            if self.stop_reason is not None or self._spent():
                 if self.live or self.others:
                     return None
                 self._release_ready()
                 return Searcher.FINISHED
             return None  # the budget is spoken for by trials in training; one may yet fail and be owed again
 
+    def _spent(self) -> bool:
+        """Whether the budget is used up: `budget` configs measured, or `token_budget` training tokens spent."""
+        return self.measured >= self.budget or not self._tokens_left()
+
+    def _tokens_left(self) -> bool:
+        """Whether the token budget (if any) has room: what ended trials spent, and the least running ones will."""
+        return self.token_budget is None or self.spent + sum(self.spending.values()) < self.token_budget
+
     def _owes_more(self, ahead: int) -> bool:
-        """Whether the budget still has room for one more trial beyond those in training and `ahead` asked ahead."""
-        return self.measured + self.others + len(self.live) + ahead < self.budget
+        """Whether the budget still has room for one more trial beyond those in training and `ahead` asked ahead
+        (a token budget has room until it is spent: how much a trial will spend is known only when it ends)."""
+        return self._tokens_left() and self.measured + self.others + len(self.live) + ahead < self.budget
 
     def ask_ahead(self) -> bool:
         """Draw and settle one suggestion ahead of time, while Ray Tune runs the trials (called by AskAhead's thread;
@@ -269,16 +313,43 @@ class StudySearcher(Searcher):
             return False
         return True
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """A rung's result: kept with the study trial (so that a resumed search, or another driver, knows it)."""
+        with self._lock:
+            self._record_rung(trial_id, result)
+
+    def _record_rung(self, trial_id: str, result: Optional[dict]) -> None:
+        asked = self.live.get(trial_id)
+        entry = rung_entry(result or {}, self.study.metric_names)
+        if asked is None or entry is None or result.get("status") != "ok" or "rung" not in result:
+            return
+        rung, trial = int(result["rung"]), asked.trial
+        rungs = dict(trial.user_attrs.get("rungs") or {})
+        if str(rung) in rungs:
+            return  # a resumed trial reporting its last rung again
+        rungs[str(rung)] = {"tokens_trained": result["tokens_trained"], "values": entry[0], "penalty": entry[1]}
+        if rung < self.last_rung:  # it goes on (a stopped trial's result never reaches here): to the next rung at least
+            budgets = self.space.rungs()
+            self.spending[trial_id] = result.get("tokens_spent", 0) + budgets[rung + 1] - budgets[rung]
+        start = time.perf_counter()
+        trial.set_user_attr("rungs", rungs)
+        self.study_seconds += time.perf_counter() - start
+        self.rungs.record(rung, asked.key, *entry)
+        if rung < self.last_rung:
+            self.progress.rung(trial.number, rung, result, self.rungs.promotes(rung, asked.key))
+
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         with self._lock:
-            self._complete(trial_id, result)
+            self._record_rung(trial_id, result)  # the result a scheduler stopped the trial at never reached on_trial_result
+            self._complete(trial_id, None if error else result)
 
     def _complete(self, trial_id: str, result: Optional[dict]) -> None:
         if trial_id not in self.live:
             return
         asked = self.live.pop(trial_id)
+        self.spending.pop(trial_id, None)
         trial = asked.trial
-        metrics = json.loads(result["metrics"]) if result and "metrics" in result else self._worker_died(trial)
+        metrics = self._outcome(result) if result and "record" in result else self._worker_died(trial)
         parked = self.parked.pop(asked.key)
         died = metrics.get("reason") == WORKER_DIED
         start = time.perf_counter()
@@ -287,16 +358,26 @@ class StudySearcher(Searcher):
             if died else tell_parked(self.study, parked, trial.number, metrics)
         self.study_seconds += time.perf_counter() - start
         self._seen.add(trial.number)
-        self._learn(trial.number, metrics, state, [metrics.get(name) for name in self.study.metric_names])
+        self._learn(trial.number, dict(trial.user_attrs, **metrics), state, [metrics.get(name) for name in self.study.metric_names])
         if counts(metrics):
             self.streak.refusals.clear()
         elif metrics.get("reason") in REFUSED:
             self.streak.refusals[metrics["reason"]] += 1
+        if self.checkpoints is not None and not died:
+            trial_module.checkpoint_path(self.checkpoints, asked.key).unlink(missing_ok=True)
         self.progress.finished(trial.number, asked.params, metrics, len(self.front), counted=counts(metrics))
         for repeat in parked:
             if died:  # nothing to reuse: the repeat is owed nothing, the retry stands for it
                 record(self.study, repeat, twin)
             self.progress.free(repeat.number, twin)
+
+    def _outcome(self, result: dict) -> dict[str, Any]:
+        """The record a trial ended with; one whose last report was a rung short of the full budget was stopped
+        there by the scheduler."""
+        metrics = json.loads(result["record"])
+        if metrics.get("status") == "ok" and metrics.get("rung", self.last_rung) < self.last_rung:
+            metrics.update(status=STOPPED, message=f"stopped at rung {metrics['rung']} ({metrics['tokens_trained']:,} tokens)")
+        return metrics
 
     def _worker_died(self, trial: optuna.Trial) -> dict[str, Any]:
         """A trial whose process died (killed, crashed, its node lost) is owed again once, with the same params;
@@ -343,13 +424,27 @@ class AskAhead:
 
 
 def run_trial(config: dict, space: SearchSpace) -> None:
-    """The Ray trainable: measure one candidate and report it once."""
+    """The Ray trainable: measure one candidate, reporting each rung's record (and a failure's) to Ray Tune, whose
+    scheduler may stop it at a rung."""
     started = wall_clock()
     device = "cuda" if ray.get_gpu_ids() else "cpu"
-    metrics = trial_module.run(space, config["params"], device)
-    metrics["node"] = ray.get_runtime_context().get_node_id()[:12]
-    metrics.update(started_at=started, ended_at=wall_clock())  # ISO times, which optuna-dashboard shows as they are
-    tune.report({"metrics": json.dumps(metrics, default=str)})
+    node = ray.get_runtime_context().get_node_id()[:12]
+
+    def report(record: dict[str, Any]) -> bool:
+        record.update(node=node, started_at=started, ended_at=wall_clock())  # ISO times, as optuna-dashboard shows them
+        tune.report(tune_result(record))
+        return True  # a trial its scheduler stops never gets here: Ray ends it inside tune.report
+
+    trial_module.run(space, config["params"], device, report, config.get("checkpoints"))
+
+
+def tune_result(record: dict[str, Any]) -> dict[str, Any]:
+    """A trial record as Ray Tune reads it: every number at the top level (and each constraint value under
+    'constraint/'), so that any Ray scheduler can act on them, with the whole record beside them as JSON."""
+    numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+               and math.isfinite(v)}
+    constraints = {CONSTRAINT_PREFIX + k: v for k, v in (record.get("constraints") or {}).items()}
+    return {**numbers, **constraints, "status": record["status"], "record": json.dumps(record, default=str)}
 
 
 def wall_clock() -> str:
@@ -406,13 +501,18 @@ def connect(address: Optional[str]) -> bool:
 
 
 def run_trials(space: SearchSpace, study: optuna.Study, vocab_size: int, budget: int, resources: Resources,
-               progress: Progress, scratch: Optional[Path] = None, shared: bool = True) -> StudySearcher:
+               progress: Progress, scratch: Optional[Path] = None, shared: bool = True,
+               checkpoints: Optional[Path] = None, token_budget: Optional[int] = None) -> StudySearcher:
     """Run trials through Ray Tune until the study holds `budget` measured ones, recording each as it finishes.
 
     Tune keeps its own records in `scratch` (a temporary folder if None), deleted afterwards: the study is what
     persists. A search folder's scratch left by a killed run is cleared here. `shared`: other drivers may use the
     study (a driver alone on its folder's own study skips the checks that keep drivers apart)."""
-    searcher = StudySearcher(space, study, vocab_size, budget, progress, shared)
+    temporary = checkpoints is None and len(space.rungs()) > 1
+    if temporary:
+        checkpoints = Path(tempfile.mkdtemp(prefix="configaformer-rungs-"))
+    searcher = StudySearcher(space, study, vocab_size, budget, progress, shared, checkpoints, token_budget)
+    scheduler = MultiObjectiveAsha(searcher.rungs, list(space.objectives), searcher.last_rung) if searcher.last_rung else None
     trainable = tune.with_resources(tune.with_parameters(run_trial, space=space),
                                     {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
     if scratch is None:
@@ -422,7 +522,7 @@ def run_trials(space: SearchSpace, study: optuna.Study, vocab_size: int, budget:
     try:
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, reuse_actors=True,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1, reuse_actors=True,
                                         max_concurrent_trials=resources.concurrency),
             run_config=tune.RunConfig(storage_path=str(scratch.resolve()), name="trials", verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=0)),
@@ -434,6 +534,8 @@ def run_trials(space: SearchSpace, study: optuna.Study, vocab_size: int, budget:
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        if temporary:
+            shutil.rmtree(checkpoints, ignore_errors=True)
     return searcher
 
 

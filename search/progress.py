@@ -31,6 +31,8 @@ class Progress:
         self.reused = 0
         self.failures: Counter = Counter()
         self.refused: Counter = Counter()  # refusals before training, by reason: they cost no budget
+        self.at_rung: Counter = Counter()  # results recorded at each rung short of the full budget (multi-fidelity)
+        self.stopped = 0  # trials a multi-fidelity scheduler stopped at a rung
 
     def say(self, text: str) -> None:
         if self.verbosity > 0:
@@ -49,7 +51,9 @@ class Progress:
             self.say(f"[{'-':>{len(str(self.total))}}/{self.total}] #{number:<3} {_outcome(metrics, self.objectives)}")
             return
         self.done += 1
-        if metrics.get("status") != "ok":
+        if metrics.get("status") == "stopped":
+            self.stopped += 1
+        elif metrics.get("status") != "ok":
             self.failures[metrics.get("reason", "error")] += 1
         count = self.done_before + self.done
         elapsed = time.monotonic() - self.start
@@ -58,10 +62,20 @@ class Progress:
         free = "".join(f" · {plural(n, noun)} {what}" for n, noun, what in (
             (self.reused, "repeat", "reused"), (sum(self.refused.values()), "candidate", "refused")) if n)
         self.say(f"[{count:>{len(str(self.total))}}/{self.total}] #{number:<3} {_outcome(metrics, self.objectives)}")
-        self.say(f"        done {count} · failed {sum(self.failures.values())}{free} · running {self.running} · "
+        rungs = f" · stopped {self.stopped} · at rungs " + "/".join(str(self.at_rung[r]) for r in sorted(self.at_rung)) \
+            if self.at_rung else ""
+        self.say(f"        done {count} · failed {sum(self.failures.values())}{rungs}{free} · running {self.running} · "
                  f"front {front_size} · {_clock(elapsed)} elapsed{eta}")
         if self.verbosity > 1:
             self.say("        " + " ".join(f"{k}={v}" for k, v in params.items()))
+
+    def rung(self, number: int, rung: int, result: Mapping[str, Any], goes_on: bool) -> None:
+        """A trial measured at a rung short of the full budget, and whether it ranks well enough to go on."""
+        self.at_rung[rung] += 1
+        verdict = "goes on" if goes_on else "stops"
+        self.say(f"[{'r' + str(rung):>{len(str(self.total))}}/{self.total}] #{number:<3} rung {rung} at "
+                 f"{result['tokens_trained']:,} tokens: " + "  ".join(f"{name} {result[name]:.4g}" for name in self.objectives
+                                                                         if name in result) + f"  -> {verdict}")
 
     def _tally_free(self, metrics: Mapping[str, Any]) -> None:
         if "reused_from" in metrics:
@@ -80,7 +94,10 @@ class Progress:
 
 
 def _outcome(metrics: Mapping[str, Any], objectives: Sequence[str]) -> str:
-    """'ok   val_loss 2.3  latency_ms 1.1' or 'FAIL reason: message'."""
+    """'ok   val_loss 2.3  latency_ms 1.1', 'stop val_loss 2.9 ... (stopped at rung 0 ...)' or 'FAIL reason: message'."""
+    if metrics.get("status") == "stopped":
+        return "stop " + "  ".join(f"{name} {metrics[name]:.4g}" for name in objectives if name in metrics) + \
+            f"  ({metrics.get('message', 'stopped at a rung')})"
     if metrics.get("status") == "ok":
         outcome = "ok   " + "  ".join(f"{name} {metrics[name]:.4g}" for name in objectives if name in metrics)
         if metrics.get("latency_noisy"):

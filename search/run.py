@@ -25,6 +25,7 @@ from .space import SearchSpace, load_space
 from .study import STUDY_FILE, default_storage
 
 TUNE_SCRATCH = ".tune"  # Ray Tune's own records inside a run folder, deleted when its trials are done
+RUNG_CHECKPOINTS = "checkpoints"  # trials' state at their last rung (multi-fidelity), where a resumed search goes on
 RUN_LOCK = ".lock"  # held by the search running in a folder (the OS lets go when it dies, even by SIGKILL)
 RUN_OUTPUTS = ("trials.csv", "front.csv", "front.png", "front_hypervolume.png", "report.html", "best.yaml")
 
@@ -45,11 +46,13 @@ class SearchResult:
     written: list[Path] = field(default_factory=list)
 
 
-def search(space: Union[SearchSpace, str, Path], trials: Optional[int] = None, out: Optional[Union[str, Path]] = None,
+def search(space: Union[SearchSpace, str, Path], trials: Optional[int] = None, tokens: Optional[float] = None,
+           out: Optional[Union[str, Path]] = None,
            storage: Optional[str] = None, address: Optional[str] = None, gpus_per_trial: Optional[float] = None,
            concurrency: Optional[int] = None, sampler: Optional[str] = None, seed: Optional[int] = None,
            fresh: bool = False, verbosity: int = 1) -> SearchResult:
-    """Search `space` until its study holds `trials` measured configs (default: the space's search.trials), resuming
+    """Search `space` until its study holds `trials` measured configs (default: the space's search.trials), or its
+    measured configs spent `tokens` training tokens if that comes first (a compute budget), resuming
     whatever the run folder `out` (default runs/<name>) already holds. Raises SpaceError or UsageError for bad
     input, before anything is written; Ctrl-C and SIGTERM return a result with `stopped_by` set."""
     from . import orchestrate
@@ -60,6 +63,8 @@ def search(space: Union[SearchSpace, str, Path], trials: Optional[int] = None, o
     budget = space.search["trials"] if trials is None else trials
     if budget < 1:
         raise UsageError(f"--trials: expected a positive count, got {budget}")
+    if tokens is not None and not tokens > 0:
+        raise UsageError(f"--tokens: expected a positive count of training tokens, got {tokens:g}")
     if gpus_per_trial is not None and not 0 <= gpus_per_trial <= 64:
         raise UsageError(f"--gpus-per-trial: expected a fraction such as 0.25 or a count, got {gpus_per_trial}")
     if concurrency is not None and concurrency < 1:
@@ -80,7 +85,7 @@ def search(space: Union[SearchSpace, str, Path], trials: Optional[int] = None, o
             result = SearchResult(study, out_dir, budget, 0)
             before = _states(study)
             try:
-                result.stop_reason = _search(space, study, corpus.vocab_size, url, out_dir, budget, lock.owns_study,
+                result.stop_reason = _search(space, study, corpus.vocab_size, url, out_dir, budget, tokens, lock.owns_study,
                                              address, gpus_per_trial, concurrency, sampler, seed, verbosity, say)
             except KeyboardInterrupt as interrupt:  # Ray Tune may raise its own KeyboardInterrupt on the way out
                 result.stopped_by = signal.SIGTERM if isinstance(interrupt, Terminated) or _terminated.is_set() \
@@ -107,7 +112,7 @@ def _open(space: SearchSpace, storage: optuna.storages.BaseStorage, fresh: bool,
 
 
 def _search(space: SearchSpace, study: optuna.Study, vocab_size: int, url: str, out_dir: Path, budget: int,
-            owns_study: bool, address: Optional[str], gpus_per_trial: Optional[float], concurrency: Optional[int],
+            tokens: Optional[float], owns_study: bool, address: Optional[str], gpus_per_trial: Optional[float], concurrency: Optional[int],
             sampler: Optional[str], seed: Optional[int], verbosity: int, say: Callable[..., None]) -> Optional[str]:
     """Resume bookkeeping, then the trials still owed through Ray; returns why it stopped short, if it did."""
     from . import orchestrate
@@ -130,8 +135,10 @@ def _search(space: SearchSpace, study: optuna.Study, vocab_size: int, url: str, 
     if done or interrupted:
         say(f"resuming: {plural(done, 'measured trial')} kept"
             + (f", {plural(interrupted, 'interrupted trial')} marked failed and owed again" if interrupted else ""))
-    if done >= budget:
-        say(f"the study already has {plural(done, 'measured trial')} (asked for {budget}): nothing to run")
+    spent = sum(t.user_attrs.get("tokens_spent") or 0 for t in measured(study))
+    if done >= budget or (tokens is not None and spent >= tokens):
+        say(f"the study already has {plural(done, 'measured trial')} (asked for {budget}"
+            + (f" or {tokens:,.0f} training tokens; they spent {spent:,}" if tokens is not None else "") + "): nothing to run")
         return None
     started_ray = orchestrate.connect(address)
     signal.signal(signal.SIGTERM, _terminate)  # ray.init installs its own handler, which exits at once
@@ -140,11 +147,20 @@ def _search(space: SearchSpace, study: optuna.Study, vocab_size: int, url: str, 
         cluster = orchestrate.describe_cluster()
         say(f"Ray: {cluster['nodes']} node(s), {cluster['cpus']:g} CPUs, {cluster['gpus']:g} GPUs; "
             f"{plural(resources.concurrency, 'trial')} at a time, each {resources.cpus_per_trial:g} CPU + {resources.gpus_per_trial:g} GPU")
-        say(f"running {plural(budget - done, 'trial')} of {budget}, objectives: "
+        say(f"running {plural(budget - done, 'trial')} of {budget}"
+            + (f" or until {tokens:,.0f} training tokens are spent" if tokens is not None else "") + ", objectives: "
             + ", ".join(f"{m} ({d})" for m, d in space.objectives.items()))
+        rungs = space.rungs()
+        if len(rungs) > 1:
+            say(f"successive halving: rungs at {' / '.join(f'{t:,}' for t in rungs)} tokens, the best 1 in "
+                f"{space.search['reduction_factor']} at each rung goes on")
         progress = Progress(budget, done, list(space.objectives), verbosity)
+        checkpoints = out_dir / RUNG_CHECKPOINTS
         searcher = orchestrate.run_trials(space, study, vocab_size, budget, resources, progress,
-                                          scratch=out_dir / TUNE_SCRATCH, shared=not owns_study)
+                                          scratch=out_dir / TUNE_SCRATCH, shared=not owns_study, checkpoints=checkpoints,
+                                          token_budget=None if tokens is None else int(tokens))
+        with contextlib.suppress(OSError):
+            checkpoints.rmdir()  # empty once every trial has ended
     finally:
         if started_ray:
             import ray

@@ -43,14 +43,18 @@ TRAIN_KEYS = {"tokens": Key(200_000, (int,), check=positive), "batch_size": Key(
               "warmup": Key(0.1, (float,), check=probability), "min_lr": Key(0.1, (float,), check=probability),
               "weight_decay": Key(0.1, (float,), check=_non_negative), "grad_clip": Key(1.0, (float,), check=_non_negative),
               "seed": Key(0, (int,)), "eval_tokens": Key(32_768, (int,), check=positive),
-              "eval_seq_len": Key(None, (int, type(None)), check=lambda v: None if v is None or v > 0 else "expected a positive int")}
+              "eval_seq_len": Key(None, (int, type(None)), check=lambda v: None if v is None or v > 0 else "expected a positive int"),
+              "schedule": Key(None, (str, type(None)), choices=(None, "cosine", "wsd")), "decay": Key(0.2, (float,), check=probability)}
+SCHEDULERS = ("fifo", "asha")  # every trial trains its full budget; or successive halving over rungs of tokens
 EVAL_KEYS = ("eval_tokens", "eval_seq_len")  # what every trial scores: fixed for the whole space, never searched
 PROBE_KEYS = {"batch_size": Key(1, (int,), check=positive), "seq_len": Key(None, (int, type(None))),
               "latency_repeats": Key(20, (int,), check=positive), "latency_warmup": Key(3, (int,), check=_non_negative),
               "memory": Key(True, (bool,)), "latency": Key(True, (bool,))}
 SEARCH_KEYS = {"trials": Key(24, (int,), check=positive), "sampler": Key("tpe", (str,), choices=("tpe", "nsga2", "random")),
                "seed": Key(0, (int,)), "startup_trials": Key(None, (int, type(None))),
-               "population_size": Key(None, (int, type(None)))}
+               "population_size": Key(None, (int, type(None))),
+               "scheduler": Key("fifo", (str,), choices=SCHEDULERS), "min_tokens": Key(None, (int, type(None))),
+               "reduction_factor": Key(3, (int,), check=lambda v: None if v >= 2 else "expected an int >= 2")}
 RESOURCE_KEYS = {"cpus_per_trial": Key(1, (float,), check=positive), "gpus_per_trial": Key(0.0, (float,), check=_non_negative),
                  "concurrency": Key(None, (int, type(None)))}
 
@@ -163,6 +167,19 @@ class SearchSpace:
         else:
             model.setdefault("input_streams", {INPUT_STREAM: ["B", "L_in"]})
         return model, train
+
+    def rungs(self) -> list[int]:
+        """The token budgets a trial is measured at: under scheduler asha min_tokens, times reduction_factor at each
+        rung while that leaves a factor's room below the full budget (train.tokens), then the full budget; under
+        fifo only the full budget."""
+        full = self.train["tokens"]
+        if self.search["scheduler"] != "asha":
+            return [full]
+        budgets, tokens, factor = [], self.search["min_tokens"], self.search["reduction_factor"]
+        while tokens * factor <= full:  # a rung closer to the full budget than one factor would measure it twice
+            budgets.append(tokens)
+            tokens *= factor
+        return budgets + [full]
 
     def size(self) -> Optional[int]:
         """The number of distinct configs when every parameter is discrete (per-layer ones at the largest depth)."""
@@ -301,6 +318,31 @@ class _Loader:
             for i, v in enumerate(node):
                 self.check_refs(v, f"{where}[{i}]", params, used)
 
+    def check_fidelity(self, train: dict, search: dict) -> None:
+        """The schedule and the rungs of a multi-fidelity search (scheduler asha), which measures each trial at
+        several budgets on one run: that takes a warmup-stable-decay schedule and a fixed token budget."""
+        asha = search["scheduler"] == "asha"
+        if train["schedule"] is None:
+            train["schedule"] = "wsd" if asha else "cosine"
+        if asha and train["schedule"] != "wsd":
+            raise self.fail("train.schedule", "search.scheduler asha measures each trial at several budgets on one run, "
+                                              "which needs schedule wsd (a short decay branched off a stable rate)")
+        if train["schedule"] == "wsd" and isinstance(train["warmup"], float) and isinstance(train["decay"], float) \
+                and train["warmup"] + train["decay"] > 1:
+            raise self.fail("train.decay", f"warmup {train['warmup']:g} + decay {train['decay']:g} exceed the whole budget")
+        if not asha:
+            if search["min_tokens"] is not None:
+                raise self.fail("search.min_tokens", "only a multi-fidelity search (scheduler: asha) has rungs")
+            return
+        tokens = train["tokens"]
+        if not isinstance(tokens, int):
+            raise self.fail("train.tokens", "must be fixed under search.scheduler asha: the rungs divide it")
+        factor = search["reduction_factor"]
+        if search["min_tokens"] is None:
+            search["min_tokens"] = tokens // factor ** 2  # three rungs: N, 3N, 9N (with the default factor)
+        if not 0 < search["min_tokens"] < tokens:
+            raise self.fail("search.min_tokens", f"expected a positive count under train.tokens ({tokens:,}), got {search['min_tokens']}")
+
     def load(self, raw: Any) -> SearchSpace:
         if not isinstance(raw, Mapping):
             raise self.fail("(top level)", f"expected a mapping with sections {', '.join(SECTIONS)}, got {type(raw).__name__}")
@@ -403,6 +445,7 @@ class _Loader:
                     not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bound.values()):
                 raise self.fail(f"constraints.{metric}", f"expected {{max: number}} and/or {{min: number}}, got {bound!r:.60}")
         search = self.section(raw, "search", SEARCH_KEYS)
+        self.check_fidelity(train, search)
         resources = self.section(raw, "resources", RESOURCE_KEYS)
         return SearchSpace(self.path, name, params, model, data, train, probes, dict(objectives),
                            {k: dict(v) for k, v in constraints.items()}, search, resources)

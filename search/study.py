@@ -22,10 +22,11 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import SpaceError
-from .metrics import label
+from .metrics import NOTE_METRICS, label
 from .space import SearchSpace
 
 STUDY_FILE = "study.db"
+STOPPED = "stopped"  # the status of a trial that a multi-fidelity scheduler stopped at a rung
 INTERRUPTED = "interrupted"
 WORKER_DIED = "worker_died"
 WITHDRAWN = "withdrawn"  # asked when another driver had just taken the last of the budget
@@ -36,7 +37,7 @@ MAX_REFUSALS = 100  # candidates in a row refused before training before a searc
 HEARTBEAT_S = 5  # how often a driver records that its running trials are alive
 GRACE_S = 30  # a RUNNING trial whose heartbeat is older than this was left by a dead driver
 # User attributes that hold structures rather than scalars (kept as JSON-able values, left out of tables).
-STRUCTURED_ATTRS = ("model_config", "train", "timings", "constraints")
+STRUCTURED_ATTRS = ("model_config", "train", "timings", "constraints", "rungs")
 
 
 def default_storage(out_dir: Path) -> str:
@@ -358,8 +359,9 @@ def tell_parked(study: optuna.Study, parked: list[optuna.Trial], number: int, me
 def record(study: optuna.Study, trial: optuna.Trial, metrics: Mapping[str, Any]) -> TrialState:
     """Store a trial's metrics as user attributes and tell the study its objective values (or FAIL).
 
-    A twin that reused a measurement is PRUNED, not COMPLETE: Optuna's own front (best_trials, the dashboard)
-    then holds each measured config once, and the sampler still sees the twin's params."""
+    A trial stopped at a rung (status 'stopped') is PRUNED, its rung results kept as user attributes: only trials
+    that trained the full budget are COMPLETE. A twin that reused a measurement is PRUNED too: Optuna's own front
+    (best_trials, the dashboard) then holds each measured config once, and the sampler still sees the twin's params."""
     for key, value in metrics.items():
         if isinstance(value, float) and not math.isfinite(value):
             value = str(value)  # JSON has no nan or inf
@@ -373,14 +375,14 @@ def record(study: optuna.Study, trial: optuna.Trial, metrics: Mapping[str, Any])
         trial.set_user_attr("reason", "bad_metric")
         trial.set_user_attr("message", f"objective values {values} are not all finite numbers")
     state = TrialState.COMPLETE if ok else TrialState.FAIL
-    if ok and "reused_from" in metrics:
+    if (ok and "reused_from" in metrics) or metrics.get("status") == STOPPED:
         state = TrialState.PRUNED
     study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
     return state
 
 
-TRIAL_NOTES = ("reason", "message", "violations", "reused_from", "latency_noisy")  # why a trial failed, is
-# infeasible, was free, or measured a latency to take with care
+# Why a trial failed, is infeasible, was stopped at a rung or free, or measured something to take with care.
+TRIAL_NOTES = ("reason", "message", "violations", "reused_from", *NOTE_METRICS)
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:

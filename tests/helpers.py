@@ -81,13 +81,15 @@ def write_space(tmp_path, text: str = TINY_SPACE, name: str = "space.yaml"):
 def synthetic_run(tmp_path, trials: int = 40, text: str = TINY_SPACE):
     """A run folder whose study holds finished trials written through the project's own recording path, with
     made-up measurements (no training): for the review commands and the storage faults."""
+    import optuna
+
     from configaformer_search.space import load_space
     from configaformer_search.study import default_storage, open_study, record
 
     out = tmp_path / "run"
     out.mkdir()
     space = load_space(write_space(tmp_path, text))
-    study = open_study(space, default_storage(out))
+    study = open_study(space, default_storage(out), optuna.samplers.RandomSampler(seed=0))  # the same trials each time
     for i in range(trials):
         trial = study.ask()
         space.sample(trial)
