@@ -1,32 +1,22 @@
 """The rung tables of a multi-fidelity search: every result recorded at each rung, and who goes on from there.
 
-At a rung, results are ranked as NSGA-II ranks a population (Optuna's own routines): non-dominated sorting over
-the space's objectives, infeasible results after every feasible one (by their constraint violation), inside one
-front the more isolated result (larger crowding distance) first, and between equally isolated ones (the extremes of
-a front are all infinitely so) the better first objective. A result goes on when it ranks in the best
-1/reduction_factor of everything recorded at its rung so far, as asynchronous successive halving does: the first
-results at a rung go on, later ones must beat what came before.
+At a rung, results are ranked as Syne Tune's MOASHA ranks them: non-dominated sorting over the space's objectives
+(Optuna's own routine, which puts infeasible results after every feasible one, by their constraint violation), and
+inside each front an epsilon-net: the best first objective first, then each time the result farthest from those
+already taken (objectives scaled to the rung's range), so that a front's spread goes on, not one corner of it. A
+result goes on when it ranks in the best 1/reduction_factor of everything recorded at its rung so far, as
+asynchronous successive halving does: the first result at a rung goes on, later ones must beat what came before.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
-from optuna.samplers.nsgaii._elite_population_selection_strategy import _calc_crowding_distance
 from optuna.study._multi_objective import _fast_non_domination_rank
 
 CONSTRAINT_PREFIX = "constraint/"  # how a reported result carries each constraint value (<= 0 when met)
-
-
-@dataclass
-class _Point:
-    """A result as Optuna's crowding distance reads one."""
-
-    number: int
-    values: list[float]
 
 
 def rung_entry(result: Mapping[str, Any], objectives: Sequence[str]) -> Optional[tuple[list[float], float]]:
@@ -37,6 +27,21 @@ def rung_entry(result: Mapping[str, Any], objectives: Sequence[str]) -> Optional
         return None
     penalty = sum(max(0.0, float(v)) for k, v in result.items() if k.startswith(CONSTRAINT_PREFIX))
     return [float(v) for v in values], penalty
+
+
+def epsilon_net(points: np.ndarray, members: np.ndarray) -> list[int]:
+    """`members` (indices into `points`, minimised) in epsilon-net order: the best first objective first (ties by
+    index), then each time the member farthest from all those taken."""
+    remaining = sorted(members.tolist(), key=lambda i: (points[i][0], i))
+    taken = [remaining.pop(0)]
+    nearest = np.linalg.norm(points[remaining] - points[taken[0]], axis=1)
+    while remaining:
+        pick = int(np.argmax(nearest))  # the first of equally far ones: the better first objective
+        taken.append(remaining.pop(pick))
+        nearest = np.delete(nearest, pick)
+        if remaining:
+            nearest = np.minimum(nearest, np.linalg.norm(points[remaining] - points[taken[-1]], axis=1))
+    return taken
 
 
 class RungTable:
@@ -61,13 +66,13 @@ class RungTable:
         if not keys:
             return []
         losses = np.array([entries[k][0] for k in keys]) * self.signs
-        penalty = np.array([entries[k][1] for k in keys])
-        ranks = _fast_non_domination_rank(losses, penalty=penalty)
-        crowding: dict[int, float] = {}
-        for rank in set(ranks.tolist()):
-            members = [_Point(i, losses[i].tolist()) for i in np.flatnonzero(ranks == rank)]
-            crowding.update(_calc_crowding_distance(members))
-        return [keys[i] for i in sorted(range(len(keys)), key=lambda i: (ranks[i], -crowding.get(i, 0.0), losses[i][0], i))]
+        ranks = _fast_non_domination_rank(losses, penalty=np.array([entries[k][1] for k in keys]))
+        span = losses.max(axis=0) - losses.min(axis=0)
+        scaled = (losses - losses.min(axis=0)) / np.where(span > 0, span, 1.0)
+        order: list[int] = []
+        for rank in sorted(set(ranks.tolist())):
+            order += epsilon_net(scaled, np.flatnonzero(ranks == rank))
+        return [keys[i] for i in order]
 
     def promotes(self, rung: int, key: str) -> bool:
         """Whether the config `key`, recorded at `rung`, ranks in the best 1/reduction_factor recorded there."""
