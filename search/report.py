@@ -147,6 +147,14 @@ def trials_table(review: Review) -> str:
     return "\n".join(lines) + "</tbody></table>"
 
 
+def rungs_table(review: Review) -> str:
+    """Configs measured, stopped and gone on at each rung."""
+    rows = "".join(f'<tr>{_cell(r.rung)}{_cell(r.tokens)}{_cell(r.reached)}{_cell(r.stopped)}{_cell(r.reached - r.stopped)}</tr>'
+                   for r in review.rungs)
+    return ('<table id="rungs"><thead><tr><th>rung</th><th>tokens</th><th>measured</th><th>stopped there</th>'
+            f"<th>went on or completed</th></tr></thead><tbody>{rows}</tbody></table>")
+
+
 def write_report(study: optuna.Study, review: Review, path: Path) -> Path:
     """Write the report; the file works offline (plotly.js inlined once, no network script)."""
     from plotly.offline import get_plotlyjs
@@ -164,6 +172,10 @@ def write_report(study: optuna.Study, review: Review, path: Path) -> Path:
                             else f'<p class="note">{html.escape(name)}: {html.escape(figure)}</p>')
     else:
         sections.append('<p class="note">No trial has completed yet: nothing to plot.</p>')
+    if review.rungs:
+        sections += ["<h2>Rungs</h2>", '<p class="note">Successive halving: at each rung a config goes on when it ranks in '
+                     "the best share of the results recorded there (non-dominated sorting, then an epsilon-net). Only "
+                     "configs that trained the full budget are on the front.</p>", rungs_table(review)]
     sections += ["<h2>Trials</h2>", '<p class="note">Click a header to sort.</p>', trials_table(review),
                  "<h2>Settings</h2>", _settings_table(review)]
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(review.study_name)}</title>"
@@ -180,8 +192,10 @@ def _div(figure: Any, name: str) -> str:
 def _summary(review: Review) -> str:
     measured = review.measured
     failed = [t for t in measured if t.state == "FAIL"]
+    stopped = [t for t in measured if t.state == "PRUNED"]
     free = len(review.trials) - len(measured)
-    return (f"<p>{len(measured)} configs measured ({len(measured) - len(failed)} complete, {len(failed)} failed), "
+    return (f"<p>{len(measured)} configs measured ({len(measured) - len(failed) - len(stopped)} complete, "
+            + (f"{len(stopped)} stopped at a rung, " if stopped else "") + f"{len(failed)} failed), "
             f"{len(review.front)} on the front; {free} trials cost no budget (repeats, refusals before training, "
             f"interruptions). Objectives: " + ", ".join(f"{html.escape(o.label)} ({o.better})" for o in review.objectives)
             + ".</p>")

@@ -39,7 +39,7 @@ class Objective:
 @dataclass(frozen=True)
 class TrialRow:
     number: int
-    state: str  # COMPLETE, FAIL, PRUNED (a repeat that reused a measurement), RUNNING
+    state: str  # COMPLETE, FAIL, PRUNED (stopped at a rung, or a repeat that reused a measurement), RUNNING
     values: Optional[tuple[float, ...]]
     params: dict[str, Any]
     metrics: dict[str, Any]  # every scalar it recorded
@@ -47,6 +47,16 @@ class TrialRow:
     measured: bool  # it used up budget (trained on its own)
     feasible: bool
     on_front: bool
+
+
+@dataclass(frozen=True)
+class Rung:
+    """What happened at one rung of a multi-fidelity search."""
+
+    rung: int
+    tokens: int  # the tokens behind its results (the most any trial trained to it)
+    reached: int  # configs measured there
+    stopped: int  # configs stopped there by the scheduler
 
 
 @dataclass
@@ -57,6 +67,7 @@ class Review:
     reference: Optional[list[float]]
     hypervolume: list[tuple[int, float]]  # (trial number, hypervolume of the feasible complete trials so far)
     settings: dict[str, Any] = field(default_factory=dict)
+    rungs: list[Rung] = field(default_factory=list)  # empty unless trials were measured at several budgets
 
     @property
     def complete(self) -> list[TrialRow]:
@@ -75,6 +86,8 @@ def _reason(trial: FrozenTrial) -> str:
     attrs = trial.user_attrs
     if "reused_from" in attrs:
         return f"same config as #{attrs['reused_from']}"
+    if attrs.get("status") == "stopped":
+        return f"stopped at rung {attrs.get('rung')}"
     if trial.state == TrialState.FAIL:
         return str(attrs.get("reason", "interrupted"))
     return ""
@@ -104,7 +117,25 @@ def build_review(study: optuna.Study) -> Review:
         if row.feasible:
             points.append(row.values)
         history.append((row.number, hypervolume_of(points, reference, directions) if points else 0.0))
-    return Review(study.study_name, objectives, rows, reference, history, settings=_settings(study))
+    return Review(study.study_name, objectives, rows, reference, history, settings=_settings(study),
+                  rungs=_rungs(trials))
+
+
+def _rungs(trials: list[FrozenTrial]) -> list[Rung]:
+    """Configs measured and stopped at each rung, from the rung results the trials recorded."""
+    reached: dict[int, int] = {}
+    stopped: dict[int, int] = {}
+    tokens: dict[int, int] = {}
+    for trial in trials:
+        attrs = trial.user_attrs
+        if "reused_from" in attrs or not counts(attrs):
+            continue
+        for rung, entry in (attrs.get("rungs") or {}).items():
+            reached[int(rung)] = reached.get(int(rung), 0) + 1
+            tokens[int(rung)] = max(tokens.get(int(rung), 0), entry["tokens_trained"])
+        if attrs.get("status") == "stopped":
+            stopped[attrs["rung"]] = stopped.get(attrs["rung"], 0) + 1
+    return [Rung(r, tokens[r], reached[r], stopped.get(r, 0)) for r in sorted(reached)] if len(reached) > 1 else []
 
 
 def _settings(study: optuna.Study) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from helpers import TINY_SPACE, write_space
 from configaformer import ConfigaFormer
 from configaformer_search.cli import main
 from configaformer_search.data import embedded_corpus
+from configaformer_search.review import build_review
 from configaformer_search.run import search
 from configaformer_search.rungs import RungTable
 from configaformer_search.space import load_space
@@ -124,6 +125,10 @@ def test_asha_search_prunes_below_the_budget_and_completes_only_at_it(ray_local,
     assert {t.number for t in study.best_trials} <= {t.number for t in complete}
     assert "rung 0 at 5,120 tokens" in printed and "-> stops" in printed and "-> goes on" in printed
     assert not (tmp_path / "run" / "checkpoints").exists()  # every trial ended: no state kept
+    rungs = build_review(study).rungs  # the review counts what reached and stopped at each rung
+    assert [r.rung for r in rungs] == [0, 1, 2] and rungs[0].reached == 8 and rungs[2].reached == len(complete)
+    assert sum(r.stopped for r in rungs) == len(pruned) and rungs[2].stopped == 0
+    assert 'id="rungs"' in (tmp_path / "run" / "report.html").read_text()
 
 
 def test_killed_asha_search_resumes_a_config_after_its_last_rung(ray_local, tmp_path):
