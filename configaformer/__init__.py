@@ -8,7 +8,7 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "ConfigaFormer": ".builder", "FutureLeak": ".causality", "find_future_leak": ".causality",
+    "ConfigaFormer": ".builder", "FutureLeak": ".causality", "find_future_leak": ".causality", "DecodeCache": ".decode",
     "ConfigError": ".errors", "load_config": ".io", "save_config": ".io", "compile_layers": ".layers",
     "get_alibi": ".offsets", "Key": ".registry", "register": ".registry", "registered_ops": ".registry",
 }

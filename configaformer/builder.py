@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +20,9 @@ from .ops.attention import AttentionOffset, FusedAttention, MhaDots, MhaSum
 from .ops.dense import Embedding, FusedLinear, Linear, PositionEmbedding
 from .registry import OpError, op_class, resolve_keys
 from .shapes import Shape, parse_shape, shape_to_config
+
+if TYPE_CHECKING:
+    from .decode import DecodeCache
 
 EMBEDDING_OPS = (Embedding, PositionEmbedding)
 
@@ -247,15 +250,34 @@ class ConfigaFormer(nn.Module):
         embedding = sum(p.numel() for op in self.ops if isinstance(op, EMBEDDING_OPS) for p in op.parameters())
         return sum(p.numel() for p in self.parameters()) - (embedding if non_embedding else 0)
 
+    def generate(self, ids: Tensor, max_new_tokens: int, temperature: float = 0.0, top_k: Optional[int] = None,
+                 use_cache: bool = True, **kwargs: Any) -> Tensor:
+        """`ids` with `max_new_tokens` tokens appended (greedy at temperature 0); see decode.generate."""
+        from .decode import generate
+
+        return generate(self, ids, max_new_tokens, temperature, top_k, use_cache, **kwargs)
+
+    def step(self, ids: Tensor, cache: "DecodeCache", streams: Optional[Mapping[str, Tensor]] = None) -> Tensor:
+        """Logits of the tokens after those the cache has seen (the prompt, then one token at a time)."""
+        from .decode import step
+
+        return step(self, ids, cache, streams)
+
     @property
     def fused_attention_count(self) -> int:
         return sum(isinstance(step, FusedAttention) for step in self.plan)
 
-    def forward(self, streams: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def forward(self, streams: Mapping[str, Tensor], cache: Optional["DecodeCache"] = None) -> dict[str, Tensor]:
+        """All streams, from the input ones. With a decoding `cache`, the inputs hold only the positions after those
+        it has seen, and it is updated (see decode.py)."""
         missing = [name for name in self.input_shapes if name not in streams]
         if missing:
             raise ValueError(f"ConfigaFormer: input stream {missing[0]!r} is missing (expected {', '.join(self.input_shapes)})")
         streams = dict(streams)
+        if cache is not None:
+            from .decode import run_steps
+
+            return run_steps(self, streams, cache)
         for step in self.plan:
             out = step(*[streams[name] for name in step.inputs])
             if len(step.outputs) == 1:

@@ -22,18 +22,20 @@ def alibi_slopes(num_heads: int) -> Tensor:
     return slopes.float()
 
 
-def causal_mask(len_q: int, len_k: int, device: torch.device | None = None) -> Tensor:
-    """True where query i may attend key j (j <= i), aligned top-left as in scaled_dot_product_attention."""
-    return torch.ones(len_q, len_k, dtype=torch.bool, device=device).tril()
+def causal_mask(len_q: int, len_k: int, device: torch.device | None = None, start: int = 0) -> Tensor:
+    """True where query i may attend key j (j <= start + i): the queries are positions start.. of the keys (0: aligned
+    top-left as in scaled_dot_product_attention; a decoding step's queries come after the cached keys)."""
+    return torch.ones(len_q, len_k, dtype=torch.bool, device=device).tril(start)
 
 
-def alibi_bias(slopes: Tensor, len_q: int, len_k: int, causal: bool = True) -> Tensor:
-    """[1, H, len_q, len_k] additive bias: -slope * distance, and -inf above the diagonal when causal."""
+def alibi_bias(slopes: Tensor, len_q: int, len_k: int, causal: bool = True, start: int = 0) -> Tensor:
+    """[1, H, len_q, len_k] additive bias: -slope * distance, and -inf above the diagonal when causal; the queries
+    are positions start.. of the keys."""
     device = slopes.device
-    distance = torch.arange(len_q, device=device)[:, None] - torch.arange(len_k, device=device)[None, :]
+    distance = torch.arange(start, start + len_q, device=device)[:, None] - torch.arange(len_k, device=device)[None, :]
     bias = -slopes[:, None, None] * distance.abs().to(slopes.dtype)
     if causal:
-        bias = bias.masked_fill(~causal_mask(len_q, len_k, device), float("-inf"))
+        bias = bias.masked_fill(~causal_mask(len_q, len_k, device, start), float("-inf"))
     return bias.unsqueeze(0)
 
 

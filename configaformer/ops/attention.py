@@ -26,6 +26,13 @@ def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
+def extend(state: dict, name: str, new: torch.Tensor, dim: int) -> torch.Tensor:
+    """A decoding cache entry grown by the new positions along `dim`; returns the whole of it."""
+    whole = new if name not in state else torch.cat([state[name], new], dim=dim)
+    state[name] = whole
+    return whole
+
+
 def _head_groups(query_heads, kv_heads, key: str) -> int:
     query_heads = expect_int(query_heads, key, "the query head count")
     kv_heads = expect_int(kv_heads, key, "the key/value head count")
@@ -54,6 +61,10 @@ class MhaDots(Op):
     def forward(self, q, k):
         return torch.matmul(q, _repeat_kv(k, self.groups).transpose(-2, -1)) * self.scale
 
+    def decode(self, q, k, state, start):
+        """The new queries against every key so far (cached as given: only the key/value heads under GQA)."""
+        return self.forward(q, extend(state, "keys", k, dim=-2))
+
 
 @register("attention_offset")
 class AttentionOffset(Op):
@@ -81,19 +92,27 @@ class AttentionOffset(Op):
             self.register_buffer("slopes", alibi_slopes(heads), persistent=False)
         return dots
 
-    def bias(self, len_q: int, len_k: int, device: torch.device) -> torch.Tensor:
-        """The offset this op builds itself: a bool mask for 'causal', an additive float bias for ALiBi."""
+    def bias(self, len_q: int, len_k: int, device: torch.device, start: int = 0) -> torch.Tensor:
+        """The offset this op builds itself: a bool mask for 'causal', an additive float bias for ALiBi; the queries
+        are positions start.. of the keys."""
         if self.offset == "causal":
-            return causal_mask(len_q, len_k, device)
-        return alibi_bias(self.slopes.to(device), len_q, len_k, causal=self.offset == "alibi")
+            return causal_mask(len_q, len_k, device, start)
+        return alibi_bias(self.slopes.to(device), len_q, len_k, causal=self.offset == "alibi", start=start)
 
-    def forward(self, dots, offset=None):
+    def forward(self, dots, offset=None, start: int = 0):
         len_q, len_k = dots.shape[-2:]
         if self.offset is None:
-            return dots + offset[..., :len_q, :len_k]
+            return dots + offset[..., start:start + len_q, :len_k].to(dots.dtype)
         if self.offset == "causal":
-            return dots.masked_fill(~self.bias(len_q, len_k, dots.device), float("-inf"))
-        return dots + self.bias(len_q, len_k, dots.device)
+            return dots.masked_fill(~self.bias(len_q, len_k, dots.device, start), float("-inf"))
+        return dots + self.bias(len_q, len_k, dots.device, start).to(dots.dtype)
+
+    def decode_refusal(self):
+        return "attends to later positions (alibi_bidirectional)" if self.offset == "alibi_bidirectional" else None
+
+    def decode(self, dots, offset=None, *, state, start):
+        """The rows of the new positions (offset streams span the whole context)."""
+        return self.forward(dots, offset, start)
 
 
 @register("mha_sum")
@@ -130,8 +149,15 @@ class MhaSum(Op):
         return merge_heads(out) if self.flat_values else out
 
     def forward(self, values, dots):
+        return self._sum(self.split(values), dots)
+
+    def _sum(self, values, dots):
         probs = dots.softmax(dim=-1)
-        return self.merge(torch.matmul(probs, _repeat_kv(self.split(values), self.groups)))
+        return self.merge(torch.matmul(probs, _repeat_kv(values, self.groups)))
+
+    def decode(self, values, dots, state, start):
+        """The new rows of weights over every value so far (cached in head layout)."""
+        return self._sum(extend(state, "values", self.split(values), dim=-2), dots)
 
 
 class FusedAttention(nn.Module):
@@ -150,20 +176,33 @@ class FusedAttention(nn.Module):
         self.offset_kind = None if offset is None else (offset.offset or "stream")
 
     def forward(self, q, k, v, offset_stream=None):
+        return self._attend(q, k, self.summation[0].split(v), offset_stream, 0)
+
+    def decode(self, q, k, v, offset_stream=None, *, state, start):
+        """The new queries against every key and value so far (cached in head layout, the key/value heads only)."""
+        k = extend(state, "keys", k, dim=-2)
+        v = extend(state, "values", self.summation[0].split(v), dim=-2)
+        return self._attend(q, k, v, offset_stream, start)
+
+    def decode_refusal(self):
+        return self.offset[0].decode_refusal() if self.offset[0] is not None else None
+
+    def _attend(self, q, k, v, offset_stream, start):
         summation = self.summation[0]
-        v = summation.split(v)
         len_q, len_k = q.shape[-2], k.shape[-2]
         mask, causal = None, False
         if self.offset_kind == "causal":
-            causal = True
+            causal = start == 0  # a step after a cached prefix: its last query sees every key
+            if start and len_q > 1:
+                mask = causal_mask(len_q, len_k, q.device, start)
         elif self.offset_kind == "stream":
-            mask = offset_stream[..., :len_q, :len_k]
+            mask = offset_stream[..., start:start + len_q, :len_k]
         elif self.offset_kind is not None:
-            mask = self.offset[0].bias(len_q, len_k, q.device)
+            mask = self.offset[0].bias(len_q, len_k, q.device, start)
         autocast = q.device.type != "meta" and torch.is_autocast_enabled(q.device.type)
         dtype = torch.get_autocast_dtype(q.device.type) if autocast else q.dtype
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-        if mask is not None:
+        if mask is not None and mask.dtype != torch.bool:
             mask = mask.to(dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale,
                                              enable_gqa=self.groups > 1)

@@ -52,6 +52,12 @@ class Op(nn.Module):
         outs = ", ".join(f"{n} {format_shape(s)}" for n, s in zip(self.outputs, self.out_shapes))
         return f"{self.type_name} -> Input(s): {ins} - Output(s): {outs}"
 
+    def decode_refusal(self) -> str | None:
+        """Why this op cannot run a few new positions at a time against a decoding cache (None: it can). Ops that
+        mix positions and can decode define `decode(*inputs, state, start)` instead: `state` is the op's own dict in
+        the cache, `start` the position of the first new token."""
+        return None
+
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.cfg.items() if k != "type")
 

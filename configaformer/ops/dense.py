@@ -40,11 +40,15 @@ class PositionEmbedding(Op):
         self.table = nn.Parameter(torch.randn(self.max_length, expect_int(shape[-1], "input_name", "the width")) * INIT_STD)
         return shape
 
-    def forward(self, x):
-        length = x.shape[-2]
-        if length > self.max_length:
-            raise ValueError(f"pos_embedding: sequence length {length} exceeds max_length {self.max_length}")
-        return x + self.table[:length]
+    def forward(self, x, start: int = 0):
+        end = start + x.shape[-2]
+        if end > self.max_length:
+            raise ValueError(f"pos_embedding: sequence length {end} exceeds max_length {self.max_length}")
+        return x + self.table[start:end]
+
+    def decode(self, x, state, start):
+        """New positions take their own rows of the table."""
+        return self.forward(x, start)
 
 
 @register("linear")

@@ -31,11 +31,25 @@ class SpatialGating(Op):
         return half
 
     def forward(self, x):
-        length = x.shape[1]
-        if length > self.max_length:
-            raise ValueError(f"spatial_gating: sequence length {length} exceeds max_length {self.max_length}")
         u, v = x.chunk(2, dim=-1)
-        mix = self.weight[:length, :length]
+        return self._gate(u, self.norm(v), 0)
+
+    def _gate(self, u, mixed, start: int):
+        """u (the new positions start..) gated by their rows of the token mix over `mixed` (every position so far)."""
+        end = start + u.shape[1]
+        if end > self.max_length:
+            raise ValueError(f"spatial_gating: sequence length {end} exceeds max_length {self.max_length}")
+        mix = self.weight[start:end, :end]
         if self.causal:
-            mix = mix.tril()
-        return u * (torch.matmul(mix, self.norm(v)) + self.bias[:length, None])
+            mix = mix.tril(start)
+        return u * (torch.matmul(mix, mixed) + self.bias[start:end, None])
+
+    def decode_refusal(self):
+        return None if self.causal else "mixes every position with later ones (causal: false)"
+
+    def decode(self, x, state, start):
+        """The new positions, mixed with the normalised gating half of every position so far (kept in the cache)."""
+        u, v = x.chunk(2, dim=-1)
+        whole = self.norm(v) if "mixed" not in state else torch.cat([state["mixed"], self.norm(v)], dim=1)
+        state["mixed"] = whole
+        return self._gate(u, whole, start)

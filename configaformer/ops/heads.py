@@ -73,13 +73,17 @@ class Rope(Op):
     def summary_inputs(self):
         return super().summary_inputs() + [(f"rope_{self.rotate_dim}", (self.max_length, self.rotate_dim))]
 
-    def forward(self, x):
-        length = x.shape[-2]
-        if length > self.max_length:
-            raise ValueError(f"rope: sequence length {length} exceeds max_length {self.max_length}")
-        cos = self.cos[:length].to(x.dtype)
-        sin = self.sin[:length].to(x.dtype)
+    def forward(self, x, start: int = 0):
+        end = start + x.shape[-2]
+        if end > self.max_length:
+            raise ValueError(f"rope: sequence length {end} exceeds max_length {self.max_length}")
+        cos = self.cos[start:end].to(x.dtype)
+        sin = self.sin[start:end].to(x.dtype)
         rot, rest = x[..., : self.rotate_dim], x[..., self.rotate_dim :]
         first, second = rot.chunk(2, dim=-1)
         rotated = rot * cos + torch.cat([-second, first], dim=-1) * sin
         return torch.cat([rotated, rest], dim=-1) if rest.shape[-1] else rotated
+
+    def decode(self, x, state, start):
+        """New positions rotate by their own angles."""
+        return self.forward(x, start)

@@ -59,6 +59,19 @@ class Shift(Op):
             out.append(part)
         return torch.cat(out, dim=-1)
 
+    def decode_refusal(self):
+        return "reads later tokens (a positive relative_pos)" if any(pos > 0 for _, _, pos in self.pieces) else None
+
+    def decode(self, x, state, start):
+        """The new positions, shifted with the last tokens before them (kept in the cache)."""
+        back = max(-pos for _, _, pos in self.pieces)
+        if not back:
+            return x
+        length = x.shape[-2]
+        whole = torch.cat([state["tail"], x], dim=-2) if "tail" in state else x
+        state["tail"] = whole[..., -back:, :]
+        return self.forward(whole)[..., -length:, :]
+
 
 @register("down_sample")
 class DownSample(Op):
@@ -81,6 +94,9 @@ class DownSample(Op):
             raise ValueError(f"down_sample: sequence length {length} is not divisible by stride {self.stride}")
         return x.reshape(batch, length // self.stride, width * self.stride)
 
+    def decode_refusal(self):
+        return "merges runs of tokens, which a token at a time cannot fill"
+
 
 @register("up_sample")
 class UpSample(Op):
@@ -100,3 +116,6 @@ class UpSample(Op):
     def forward(self, x):
         batch, length, width = x.shape
         return x.reshape(batch, length * self.chunks, width // self.chunks)
+
+    def decode_refusal(self):
+        return "splits each token into several positions, which decoding one token at a time cannot follow"

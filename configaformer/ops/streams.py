@@ -70,6 +70,9 @@ class CutStream(Op):
     def forward(self, x):
         return x.narrow(self.dim, self.start, self.length)
 
+    def decode_refusal(self):
+        return _along_sequence(self.in_shapes[0], self.dim, "cuts")
+
 
 @register("cat_streams")
 class CatStreams(Op):
@@ -100,3 +103,12 @@ class CatStreams(Op):
 
     def forward(self, *parts):
         return torch.cat(parts, dim=self.dim)
+
+    def decode_refusal(self):
+        return _along_sequence(self.in_shapes[0], self.dim, "concatenates")
+
+
+def _along_sequence(shape: tuple, dim: int, verb: str) -> str | None:
+    """A stream op along a dim of symbolic size (the batch or the sequence) mixes positions: it cannot decode."""
+    return f"{verb} along dim {dim} of {shapes.format_shape(shape)}, a dim of symbolic size" \
+        if isinstance(shape[dim], shapes.Sym) else None
