@@ -121,9 +121,11 @@ def _sibling_linears(ops: Sequence[nn.Module], i: int) -> list[int]:
     none of them overwrites that stream or writes another's output."""
     first = ops[i]
     group, written = [i], {first.outputs[0]}
+    if first.tied:
+        return [i]
     for j in range(i + 1, len(ops)):
         op = ops[j]
-        if not (type(op) is Linear and op.inputs == first.inputs and (op.proj.bias is None) == (first.proj.bias is None)
+        if not (type(op) is Linear and not op.tied and op.inputs == first.inputs and (op.proj.bias is None) == (first.proj.bias is None)
                 and op.outputs[0] not in written):
             break
         group.append(j)
@@ -175,6 +177,37 @@ def _match_linear_layout(model: "ConfigaFormer", state: dict, prefix: str, *_arg
                 state.update(zip(parts, state.pop(joined).split(sizes)))
 
 
+def _tie_embeddings(ops: Sequence[nn.Module], source: Optional[str]) -> None:
+    """Linear ops with tie_embedding take the first embedding's table as their weight (one parameter, shared)."""
+    embedding = next((op for op in ops if isinstance(op, Embedding)), None)
+    for op in ops:
+        if isinstance(op, Linear) and op.tied:
+            if embedding is None or op.proj.weight.shape != embedding.table.weight.shape:
+                have = "no embedding" if embedding is None else f"an embedding table of {tuple(embedding.table.weight.shape)}"
+                raise _fail(source, f"{op.location} (linear), key 'tie_embedding': its weight of "
+                                    f"{tuple(op.proj.weight.shape)} cannot be the embedding table: the model has {have}")
+            op.proj.weight = embedding.table.weight
+
+
+def _check_flat_values(ops: Sequence[nn.Module], source: Optional[str]) -> None:
+    """Values given flat ([B, L, D]) are split into the dots' query heads: under GQA (fewer key/value heads) that
+    would pair each query head with the wrong values, so it is refused by name."""
+    writers: dict[str, nn.Module] = {}  # stream -> the op that last wrote it
+    offset_of: dict[int, Optional[nn.Module]] = {}  # an attention_offset -> the op that wrote the dots it read
+    for op in ops:
+        if isinstance(op, AttentionOffset):
+            offset_of[id(op)] = writers.get(op.inputs[0])
+        if isinstance(op, MhaSum) and op.flat_values:
+            dots = writers.get(op.inputs[1])
+            if isinstance(dots, AttentionOffset):
+                dots = offset_of[id(dots)]
+            if isinstance(dots, MhaDots) and dots.groups > 1:
+                raise _fail(source, f"{op.location} (mha_sum), key 'input_name_values': values {op.inputs[0]!r} are flat "
+                                    f"[B, L, D] but the keys have {dots.groups}x fewer heads than the queries; give "
+                                    f"the values in head layout (make_heads with the key/value head count)")
+        writers.update((name, op) for name in op.outputs)
+
+
 class ConfigaFormer(nn.Module):
     """A transformer built from op configs.
 
@@ -209,6 +242,8 @@ class ConfigaFormer(nn.Module):
         missing = [o for o in outputs if o not in shapes]
         if missing:
             raise _fail(source, f"outputs: stream {missing[0]!r} is never written (streams: {', '.join(sorted(shapes))})")
+        _tie_embeddings(built, source)
+        _check_flat_values(built, source)
         self.ops = nn.ModuleList(built)
         self.outputs = list(outputs)
         self.stream_shapes = shapes

@@ -41,6 +41,9 @@ MODEL_KEYS = {
     "norm_placement": Key("pre", (str,), choices=PLACEMENTS),
     "dropout": Key(0.0, (float,), check=probability),
     "bias": Key(True, (bool,)),
+    "head_bias": Key(None, (bool, type(None))),  # the logits' bias; default: as `bias`
+    "tie_embedding": Key(False, (bool,)),  # the first classifier's weight is the token embedding table
+    "scaled_init": Key(False, (bool,)),  # residual output projections start at std 0.02 / sqrt(residual layers)
 }
 # Layer keys whose default is the model-level value of the same name.
 INHERITED = ("norm_type", "norm_placement", "dropout", "bias", "causal", "dim_rope")
@@ -50,9 +53,9 @@ LAYER_KEYS = {
     "Attention": {**COMMON_KEYS, "heads": Key(types=(int,), check=positive), "kv_heads": _POSITIVE_OR_NONE,
                   "dim_head": _POSITIVE_OR_NONE, "qk_norm": Key(False, (bool,)), "gated": Key(False, (bool,))},
     "FFN": {**COMMON_KEYS, "ff_mult": Key(4.0, (float,), check=positive), "dim_ff": _POSITIVE_OR_NONE,
-            "activation": Key("gelu", (str, list), check=check_activation)},
+            "activation": Key("gelu", (str, list), check=check_activation), "matched_glu": Key(False, (bool,))},
     "gMLP": {**COMMON_KEYS, "ff_mult": Key(4.0, (float,), check=positive), "dim_ff": _POSITIVE_OR_NONE,
-             "activation": Key("gelu", (str, list), check=check_activation)},
+             "activation": Key("gelu", (str, list), check=check_activation), "matched_glu": Key(False, (bool,))},
 }
 
 
@@ -132,14 +135,24 @@ def _attention(layer: dict, model: dict, path: str) -> list[dict]:
         body += [{"type": "linear", "input_name": "attn_in", "output_name": "gate", "output_dim": heads * dim_head, "bias": bias},
                  {"type": "activation", "input_name": "gate", "output_name": "gate", "activation_function": "sigmoid"},
                  {"type": "merge_streams", "input_name_1": "gate", "merge_type": "multiply"}]
-    body.append({"type": "linear", "output_dim": dim, "bias": bias})
+    body.append(_out_projection(model, dim, bias))
     return _residual(layer, dim, body)
+
+
+def _out_projection(model: dict, dim: int, bias: bool) -> dict:
+    """A residual branch's last linear; GPT-2's scaled init shrinks it with the number of residual branches."""
+    op = {"type": "linear", "output_dim": dim, "bias": bias}
+    if model["scaled_init"]:
+        op["init_std"] = 0.02 / len(model["layers"]) ** 0.5
+    return op
 
 
 def _feed_forward(layer: dict, model: dict, path: str) -> list[dict]:
     dim = model["dim_model"]
     hidden = layer["dim_ff"] or int(round(layer["ff_mult"] * dim))
     parts = _glu_parts(layer["activation"])
+    if layer["matched_glu"] and parts > 1:  # LLaMA's convention: a 2-part GLU then has the parameters of a plain FFN
+        hidden = int(round(hidden * 2 / (parts + 1)))
     gmlp = layer["type"] == "gMLP"
     up = hidden * parts * (2 if gmlp else 1)
     body = [{"type": "linear", "output_dim": up, "bias": layer["bias"]},
@@ -147,7 +160,7 @@ def _feed_forward(layer: dict, model: dict, path: str) -> list[dict]:
     if gmlp:
         body.append({"type": "spatial_gating", "max_length": model["max_length"], "causal": layer["causal"],
                      "norm_type": layer["norm_type"]})
-    body.append({"type": "linear", "output_dim": dim, "bias": layer["bias"]})
+    body.append(_out_projection(model, dim, layer["bias"]))
     return _residual(layer, dim, body)
 
 
@@ -198,8 +211,16 @@ def compile_layers(config: Mapping[str, Any]) -> dict[str, Any]:
     blocks = [{"config": _embedding(model), "repeat": 1}] + _group_repeats(units)
     classifiers = model["classifiers"] or [model["vocab_size"]]
     head = [_norm(model["norm_type"])] if model["norm_placement"] in ("pre", "sandwich") else []
-    head += [{"type": "linear", "output_name": f"logits_{i}", "output_dim": n, "bias": model["bias"]}
-             for i, n in enumerate(classifiers)]
+    head_bias = model["bias"] if model["head_bias"] is None else model["head_bias"]
+    head += [{"type": "linear", "output_name": f"logits_{i}", "output_dim": n, "bias": head_bias} for i, n in enumerate(classifiers)]
+    if model["tie_embedding"]:
+        if (model["input_emb_size"] or model["dim_model"]) != model["dim_model"]:
+            raise ConfigError(f"tie_embedding: the embedding is {model['input_emb_size']} wide (input_emb_size) and the "
+                              f"logits read {model['dim_model']} (dim_model): a shared table needs one width")
+        if classifiers[0] != model["vocab_size"]:
+            raise ConfigError(f"tie_embedding: the first classifier has {classifiers[0]} classes, the embedding "
+                              f"{model['vocab_size']} tokens: a shared table needs one vocabulary")
+        head[-len(classifiers)]["tie_embedding"] = True
     blocks.append({"config": head, "repeat": 1})
     return {"blocks": blocks, "input_streams": {"emb_ids": ["B", "L_in"]},
             "outputs": [f"logits_{i}" for i in range(len(classifiers))]}

@@ -85,3 +85,55 @@ def test_bad_layer_config_names_the_field(edit, why):
     with pytest.raises(ConfigError) as info:
         ConfigaFormer.from_config(seed001_config(**edit), verbose=False)
     assert why in str(info.value)
+
+
+SERVING_BASE = {"dim_model": 64, "vocab_size": 100, "max_length": 32,
+                "layers": [{"type": "Attention", "heads": 4}, {"type": "FFN", "ff_mult": 4}] * 2}
+
+
+def test_tied_embedding_shares_one_table_counted_once_and_survives_a_state_dict(tmp_path):
+    untied = ConfigaFormer.from_config(SERVING_BASE, verbose=False)
+    tied = ConfigaFormer.from_config({**SERVING_BASE, "tie_embedding": True, "head_bias": False, "classifiers": [100, 3]},
+                                     verbose=False)
+    head = next(op for op in tied.ops if op.outputs == ("logits_0",))
+    assert head.proj.weight is tied.ops[0].table.weight and head.proj.bias is None
+    assert untied.num_params() - tied.num_params() == 100 * 64 + 100 - 64 * 3  # no head weight or bias; a 3-class one
+    torch.save(tied.state_dict(), tmp_path / "tied.pt")
+    again = ConfigaFormer.from_config({**SERVING_BASE, "tie_embedding": True, "head_bias": False, "classifiers": [100, 3]},
+                                      verbose=False)
+    again.load_state_dict(torch.load(tmp_path / "tied.pt"))
+    ids = torch.randint(0, 100, (1, 6))
+    assert torch.equal(again({"emb_ids": ids})["logits_0"], tied({"emb_ids": ids})["logits_0"])
+    with pytest.raises(ConfigError, match="tie_embedding: the embedding is 32 wide"):
+        ConfigaFormer.from_config({**SERVING_BASE, "tie_embedding": True, "input_emb_size": 32}, verbose=False)
+
+
+def test_scaled_init_shrinks_residual_output_projections_only():
+    model = ConfigaFormer.from_config({**SERVING_BASE, "scaled_init": True}, verbose=False)
+    outs = [op for op in model.ops if getattr(op, "cfg", {}).get("init_std") not in (None, 0.02) and op.type_name == "linear"]
+    assert len(outs) == 4 and all(op.cfg["init_std"] == pytest.approx(0.02 / 2) for op in outs)  # 4 residual layers
+    assert all(abs(op.proj.weight.std().item() - 0.01) < 0.002 for op in outs)
+
+
+def test_matched_glu_keeps_ffn_parameters_across_activations():
+    def ffn_params(activation, matched):
+        layer = {"type": "FFN", "ff_mult": 4, "activation": activation, "matched_glu": matched, "bias": False}
+        return ConfigaFormer.from_config({**SERVING_BASE, "layers": [layer]}, verbose=False).num_params(non_embedding=True)
+    plain = ffn_params("gelu", False)
+    assert ffn_params(["silu", "none"], False) > 1.3 * plain  # a GLU at the same ff_mult: half as many again
+    assert abs(ffn_params(["silu", "none"], True) - plain) / plain < 0.01
+    assert ffn_params("gelu", True) == plain  # not a GLU: unchanged
+
+
+def test_flat_values_under_grouped_query_attention_are_refused_by_name():
+    blocks = [{"config": [
+        {"type": "embedding", "output_dim": 32, "num_classes": 50},
+        {"type": "linear", "output_name": "q"}, {"type": "linear", "output_name": "k", "output_dim": 16},
+        {"type": "linear", "output_name": "v", "output_dim": 16},
+        {"type": "make_heads", "input_name": "q", "output_name": "q", "num_heads": 4},
+        {"type": "make_heads", "input_name": "k", "output_name": "k", "num_heads": 2},
+        {"type": "mha_dots", "input_name_queries": "q", "input_name_keys": "k"},
+        {"type": "attention_offset", "offset": "causal"},
+        {"type": "mha_sum", "input_name_values": "v"}], "repeat": 1}]
+    with pytest.raises(ConfigError, match=r"blocks\[0\]\.config\[8\] \(mha_sum\), key 'input_name_values': values 'v' are flat"):
+        ConfigaFormer({"blocks": blocks, "input_streams": {"emb_ids": ["B", "L_in"]}}, verbose=False)

@@ -54,16 +54,19 @@ class PositionEmbedding(Op):
 @register("linear")
 class Linear(Op):
     """Projection of the last dim, any rank; output_dim defaults to the input width. When the builder runs this op
-    in a FusedLinear group, the group holds its weight and `proj` is None."""
+    in a FusedLinear group, the group holds its weight and `proj` is None. With tie_embedding, its weight is the
+    model's first embedding table (output logits over the input vocabulary, counted once)."""
 
     keys = {**Op.keys, "output_dim": Key(None, (int, type(None)), check=lambda v: None if v is None or v > 0 else "expected a positive int"),
-            "bias": Key(True, (bool,))}
+            "bias": Key(True, (bool,)), "init_std": Key(INIT_STD, (float,), check=positive),
+            "tie_embedding": Key(False, (bool,))}
 
     def build(self, cfg, shape):
         width = expect_int(shape[-1], "input_name", "the input's last dim")
         out = cfg["output_dim"] or width
+        self.tied = cfg["tie_embedding"]  # the builder shares the first embedding's table as this weight
         self.proj = nn.Linear(width, out, bias=cfg["bias"])
-        nn.init.normal_(self.proj.weight, std=INIT_STD)
+        nn.init.normal_(self.proj.weight, std=cfg["init_std"])
         if self.proj.bias is not None:
             nn.init.zeros_(self.proj.bias)
         return tuple(shape[:-1]) + (out,)
