@@ -13,9 +13,11 @@ from typing import Any, Iterable, Mapping, Optional
 import torch
 
 from configaformer import ConfigaFormer, ConfigError, find_future_leak
+from configaformer.decode import check_decodable
 from configaformer.registry import OpError, check_value
 
 from .errors import SpaceError, TrialFailure, is_out_of_memory
+from .probes.decode import DecodeProbe
 from .probes.flops import count_flops
 from .metrics import CHEAP_METRICS
 from .space import INPUT_STREAM, TRAIN_KEYS, SearchSpace
@@ -107,12 +109,16 @@ def _check_length(model: ConfigaFormer, length: int) -> None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _meta_metrics(model_json: str, vocab_size: int, length: Optional[int], probe: Optional[tuple[int, int]]) -> tuple:
-    """Params (and FLOPs at `probe`) of a model built on the meta device, checked to run at `length`; cached by the
-    config, since a search meets one architecture again with other training settings. Raises ConfigError."""
+def _meta_metrics(model_json: str, vocab_size: int, length: Optional[int], probe: Optional[tuple[int, int]],
+                  decodes: bool = False) -> tuple:
+    """Params (and FLOPs at `probe`) of a model built on the meta device, checked to run at `length` (and to decode
+    incrementally, when a serving probe will); cached by the config, since a search meets one architecture again
+    with other training settings. Raises ConfigError."""
     with torch.device("meta"):
         model = ConfigaFormer.from_config(json.loads(model_json), verbose=False)
     _check_model(model, vocab_size)
+    if decodes:
+        check_decodable(model)
     if length is not None:
         _check_length(model, length)
     metrics = {"params": model.num_params(), "nonemb_params": model.num_params(non_embedding=True)}
@@ -140,7 +146,8 @@ def screen(space: SearchSpace, params: Mapping[str, Any], vocab_size: int, quick
         _check_train(train)
         _check_rungs(space.rungs(), train)
         metrics = dict(_meta_metrics(json.dumps(model_config, sort_keys=True), vocab_size, length,
-                                     probe if not quick or "flops" in space.constraints else None))
+                                     probe if not quick or "flops" in space.constraints else None,
+                                     DecodeProbe().enabled(space)))
     except ConfigError as err:
         raise TrialFailure("rejected", str(err), {"config_key": key}) from None
     except TrialFailure as failure:

@@ -44,6 +44,9 @@ METRICS = {m.name: m for m in (
     Metric("latency_ms", "ms", "median forward time at the probe batch and length", "latency"),
     Metric("latency_cv", "", "coefficient of variation of the kept latency round", "latency", key=True),
     Metric("latency_noisy", "", "the latency stayed noisier than the probe accepts", "latency", key=True, note=True),
+    Metric("kv_cache_mb", "MiB", "bytes of the decoding cache at the probe batch and probes.decode_context tokens", "decode"),
+    Metric("decode_ms", "ms", "median time of one cached decoding step at that context, after a prefill", "decode"),
+    Metric("prefill_ms", "ms", "median time of the prefill up to that context", "decode"),
 )}
 CHEAP_METRICS = tuple(name for name, metric in METRICS.items() if metric.cheap)
 KEY_COLUMNS = tuple(name for name, metric in METRICS.items() if metric.key)

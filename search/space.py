@@ -49,7 +49,8 @@ SCHEDULERS = ("fifo", "asha")  # every trial trains its full budget; or successi
 EVAL_KEYS = ("eval_tokens", "eval_seq_len")  # what every trial scores: fixed for the whole space, never searched
 PROBE_KEYS = {"batch_size": Key(1, (int,), check=positive), "seq_len": Key(None, (int, type(None))),
               "latency_repeats": Key(20, (int,), check=positive), "latency_warmup": Key(3, (int,), check=_non_negative),
-              "memory": Key(True, (bool,)), "latency": Key(True, (bool,))}
+              "memory": Key(True, (bool,)), "latency": Key(True, (bool,)),
+              "decode": Key(False, (bool,)), "decode_context": Key(None, (int, type(None)))}
 SEARCH_KEYS = {"trials": Key(24, (int,), check=positive), "sampler": Key("tpe", (str,), choices=("tpe", "nsga2", "random")),
                "seed": Key(0, (int,)), "startup_trials": Key(None, (int, type(None))),
                "population_size": Key(None, (int, type(None))),
@@ -163,7 +164,8 @@ class SearchSpace:
         model = _substitute(model, values, None)
         if "layers" in model:  # a layer config: the data decides the vocabulary, the train section the length
             model.setdefault("vocab_size", vocab_size)
-            model.setdefault("max_length", max(train["seq_len"], self.probes["seq_len"], train["eval_seq_len"]))
+            model.setdefault("max_length", max(train["seq_len"], self.probes["seq_len"], self.probes["decode_context"],
+                                               train["eval_seq_len"]))
         else:
             model.setdefault("input_streams", {INPUT_STREAM: ["B", "L_in"]})
         return model, train
@@ -426,6 +428,12 @@ class _Loader:
             if not isinstance(train["seq_len"], int):
                 raise self.fail("probes.seq_len", "required when train.seq_len is searched: latency compares at one fixed shape")
             probes["seq_len"] = train["seq_len"]
+        if probes["decode_context"] is None:
+            probes["decode_context"] = probes["seq_len"]
+        steps = probes["latency_repeats"] + probes["latency_warmup"]
+        if probes["decode_context"] <= steps:
+            raise self.fail("probes.decode_context", f"expected more than the {steps} timed and warm-up decoding steps "
+                                                      f"(latency_repeats + latency_warmup), got {probes['decode_context']}")
 
         objectives = raw.get("objectives") or {"val_loss": "min", "peak_mem_mb": "min", "latency_ms": "min"}
         if not isinstance(objectives, Mapping) or not objectives:

@@ -164,3 +164,20 @@ def test_data_sources_and_fixed_validation(tmp_path):
     torch.arange(5000, dtype=torch.int32).numpy().astype("uint16").tofile(tokens)
     corpus = load_corpus({"source": "tokens", "path": str(tokens), "vocab_size": 5000, "val_fraction": 0.1})
     assert not corpus.is_bytes and len(corpus.train) == 4500 and int(corpus.val[0]) == 4500
+
+
+def test_serving_probes_measure_the_cache_and_decoding_and_refuse_what_cannot_decode(tmp_path):
+    text = TINY_SPACE.replace("objectives: {val_loss: min, peak_mem_mb: min, latency_ms: min}",
+                              "objectives: {val_loss: min, kv_cache_mb: min, decode_ms: min}")
+    text = text.replace("- {type: Attention, heads: $heads}", "- {type: Attention, heads: 4, kv_heads: $heads}")
+    text = text.replace("probes: {latency_repeats: 5, latency_warmup: 1}", "probes: {latency_repeats: 5, latency_warmup: 1, batch_size: 2, decode_context: 48}")
+    space = load_space(write_space(tmp_path, text.replace("tokens: 49152", "tokens: 4096")))
+    results = {kv: trial.run(space, {"width": 32, "heads": kv, "position": "rope", "dim_rope": 4}, "cpu") for kv in (2, 4)}
+    for kv, result in results.items():
+        assert result["status"] == "ok", result
+        assert result["kv_cache_mb"] * 2**20 == 2 * 1 * kv * 8 * 48 * 2 * 4  # k and v, 1 layer, head dim 8, fp32
+        assert result["decode_ms"] > 0 and result["prefill_ms"] > 0
+    assert results[2]["kv_cache_mb"] * 2 == results[4]["kv_cache_mb"]  # one kv head per two: half the cache
+    leaky = load_space(write_space(tmp_path, text.replace("position: $position", "position: $position\n  causal: false"), "leaky.yaml"))
+    refused = trial.run(leaky, {"width": 32, "heads": 2, "position": "rope", "dim_rope": 4}, "cpu")
+    assert refused["reason"] == "rejected" and "cannot decode one token at a time" in refused["message"]

@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Probe, ProbeContext
+from .decode import DecodeProbe
 from .flops import LogitsOnly, count_flops, flop_analysis
 from .latency import LATENCY_ROUNDS, LatencyProbe, measure_latency
 from .memory import MemoryProbe, estimate_peak_memory
 
-PROBES: tuple[Probe, ...] = (MemoryProbe(), LatencyProbe())
+PROBES: tuple[Probe, ...] = (MemoryProbe(), LatencyProbe(), DecodeProbe())
 
 
 def run_probes(space: Any, context: ProbeContext) -> dict[str, Any]:
@@ -23,5 +24,5 @@ def run_probes(space: Any, context: ProbeContext) -> dict[str, Any]:
     return metrics
 
 
-__all__ = ["LATENCY_ROUNDS", "PROBES", "LatencyProbe", "LogitsOnly", "MemoryProbe", "Probe", "ProbeContext",
+__all__ = ["LATENCY_ROUNDS", "PROBES", "DecodeProbe", "LatencyProbe", "LogitsOnly", "MemoryProbe", "Probe", "ProbeContext",
            "count_flops", "estimate_peak_memory", "flop_analysis", "measure_latency", "run_probes"]

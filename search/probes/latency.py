@@ -16,7 +16,7 @@ from .base import Probe, ProbeContext
 
 
 @contextlib.contextmanager
-def _single_thread() -> Iterator[None]:
+def single_thread() -> Iterator[None]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -58,7 +58,7 @@ def measure_latency(model: ConfigaFormer, batch_size: int, seq_len: int, device:
     model.eval()
     ids = torch.zeros(batch_size, seq_len, dtype=torch.long, device=device)
     rounds = []
-    with DeviceGate(device).exclusive(), (_single_thread() if device.type == "cpu" else contextlib.nullcontext()), autocast(device):
+    with DeviceGate(device).exclusive(), (single_thread() if device.type == "cpu" else contextlib.nullcontext()), autocast(device):
         while len(rounds) < LATENCY_ROUNDS and (not rounds or _cv(rounds[-1]) > MAX_LATENCY_CV):
             rounds.append(_forward_times(model, ids, device, repeats, warmup))
     model.train()
