@@ -1,9 +1,10 @@
 """Asynchronous successive halving over token budgets, for several objectives at once: a Ray Tune scheduler.
 
 Each trial reports at every rung (search/train.py). The scheduler records the result in the rung table and answers
-CONTINUE when it ranks in the best 1/reduction_factor recorded at that rung (search/rungs.py), else STOP; the full
-budget's report ends the trial on its own. Which config a trial measures is in its Ray config ('key'), so that a
-config resumed after a kill, reporting its last rung again, counts once.
+CONTINUE when the config may go on from that rung (search/rungs.py), else STOP: the trial then waits at the rung
+(the searcher keeps its state and may promote it later, as ASHA does); the full budget's report ends the trial on
+its own. Which config a trial measures is in its Ray config ('key'), so that a config resumed from a rung, reporting
+it again, counts once.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .rungs import RungTable, rung_entry
 
 
 class MultiObjectiveAsha(FIFOScheduler):
-    """Stops the trials that rank below the best 1/reduction_factor at a rung, over all objectives."""
+    """Lets a trial go on from a rung only when it ranks among the best there (over all objectives)."""
 
     _supports_buffered_results = False  # each result is judged as it comes
 
@@ -31,7 +32,7 @@ class MultiObjectiveAsha(FIFOScheduler):
         if rung is None or key is None or entry is None or result.get("status") != "ok" or rung >= self.last_rung:
             return TrialScheduler.CONTINUE  # a failure's report or the full budget: the trial ends on its own
         self.table.record(int(rung), key, *entry)
-        if self.table.promotes(int(rung), key):
+        if self.table.goes_on(int(rung), key):
             return TrialScheduler.CONTINUE
         self.stopped += 1
         return TrialScheduler.STOP

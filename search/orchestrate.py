@@ -45,6 +45,16 @@ from .study import (INTERRUPTED, REFUSED, WITHDRAWN, WORKER_DIED, Asked, Drawn, 
 
 
 REFRESH_S = 2.0  # how often a driver rereads what the other drivers on its study have done
+
+
+@dataclass
+class Paused:
+    """A trial waiting at a rung (multi-fidelity): still RUNNING in the study, its state kept in the checkpoints,
+    until it ranks well enough there to go on, or the search ends and it is told as stopped at that rung."""
+
+    asked: Asked
+    rung: int
+    record: dict[str, Any]  # the rung's record, told if it never goes on
 CLAIM_SETTLE_S = 0.5  # time for a later claim on the same config to see an earlier one and withdraw
 
 
@@ -69,6 +79,7 @@ class StudySearcher(Searcher):
         self.rungs = RungTable(list(space.objectives.values()), space.search["reduction_factor"])  # all drivers' results
         self.checkpoints = checkpoints if self.last_rung else None  # where trials keep their state at each rung
         self.partial: dict[str, dict[str, Any]] = {}  # config key -> rung results of an interrupted trial of it
+        self.paused: dict[str, Paused] = {}  # config key -> its trial waiting at a rung
         self.resumed: set[int] = set()  # numbers of interrupted trials already queued to go on
         self.token_budget = token_budget  # training tokens after which no config starts (None: configs alone count)
         self.spent = 0  # training tokens spent by the measured trials, all drivers together
@@ -183,7 +194,8 @@ class StudySearcher(Searcher):
             return {t.number for t in self._running_trials()}
 
     def _running_trials(self) -> list[optuna.Trial]:
-        return [a.trial for a in [*self.live.values(), *self.ready]] + [t for ts in self.parked.values() for t in ts]
+        waiting = [p.asked for p in self.paused.values()]
+        return [a.trial for a in [*self.live.values(), *self.ready, *waiting]] + [t for ts in self.parked.values() for t in ts]
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()  # Ray Tune pickles its searcher: a lock cannot be
@@ -201,6 +213,9 @@ class StudySearcher(Searcher):
             self.refresh()
             if self.stop_reason is None and self.streak.too_many_refusals():
                 self.stop_reason = "refused"
+            promotion = self._promote(trial_id) if self.stop_reason is None else None
+            if promotion is not None:
+                return promotion
             while self.stop_reason is None and self._owes_more(0):
                 asked = self.ready.popleft() if self.ready else None
                 if asked is None and self.asking_ahead:
@@ -224,27 +239,58 @@ class StudySearcher(Searcher):
                     self.progress.started()
                     if asked.key in self.partial:  # goes on from an interrupted trial's last rung: it keeps its results
                         asked.trial.set_user_attr("rungs", self.partial[asked.key])
-                    return {"params": asked.params, "number": asked.trial.number, "key": asked.key,
-                            "checkpoints": str(self.checkpoints) if self.checkpoints else None}
-            if self.stop_reason is not None or self._spent():
+                    return self._trial_config(asked)
+            if self.stop_reason is not None or not self._tokens_left() or self.measured + len(self.paused) >= self.budget:
                 if self.live or self.others:
                     return None
                 self._release_ready()
+                self._release_paused()
                 return Searcher.FINISHED
             return None  # the budget is spoken for by trials in training; one may yet fail and be owed again
 
-    def _spent(self) -> bool:
-        """Whether the budget is used up: `budget` configs measured, or `token_budget` training tokens spent."""
-        return self.measured >= self.budget or not self._tokens_left()
+    def _trial_config(self, asked: Asked) -> dict[str, Any]:
+        """What a Ray trial gets: the params, the study trial it measures, the config key and where rungs are kept."""
+        return {"params": asked.params, "number": asked.trial.number, "key": asked.key,
+                "checkpoints": str(self.checkpoints) if self.checkpoints else None}
+
+    def _promote(self, trial_id: str) -> Optional[dict[str, Any]]:
+        """A trial waiting at a rung that now ranks well enough there to go on (the highest rung first), handed to
+        this Ray trial to continue from its kept state; None if there is none. Once the budget is spent and nothing
+        runs, the search drains: the best third (rounded up) of each rung goes on, past a spent token budget too."""
+        draining = not self._owes_more(0) and not self.live and not self.others  # nothing else will come
+        if not self.paused or not (self._tokens_left() or draining):
+            return None
+        for rung in reversed(range(self.last_rung)):
+            for key in self.rungs.order(rung):
+                waiting = self.paused.get(key)
+                if waiting is not None and waiting.rung == rung and self.rungs.goes_on(rung, key, draining):
+                    del self.paused[key]
+                    self.live[trial_id] = waiting.asked
+                    budgets = self.space.rungs()
+                    self.spending[trial_id] = waiting.record.get("tokens_spent", 0) + budgets[rung + 1] - budgets[rung]
+                    self.progress.promoted(waiting.asked.trial.number, rung)
+                    return self._trial_config(waiting.asked)
+        return None
+
+    def _release_paused(self) -> None:
+        """At the end of the search, the trials still waiting at a rung are told as stopped there."""
+        for key in list(self.paused):
+            waiting = self.paused.pop(key)
+            self._finish(waiting.asked, waiting.record, self.parked.pop(key, []))
 
     def _tokens_left(self) -> bool:
-        """Whether the token budget (if any) has room: what ended trials spent, and the least running ones will."""
-        return self.token_budget is None or self.spent + sum(self.spending.values()) < self.token_budget
+        """Whether the token budget (if any) has room: what ended and waiting trials spent, and the least running
+        ones will."""
+        if self.token_budget is None:
+            return True
+        waiting = sum(p.record.get("tokens_spent", 0) for p in self.paused.values())
+        return self.spent + waiting + sum(self.spending.values()) < self.token_budget
 
     def _owes_more(self, ahead: int) -> bool:
-        """Whether the budget still has room for one more trial beyond those in training and `ahead` asked ahead
-        (a token budget has room until it is spent: how much a trial will spend is known only when it ends)."""
-        return self._tokens_left() and self.measured + self.others + len(self.live) + ahead < self.budget
+        """Whether the budget still has room for one more config beyond those in training, waiting at a rung and
+        `ahead` asked ahead (a token budget has room until it is spent: what a trial spends is known as it goes)."""
+        started = self.measured + self.others + len(self.live) + len(self.paused) + ahead
+        return self._tokens_left() and started < self.budget
 
     def ask_ahead(self) -> bool:
         """Draw and settle one suggestion ahead of time, while Ray Tune runs the trials (called by AskAhead's thread;
@@ -336,7 +382,7 @@ class StudySearcher(Searcher):
         self.study_seconds += time.perf_counter() - start
         self.rungs.record(rung, asked.key, *entry)
         if rung < self.last_rung:
-            self.progress.rung(trial.number, rung, result, self.rungs.promotes(rung, asked.key))
+            self.progress.rung(trial.number, rung, result, asked.key in self.rungs.promoted.get(rung, ()))
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         with self._lock:
@@ -348,9 +394,15 @@ class StudySearcher(Searcher):
             return
         asked = self.live.pop(trial_id)
         self.spending.pop(trial_id, None)
+        metrics = self._outcome(result) if result and "record" in result else self._worker_died(asked.trial)
+        if metrics.get("status") == STOPPED:  # it waits at its rung, where it may yet go on
+            self.paused[asked.key] = Paused(asked, metrics["rung"], metrics)
+            return
+        self._finish(asked, metrics, self.parked.pop(asked.key))
+
+    def _finish(self, asked: Asked, metrics: dict[str, Any], parked: list[optuna.Trial]) -> None:
+        """Tell the study a trial's outcome, and its parked twins theirs; take it into account."""
         trial = asked.trial
-        metrics = self._outcome(result) if result and "record" in result else self._worker_died(trial)
-        parked = self.parked.pop(asked.key)
         died = metrics.get("reason") == WORKER_DIED
         start = time.perf_counter()
         state = record(self.study, trial, metrics)

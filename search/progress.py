@@ -70,12 +70,17 @@ class Progress:
             self.say("        " + " ".join(f"{k}={v}" for k, v in params.items()))
 
     def rung(self, number: int, rung: int, result: Mapping[str, Any], goes_on: bool) -> None:
-        """A trial measured at a rung short of the full budget, and whether it ranks well enough to go on."""
+        """A trial measured at a rung short of the full budget, and whether it goes on now or waits there."""
         self.at_rung[rung] += 1
-        verdict = "goes on" if goes_on else "stops"
+        verdict = "goes on" if goes_on else "waits"
         self.say(f"[{'r' + str(rung):>{len(str(self.total))}}/{self.total}] #{number:<3} rung {rung} at "
                  f"{result['tokens_trained']:,} tokens: " + "  ".join(f"{name} {result[name]:.4g}" for name in self.objectives
                                                                          if name in result) + f"  -> {verdict}")
+
+    def promoted(self, number: int, rung: int) -> None:
+        """A trial waiting at a rung now ranks well enough there to go on."""
+        self.say(f"[{'r' + str(rung):>{len(str(self.total))}}/{self.total}] #{number:<3} rung {rung}: now among the best "
+                 f"there -> goes on")
 
     def _tally_free(self, metrics: Mapping[str, Any]) -> None:
         if "reused_from" in metrics:

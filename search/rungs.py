@@ -3,9 +3,14 @@
 At a rung, results are ranked as Syne Tune's MOASHA ranks them: non-dominated sorting over the space's objectives
 (Optuna's own routine, which puts infeasible results after every feasible one, by their constraint violation), and
 inside each front an epsilon-net: the best first objective first, then each time the result farthest from those
-already taken (objectives scaled to the rung's range), so that a front's spread goes on, not one corner of it. A
-result goes on when it ranks in the best 1/reduction_factor of everything recorded at its rung so far, as
-asynchronous successive halving does: the first result at a rung goes on, later ones must beat what came before.
+already taken (objectives scaled to the rung's range), so that a front's spread goes on, not one corner of it.
+
+Promotion is ASHA's (Li et al. 2020): a config goes on from a rung once it ranks in the best
+floor(n / reduction_factor) of the n results recorded there and has not gone on yet. One that does not waits at
+the rung (its state kept) and goes on later if enough worse results arrive; so at most about 1 in
+reduction_factor go on, however the results arrive, even from a sampler that improves as it learns. When no new
+config will come and nothing runs (the search drains), the share is rounded up, so that a small search still
+trains its best configs to the full budget.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ class RungTable:
         self.signs = np.array([1.0 if d in ("min", "minimize") else -1.0 for d in directions])
         self.reduction_factor = reduction_factor
         self.results: dict[int, dict[str, tuple[list[float], float]]] = {}
+        self.promoted: dict[int, set[str]] = {}  # configs that went on from each rung (in this driver)
 
     def record(self, rung: int, key: str, values: Sequence[float], penalty: float) -> None:
         self.results.setdefault(rung, {}).setdefault(key, (list(values), float(penalty)))
@@ -74,7 +80,21 @@ class RungTable:
             order += epsilon_net(scaled, np.flatnonzero(ranks == rank))
         return [keys[i] for i in order]
 
-    def promotes(self, rung: int, key: str) -> bool:
-        """Whether the config `key`, recorded at `rung`, ranks in the best 1/reduction_factor recorded there."""
+    def promotable(self, rung: int, key: str, draining: bool = False) -> bool:
+        """Whether the config `key`, recorded at `rung`, ranks in the best floor(n / reduction_factor) of the n
+        recorded there (when `draining`, the search's last configs: rounded up) and has not gone on from it yet."""
+        if key in self.promoted.get(rung, ()):
+            return False
         order = self.order(rung)
-        return key in order[:math.ceil(len(order) / self.reduction_factor)]
+        share = len(order) / self.reduction_factor
+        return key in order[:math.ceil(share) if draining else math.floor(share)]
+
+    def goes_on(self, rung: int, key: str, draining: bool = False) -> bool:
+        """Whether a config at `rung` goes on now: it was promoted from there before (a resumed trial reporting the
+        rung again), or it is promotable, and is promoted by this answer."""
+        if key in self.promoted.get(rung, ()):
+            return True
+        if self.promotable(rung, key, draining):
+            self.promoted.setdefault(rung, set()).add(key)
+            return True
+        return False

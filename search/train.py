@@ -146,6 +146,7 @@ def train(model: ConfigaFormer, corpus: Corpus, cfg: Mapping, device: torch.devi
     if start is not None:
         run.restore(start)
         step, measured = start.step, start.rung
+        run.spent_before = start.measurement.tokens_spent
         if not report(start.measurement):
             return None
     if device.type == "cuda":
@@ -188,6 +189,7 @@ class _Run:
         self.warmup, self.checkpoint = warmup, checkpoint
         self.loss = torch.zeros(())
         self.trained_s, self.trained_steps = 0.0, 0
+        self.spent_before = 0  # tokens a resumed run had spent before its snapshot
         self.peak_mb: Optional[float] = None
 
     def steps(self, first: int, end: int, budget: int) -> None:
@@ -231,9 +233,10 @@ class _Run:
             raise TrialFailure("diverged", f"validation loss {val_loss:.4g} is above the uniform guess ln({corpus.vocab_size}) = "
                                            f"{uniform:.4g} after {tokens:,} tokens",
                                {"val_loss": val_loss, "val_set": scored.fingerprint, "rung": rung, "tokens_trained": tokens})
-        spent = self.trained_steps * cfg["batch_size"] * cfg["seq_len"]
-        return Measurement(rung, tokens, spent, steps, val_loss, val_loss / math.log(2) if corpus.is_bytes else None,
-                           self.loss.item(), spent / max(self.trained_s, 1e-9), self.peak_mb, scored.fingerprint)
+        trained = self.trained_steps * cfg["batch_size"] * cfg["seq_len"]
+        return Measurement(rung, tokens, self.spent_before + trained, steps, val_loss,
+                           val_loss / math.log(2) if corpus.is_bytes else None, self.loss.item(),
+                           trained / max(self.trained_s, 1e-9), self.peak_mb, scored.fingerprint)
 
     def snapshot(self, step: int, rung: int) -> Snapshot:
         """The state now, copied to the CPU (so that a GPU's measured peak memory stays the training's own)."""

@@ -85,11 +85,14 @@ def test_rung_table_ranks_by_nondominated_sorting_and_never_puts_an_infeasible_r
     table.record(0, "a", [9.0, 9.0], 0.0)  # a config recorded again (a resumed trial) counts once, as first told
     order = table.order(0)
     assert set(order[:2]) == {"a", "b"} and order[2:] == ["c", "d"]
-    assert table.promotes(0, "a") and table.promotes(0, "b") and not table.promotes(0, "c") and not table.promotes(0, "d")
+    assert table.promotable(0, "a") and table.promotable(0, "b") and not table.promotable(0, "c")  # best 4 // 2
+    assert not table.promotable(0, "d")
+    assert table.goes_on(0, "a") and not table.promotable(0, "a") and table.goes_on(0, "a")  # promoted once, told again
     maximise = RungTable(["max"], reduction_factor=3)
     for key, value in (("x", 1.0), ("y", 3.0), ("z", 2.0)):
         maximise.record(1, key, [value], 0.0)
-    assert maximise.order(1) == ["y", "z", "x"] and maximise.promotes(1, "y") and not maximise.promotes(1, "z")
+    assert maximise.order(1) == ["y", "z", "x"] and maximise.goes_on(1, "y") and not maximise.goes_on(1, "z")
+    assert not RungTable(["min"], 3).goes_on(0, "alone")  # one result of one: it waits for two more
 
 
 def test_space_declares_rungs_and_refuses_what_cannot_measure_them(tmp_path, capsys):
@@ -123,7 +126,7 @@ def test_asha_search_prunes_below_the_budget_and_completes_only_at_it(ray_local,
         assert sorted(map(int, rungs)) == list(range(trial.user_attrs["rung"] + 1))
         assert rungs[str(trial.user_attrs["rung"])]["values"][0] == pytest.approx(trial.user_attrs["val_loss"])
     assert {t.number for t in study.best_trials} <= {t.number for t in complete}
-    assert "rung 0 at 5,120 tokens" in printed and "-> stops" in printed and "-> goes on" in printed
+    assert "rung 0 at 5,120 tokens" in printed and "-> waits" in printed and "-> goes on" in printed
     assert not (tmp_path / "run" / "checkpoints").exists()  # every trial ended: no state kept
     rungs = build_review(study).rungs  # the review counts what reached and stopped at each rung
     assert [r.rung for r in rungs] == [0, 1, 2] and rungs[0].reached == 8 and rungs[2].reached == len(complete)
