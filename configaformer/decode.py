@@ -11,13 +11,14 @@ gMLP keeps its normalised gating half. Every other op works token by token. An o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from .errors import ConfigError
 from .ops.attention import AttentionOffset, MhaDots
+from .ops.streams import MakeStream
 
 if TYPE_CHECKING:
     from .builder import ConfigaFormer
@@ -60,24 +61,60 @@ def check_decodable(model: ConfigaFormer) -> None:
 
 def token_stream(model: ConfigaFormer) -> str:
     """The input stream of token ids: the model's one input of shape [B, L]."""
+    if "_token_stream" in model.__dict__:
+        return model.__dict__["_token_stream"]
     names = [name for name, shape in model.input_shapes.items() if len(shape) == 2]
     if len(names) != 1:
         raise ConfigError(f"input_streams: decoding needs one token-id stream [B, L], found {names or 'none'}")
+    model.__dict__["_token_stream"] = names[0]
     return names[0]
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One plan step as decoding runs it: the bound method, the streams it reads and writes, and whether it takes
+    its cached state (a decode method) or is a plain forward."""
+
+    function: Callable[..., Any]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    index: int
+    stateful: bool
+
+
+def _decode_plan(model: ConfigaFormer) -> list[_Call]:
+    """The model's plan as bound methods, made once per model: a decoding step is launch-bound, and each module
+    call through nn.Module costs what a small op does. Stream copies (make_stream) become aliases."""
+    plan = model.__dict__.get("_decode_calls")
+    if plan is None:
+        plan = []
+        for index, step in enumerate(model.plan):
+            decode = getattr(step, "decode", None)
+            function = None if isinstance(step, MakeStream) else decode or step.forward
+            plan.append(_Call(function, tuple(step.inputs), tuple(step.outputs), index, decode is not None))
+        model.__dict__["_decode_calls"] = plan
+    return plan
 
 
 def run_steps(model: ConfigaFormer, streams: dict[str, Tensor], cache: DecodeCache) -> dict[str, Tensor]:
     """The plan over the new positions' streams, each op that mixes positions against its cached state."""
-    start = cache.position
+    start, states = cache.position, cache.states
     length = streams[token_stream(model)].shape[1]
-    for index, step in enumerate(model.plan):
-        args = [streams[name] for name in step.inputs]
-        decode = getattr(step, "decode", None)
-        out = step(*args) if decode is None else decode(*args, state=cache.states.setdefault(index, {}), start=start)
-        if len(step.outputs) == 1:
-            streams[step.outputs[0]] = out
+    for call in _decode_plan(model):
+        args = [streams[name] for name in call.inputs]
+        if call.function is None:
+            out = args[0]
+        elif call.stateful:
+            state = states.get(call.index)
+            if state is None:
+                state = states[call.index] = {}
+            out = call.function(*args, state=state, start=start)
         else:
-            streams.update(zip(step.outputs, out))
+            out = call.function(*args)
+        if len(call.outputs) == 1:
+            streams[call.outputs[0]] = out
+        else:
+            streams.update(zip(call.outputs, out))
     cache.position = start + length
     return streams
 

@@ -58,15 +58,24 @@ class RungTable:
         self.reduction_factor = reduction_factor
         self.results: dict[int, dict[str, tuple[list[float], float]]] = {}
         self.promoted: dict[int, set[str]] = {}  # configs that went on from each rung (in this driver)
+        self._orders: dict[int, list[str]] = {}
 
     def record(self, rung: int, key: str, values: Sequence[float], penalty: float) -> None:
-        self.results.setdefault(rung, {}).setdefault(key, (list(values), float(penalty)))
+        entries = self.results.setdefault(rung, {})
+        if key not in entries:
+            entries[key] = (list(values), float(penalty))
+            self._orders.pop(rung, None)
 
     def recorded(self, rung: int) -> int:
         return len(self.results.get(rung, {}))
 
     def order(self, rung: int) -> list[str]:
-        """The keys recorded at a rung, best first."""
+        """The keys recorded at a rung, best first (kept until the rung records another result)."""
+        if rung not in self._orders:
+            self._orders[rung] = self._rank(rung)
+        return self._orders[rung]
+
+    def _rank(self, rung: int) -> list[str]:
         entries = self.results.get(rung, {})
         keys = list(entries)
         if not keys:
