@@ -25,7 +25,7 @@ from pathlib import Path
 
 import optuna
 
-from configaformer_search.orchestrate import AskAhead, StudySearcher, wall_clock
+from configaformer_search.orchestrate import AskAhead, StudySearcher, tune_result, wall_clock
 from configaformer_search.progress import Progress
 from configaformer_search.space import load_space
 from configaformer_search.study import make_sampler, open_storage, open_study
@@ -87,7 +87,7 @@ def main() -> None:
             time.sleep(max(0.0, arrival - time.perf_counter()))
             lateness.append(time.perf_counter() - arrival)
             trial_id = f"t{done - 1}"
-            result = {"metrics": json.dumps(synthetic_metrics(config["params"], config["number"], searcher.live[trial_id].key))}
+            result = tune_result(synthetic_metrics(config["params"], config["number"], searcher.live[trial_id].key))
             began = time.perf_counter()
             searcher.on_trial_complete(trial_id, result)
             own.append(time.perf_counter() - began)

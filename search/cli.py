@@ -90,10 +90,11 @@ def _print_summary(result) -> None:
     from optuna.trial import TrialState
 
     from .front import front_frame, front_trials
-    from .study import counts
+    from .records import study_trials
+    from .study import counts, objective_names
 
     study = result.study
-    trials = study.get_trials(deepcopy=False)
+    trials = study_trials(study)
     own = [t for t in trials if t.state != TrialState.RUNNING and "reused_from" not in t.user_attrs]
     measured_trials = [t for t in own if counts(t.user_attrs)]
     failed = Counter(t.user_attrs.get("reason", "error") for t in measured_trials if t.state == TrialState.FAIL)
@@ -111,7 +112,7 @@ def _print_summary(result) -> None:
     front = front_trials(study)
     if front:
         print(f"Pareto front ({plural(len(front), 'trial')}):")
-        sys.stdout.write(_console_table(_fitted(front_frame(study), study.metric_names)))
+        sys.stdout.write(_console_table(_fitted(front_frame(study), objective_names(study))))
     elif complete:
         print(f"Pareto front: empty, every complete trial breaks a constraint (see `configaformer-search trials {result.out_dir}`)")
     if result.written:
@@ -192,22 +193,23 @@ def _emit(frame, fmt: str, output: Optional[str], empty: str) -> None:
 
 def cmd_front(args: argparse.Namespace) -> int:
     from .front import front_frame
+    from .study import objective_names
 
     study = _open_run(args.dir, args.storage)
     frame = front_frame(study)
     if args.format == "table" and not args.all and not frame.empty:  # what fits a terminal; the files keep it all
-        frame = _fitted(frame, study.metric_names)
+        frame = _fitted(frame, objective_names(study))
     _emit(frame, args.format, args.output, empty="(the front is empty: no trial has finished that meets the constraints)")
     return 0
 
 
 def cmd_trials(args: argparse.Namespace) -> int:
-    from .study import TRIAL_NOTES, trials_frame
+    from .study import TRIAL_NOTES, objective_names, trials_frame
 
     study = _open_run(args.dir, args.storage)
     frame = trials_frame(study)
     if args.format == "table" and not args.all and not frame.empty:  # what fits a terminal; the files keep it all
-        frame = _fitted(frame, ("state", *study.metric_names, *TRIAL_NOTES, "duration"))
+        frame = _fitted(frame, ("state", *objective_names(study), *TRIAL_NOTES, "duration"))
     _emit(frame, args.format, args.output, empty="(no trials yet)")
     return 0
 
@@ -251,6 +253,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from .export import export_trial
     from .front import knee, pick, pick_default
+    from .study import objective_names
 
     study = _open_run(args.dir, args.storage)
     output = Path(args.output or Path(args.dir) / "best.yaml")
@@ -271,7 +274,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         chosen = pick_default(study)
     export_trial(study, chosen, output)
-    values = ", ".join(f"{n} {v:.4g}" for n, v in zip(study.metric_names, chosen.values))
+    values = ", ".join(f"{n} {v:.4g}" for n, v in zip(objective_names(study), chosen.values))
     print(f"exported trial #{chosen.number} ({values}) to {output}")
     print(f"rebuild it with ConfigaFormer.from_config({str(output)!r})")
     return 0

@@ -10,7 +10,7 @@ from optuna.trial import FrozenTrial
 from configaformer import save_config
 
 from .front import front_frame
-from .study import trial_config, trials_frame
+from .study import objective_names, trial_config, trials_frame
 
 
 def export_trial(study: optuna.Study, trial: FrozenTrial, path: Path) -> Path:
@@ -19,7 +19,7 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, path: Path) -> Path:
     metadata = {
         "study": study.study_name,
         "trial": trial.number,
-        "objectives": dict(zip(study.metric_names, trial.values or [])),
+        "objectives": dict(zip(objective_names(study), trial.values or [])),
         "params": dict(trial.params),
         "metrics": metrics,
         "train": trial.user_attrs.get("train"),

@@ -16,7 +16,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .errors import SpaceError
 from .metrics import KEY_COLUMNS
-from .study import rows_frame
+from .records import study_trials
+from .study import objective_names, rows_frame
 
 _PICK_RE = re.compile(r"^\s*([A-Za-z_][\w]*)\s*(<=|>=|<|>|==)\s*([-+0-9.eE]+)\s*$")
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
@@ -50,7 +51,7 @@ class ParetoFront:
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Pareto-optimal trials among the complete, feasible ones, by number: what Optuna's best_trials gives (twins
     are PRUNED, so they are not among them), without its deep copy of every trial."""
-    feasible_trials = _get_feasible_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    feasible_trials = _get_feasible_trials(study_trials(study, (TrialState.COMPLETE,)))
     return sorted(_get_pareto_front_trials_by_trials(feasible_trials, study.directions), key=lambda t: t.number)
 
 
@@ -58,7 +59,7 @@ def front_frame(study: optuna.Study) -> pd.DataFrame:
     """The front as a table: objectives, key measurements, params."""
     rows = []
     for trial in front_trials(study):
-        row = {"number": trial.number, **dict(zip(study.metric_names, trial.values))}
+        row = {"number": trial.number, **dict(zip(objective_names(study), trial.values))}
         row.update({k: trial.user_attrs[k] for k in KEY_COLUMNS if k in trial.user_attrs})
         row.update({f"param:{k}": v for k, v in trial.params.items()})
         rows.append(row)
@@ -81,14 +82,14 @@ def hypervolume_of(points: Sequence[Sequence[float]], reference: Sequence[float]
 
 def hypervolume(study: optuna.Study, reference: Sequence[float], trials: Optional[Sequence[FrozenTrial]] = None) -> float:
     """Hypervolume of the study's complete, feasible trials (or of `trials`) against a reference point."""
-    pool = trials if trials is not None else study.get_trials(deepcopy=False)
+    pool = trials if trials is not None else study_trials(study)
     feasible = _get_feasible_trials([t for t in pool if t.state == TrialState.COMPLETE])
     return hypervolume_of([t.values for t in feasible], reference, study.directions)
 
 
 def reference_point(study: optuna.Study, margin: float = 0.1) -> list[float]:
     """The worst value of each objective over the complete trials, pushed out by a margin."""
-    values = np.array([t.values for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))], dtype=float)
+    values = np.array([t.values for t in study_trials(study, (TrialState.COMPLETE,))], dtype=float)
     worst = [values[:, i].max() if d == optuna.study.StudyDirection.MINIMIZE else values[:, i].min()
              for i, d in enumerate(study.directions)]
     return [w + margin * abs(w) if d == optuna.study.StudyDirection.MINIMIZE else w - margin * abs(w)
@@ -104,7 +105,7 @@ def _nonempty_front(study: optuna.Study) -> list[FrozenTrial]:
 
 def _best(study: optuna.Study, trials: Sequence[FrozenTrial]) -> FrozenTrial:
     """The trial with the lowest val_loss (or the best first objective)."""
-    index = study.metric_names.index("val_loss") if "val_loss" in study.metric_names else 0
+    index = objective_names(study).index("val_loss") if "val_loss" in objective_names(study) else 0
     sign = 1 if study.directions[index] == optuna.study.StudyDirection.MINIMIZE else -1
     return min(trials, key=lambda t: sign * t.values[index])
 
@@ -123,14 +124,14 @@ def pick(study: optuna.Study, expression: str) -> FrozenTrial:
             raise SpaceError(f"--pick: cannot read {part.strip()!r}; expected METRIC<=NUMBER (also >=, <, >, ==), comma-separated")
         conditions.append((match[1], match[2], float(match[3])))
     front = _nonempty_front(study)
-    known = set(study.metric_names) | {k for t in front for k, v in t.user_attrs.items() if isinstance(v, (int, float))}
+    known = set(objective_names(study)) | {k for t in front for k, v in t.user_attrs.items() if isinstance(v, (int, float))}
     for metric, _, _ in conditions:
         if metric not in known:
             raise SpaceError(f"--pick: unknown metric {metric!r}; known: {', '.join(sorted(known))}")
 
     def value(trial: FrozenTrial, metric: str) -> float:
-        if metric in study.metric_names:
-            return trial.values[study.metric_names.index(metric)]
+        if metric in objective_names(study):
+            return trial.values[objective_names(study).index(metric)]
         return trial.user_attrs.get(metric, float("nan"))
 
     chosen = [t for t in front if all(_OPS[op](value(t, m), bound) for m, op, bound in conditions)]

@@ -37,11 +37,12 @@ from .asha import MultiObjectiveAsha  # noqa: E402
 from .errors import UsageError  # noqa: E402
 from .front import ParetoFront, feasible  # noqa: E402
 from .progress import Progress  # noqa: E402
+from .records import study_trials  # noqa: E402
 from .rungs import CONSTRAINT_PREFIX, RungTable, rung_entry  # noqa: E402
 from .space import SearchSpace  # noqa: E402
 from .study import (INTERRUPTED, REFUSED, WITHDRAWN, WORKER_DIED, Asked, Drawn, Heartbeat,  # noqa: E402
                     Streak, ask_new, counts, draw, mark_interrupted, mark_stale, record, record_heartbeats, settle,
-                    STOPPED, tell_parked)
+                    STOPPED, objective_names, tell_parked, write_attrs)
 
 
 REFRESH_S = 2.0  # how often a driver rereads what the other drivers on its study have done
@@ -116,7 +117,7 @@ class StudySearcher(Searcher):
         start = time.perf_counter()
         mark_stale(self.study)
         mine = self.running_numbers() | {claiming}
-        trials = self.study.get_trials(deepcopy=False)[self._settled_below:]  # ordered by number; older ones all ended
+        trials = study_trials(self.study, from_number=self._settled_below)  # by number; older ones all ended
         ended = set()
         for trial in trials:
             self._learn_rungs(trial.user_attrs)
@@ -335,11 +336,11 @@ class StudySearcher(Searcher):
 
     def _claim(self, asked: Asked) -> bool:
         """Mark the trial as one that trains. If another driver claimed the same config first, wait for its result
-        instead; if, near the end of the budget, other claims took the last place first, withdraw (recorded, not
-        counted). Claims are ordered by trial number, which the storage hands out one at a time."""
+        instead; if, near the end of the budget, other claims took the last places, withdraw (recorded, not
+        counted): lower-numbered claims first (the storage hands numbers out one at a time), and higher-numbered
+        ones already training."""
         trial = asked.trial
-        trial.set_user_attr("config_key", asked.key)
-        trial.set_user_attr("claimed", True)
+        write_attrs(self.study, trial, {"config_key": asked.key, "claimed": True})
         record_heartbeats(self.study, [trial._trial_id])
         if not self.shared:
             return True
@@ -353,7 +354,16 @@ class StudySearcher(Searcher):
             self.foreign[asked.key] = twin
             self.parked.setdefault(asked.key, []).append(trial)
             return False
-        if self.measured + len(earlier) >= self.budget:
+        later = {t.number for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("claimed")
+                 and t.number > trial.number and t.number not in mine}
+        if later and self.measured + len(earlier) + len(later) >= self.budget and self.measured + len(earlier) < self.budget:
+            # A later claim on the last places either has not read the study yet (it will see this claim and withdraw)
+            # or read it before this claim existed and trains: a second look tells which.
+            time.sleep(CLAIM_SETTLE_S)
+            self.refresh(force=True, claiming=trial.number)
+            later = {t.number for t in study_trials(self.study, (TrialState.RUNNING,), from_number=trial.number + 1)
+                     if t.number in later and t.user_attrs.get("claimed")}
+        if self.measured + len(earlier) + len(later) >= self.budget:
             record(self.study, trial, {"status": "failed", "reason": WITHDRAWN, "config_key": asked.key,
                                        "message": "another driver took the last of the budget first"})
             return False
@@ -366,7 +376,7 @@ class StudySearcher(Searcher):
 
     def _record_rung(self, trial_id: str, result: Optional[dict]) -> None:
         asked = self.live.get(trial_id)
-        entry = rung_entry(result or {}, self.study.metric_names)
+        entry = rung_entry(result or {}, objective_names(self.study))
         if asked is None or entry is None or result.get("status") != "ok" or "rung" not in result:
             return
         rung, trial = int(result["rung"]), asked.trial
@@ -410,7 +420,7 @@ class StudySearcher(Searcher):
             if died else tell_parked(self.study, parked, trial.number, metrics)
         self.study_seconds += time.perf_counter() - start
         self._seen.add(trial.number)
-        self._learn(trial.number, dict(trial.user_attrs, **metrics), state, [metrics.get(name) for name in self.study.metric_names])
+        self._learn(trial.number, dict(trial.user_attrs, **metrics), state, [metrics.get(name) for name in objective_names(self.study)])
         if counts(metrics):
             self.streak.refusals.clear()
         elif metrics.get("reason") in REFUSED:

@@ -16,7 +16,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .front import front_trials, hypervolume_of, reference_point
 from .metrics import METRICS, label
-from .study import STRUCTURED_ATTRS, counts
+from .records import study_trials
+from .study import STRUCTURED_ATTRS, counts, objective_names
 
 PACKAGES = ("configaformer", "torch", "optuna", "ray", "fvcore", "plotly")
 
@@ -96,11 +97,11 @@ def _reason(trial: FrozenTrial) -> str:
 def build_review(study: optuna.Study) -> Review:
     """Gather everything a review shows from the study, reading each trial once."""
     directions = study.directions
-    names = study.metric_names or [f"objective_{i}" for i in range(len(directions))]
+    names = objective_names(study) or [f"objective_{i}" for i in range(len(directions))]
     objectives = [Objective(n, d == optuna.study.StudyDirection.MINIMIZE, METRICS[n].unit if n in METRICS else "")
                   for n, d in zip(names, directions)]
     front = {t.number for t in front_trials(study)}
-    trials = study.get_trials(deepcopy=False)
+    trials = study_trials(study)
     rows = []
     for trial in trials:
         constraints = trial.user_attrs.get("constraints") or {}

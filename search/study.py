@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .errors import SpaceError
 from .metrics import NOTE_METRICS, label
+from .records import study_trials
 from .space import SearchSpace
 
 STUDY_FILE = "study.db"
@@ -38,6 +39,14 @@ HEARTBEAT_S = 5  # how often a driver records that its running trials are alive
 GRACE_S = 30  # a RUNNING trial whose heartbeat is older than this was left by a dead driver
 # User attributes that hold structures rather than scalars (kept as JSON-able values, left out of tables).
 STRUCTURED_ATTRS = ("model_config", "train", "timings", "constraints", "rungs")
+
+
+def objective_names(study: optuna.Study) -> list[str]:
+    """The study's objective names, read once per Study object: Optuna reads them from the storage at each access."""
+    names = study.__dict__.get("_objective_names")
+    if names is None:
+        names = study.__dict__["_objective_names"] = list(study.metric_names or [])
+    return names
 
 
 def default_storage(out_dir: Path) -> str:
@@ -75,7 +84,8 @@ def open_storage(url: str, writer: bool = False) -> optuna.storages.RDBStorage:
                                                      grace_period=GRACE_S)
             break
         except Exception as err:
-            if attempt == 2 or "UNIQUE constraint failed" not in str(err) and "IntegrityError" not in type(err).__name__:
+            racing = "UNIQUE constraint failed" in str(err) or "already exists" in str(err) or "IntegrityError" in type(err).__name__
+            if attempt == 2 or not racing:
                 raise
             time.sleep(0.2)
     if url.startswith("sqlite"):
@@ -140,7 +150,7 @@ def _check_distributions(study: optuna.Study, space: SearchSpace, storage: Optio
     """A resumed study's parameters must still be drawn as its trials drew them: Optuna refuses a changed set of
     choices (or a switch between linear and log), so say which parameter changed, before any trial runs."""
     recorded: dict[str, optuna.distributions.BaseDistribution] = {}
-    for trial in study.get_trials(deepcopy=False):
+    for trial in study_trials(study):
         recorded.update(trial.distributions)
     for name, before in recorded.items():
         param = space.params.get(name.split("[")[0])
@@ -232,7 +242,7 @@ def record_heartbeats(study: optuna.Study, trial_ids: list[int]) -> None:
 
 
 def _ended(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
+    return study_trials(study, (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
 
 
 def counts(attrs: Mapping[str, Any]) -> bool:
@@ -362,18 +372,14 @@ def record(study: optuna.Study, trial: optuna.Trial, metrics: Mapping[str, Any])
     A trial stopped at a rung (status 'stopped') is PRUNED, its rung results kept as user attributes: only trials
     that trained the full budget are COMPLETE. A twin that reused a measurement is PRUNED too: Optuna's own front
     (best_trials, the dashboard) then holds each measured config once, and the sampler still sees the twin's params."""
-    for key, value in metrics.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            value = str(value)  # JSON has no nan or inf
-        trial.set_user_attr(key, value)
-    for key, value in (metrics.get("constraints") or {}).items():
-        trial.set_constraint(key, value)
-    values = [metrics.get(name) for name in study.metric_names]
+    attrs = {key: str(value) if isinstance(value, float) and not math.isfinite(value) else value  # JSON has no nan
+             for key, value in metrics.items()}
+    values = [metrics.get(name) for name in objective_names(study)]
     ok = metrics.get("status") == "ok" and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
     if metrics.get("status") == "ok" and not ok:
-        trial.set_user_attr("status", "failed")
-        trial.set_user_attr("reason", "bad_metric")
-        trial.set_user_attr("message", f"objective values {values} are not all finite numbers")
+        attrs.update(status="failed", reason="bad_metric", message=f"objective values {values} are not all finite numbers")
+    constraints = {f"{CONSTRAINTS_KEY}:{key}": float(value) for key, value in (metrics.get("constraints") or {}).items()}
+    write_attrs(study, trial, attrs, constraints)
     state = TrialState.COMPLETE if ok else TrialState.FAIL
     if (ok and "reused_from" in metrics) or metrics.get("status") == STOPPED:
         state = TrialState.PRUNED
@@ -382,27 +388,64 @@ def record(study: optuna.Study, trial: optuna.Trial, metrics: Mapping[str, Any])
 
 
 # Why a trial failed, is infeasible, was stopped at a rung or free, or measured something to take with care.
+CONSTRAINTS_KEY = "constraints"  # Optuna's system attribute prefix for a trial's constraint values (set_constraint's)
+
+
+def write_attrs(study: optuna.Study, trial: optuna.Trial, user: Mapping[str, Any], system: Mapping[str, Any] = {}) -> None:
+    """Set a trial's user (and system) attributes in one transaction where the storage is relational: Optuna
+    commits each attribute on its own, which a trial of thirty attributes feels as thirty syncs of the file."""
+    backend = getattr(study._storage, "_backend", study._storage)
+    if isinstance(backend, optuna.storages.RDBStorage):
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(backend.scoped_session, True) as session:
+            row = models.TrialModel.find_or_raise_by_id(trial._trial_id, session)
+            backend.check_trial_is_updatable(trial._trial_id, row.state)
+            for model, attrs in ((models.TrialUserAttributeModel, user), (models.TrialSystemAttributeModel, system)):
+                if not attrs:
+                    continue
+                if backend.engine.name == "sqlite":  # one statement for all: an upsert per row, as Optuna's own
+                    from sqlalchemy.dialects.sqlite import insert
+
+                    statement = insert(model)
+                    statement = statement.on_conflict_do_update(index_elements=[model.trial_id, model.key],
+                                                                set_={"value_json": statement.excluded.value_json})
+                    session.execute(statement, [{"trial_id": trial._trial_id, "key": key, "value_json": json.dumps(value)}
+                                                for key, value in attrs.items()])
+                else:
+                    for key, value in attrs.items():
+                        backend._set_trial_attr_without_commit(session, model, trial._trial_id, key, value)
+    else:
+        for key, value in user.items():
+            study._storage.set_trial_user_attr(trial._trial_id, key, value)
+        for key, value in system.items():
+            study._storage.set_trial_system_attr(trial._trial_id, key, value)
+    trial._cached_frozen_trial.user_attrs.update(user)
+    trial._cached_frozen_trial.system_attrs.update(system)
+
+
 TRIAL_NOTES = ("reason", "message", "violations", "reused_from", *NOTE_METRICS)
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """Every trial, one row each: state, objectives, TRIAL_NOTES, measured metrics, params, duration. An objective
     appears once: its told value, or for a failed trial whatever it measured."""
-    rows = []
-    for trial in study.get_trials(deepcopy=False):
-        told = dict(zip(study.metric_names, trial.values or [None] * len(study.metric_names)))
+    rows, names = [], objective_names(study)
+    for trial in study_trials(study):
+        told = dict(zip(names, trial.values or [None] * len(names)))
         attrs = {k: v for k, v in trial.user_attrs.items() if k not in STRUCTURED_ATTRS and k != "status"}
         if trial.state == TrialState.FAIL and "status" not in trial.user_attrs:
             attrs.setdefault("reason", INTERRUPTED)  # failed by a stopped heartbeat: its driver died
         rows.append({"number": trial.number, "state": trial.state.name,
-                     **{name: attrs.get(name) if told[name] is None else told[name] for name in study.metric_names},
+                     **{name: attrs.get(name) if told[name] is None else told[name] for name in names},
                      **{k: v for k, v in attrs.items() if k not in told},
                      **{f"param:{k}": v for k, v in trial.params.items()},
                      "duration": round(trial.duration.total_seconds(), 2) if trial.duration else None})
     if not rows:
         return pd.DataFrame()
     frame = rows_frame(rows)
-    leading = ["state", *study.metric_names, *(c for c in TRIAL_NOTES if c in frame)]
+    leading = ["state", *names, *(c for c in TRIAL_NOTES if c in frame)]
     params = [c for c in frame if c.startswith("param:")]
     metrics = sorted(c for c in frame if c not in leading and c not in params and c != "duration")
     frame = frame[leading + metrics + params + ["duration"]]
