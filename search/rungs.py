@@ -5,10 +5,10 @@ At a rung, results are ranked as Syne Tune's MOASHA ranks them: non-dominated so
 inside each front an epsilon-net: the best first objective first, then each time the result farthest from those
 already taken (objectives scaled to the rung's range), so that a front's spread goes on, not one corner of it.
 
-Promotion is ASHA's (Li et al. 2020): a config goes on from a rung once it ranks in the best
-floor(n / reduction_factor) of the n results recorded there and has not gone on yet. One that does not waits at
-the rung (its state kept) and goes on later if enough worse results arrive; so at most about 1 in
-reduction_factor go on, however the results arrive, even from a sampler that improves as it learns. When no new
+Promotion is ASHA's (Li et al. 2020) with its quota kept: a config goes on from a rung once it ranks in the best
+floor(n / reduction_factor) of the n results recorded there, while fewer than that many have gone on. One that
+does not waits at the rung (its state kept) and goes on later if it still ranks there when a place opens; so at
+most 1 in reduction_factor go on, however the results arrive, even from a sampler that improves as it learns. When no new
 config will come and nothing runs (the search drains), the share is rounded up, so that a small search still
 trains its best configs to the full budget.
 """
@@ -91,12 +91,13 @@ class RungTable:
 
     def promotable(self, rung: int, key: str, draining: bool = False) -> bool:
         """Whether the config `key`, recorded at `rung`, ranks in the best floor(n / reduction_factor) of the n
-        recorded there (when `draining`, the search's last configs: rounded up) and has not gone on from it yet."""
-        if key in self.promoted.get(rung, ()):
-            return False
+        recorded there (when `draining`, the search's last configs: rounded up), has not gone on from it yet, and
+        fewer than that many have: no more than 1 in reduction_factor go on, whatever order the results came in."""
+        promoted = self.promoted.get(rung, set())
         order = self.order(rung)
         share = len(order) / self.reduction_factor
-        return key in order[:math.ceil(share) if draining else math.floor(share)]
+        places = math.ceil(share) if draining else math.floor(share)
+        return key not in promoted and len(promoted) < places and key in order[:places]
 
     def goes_on(self, rung: int, key: str, draining: bool = False) -> bool:
         """Whether a config at `rung` goes on now: it was promoted from there before (a resumed trial reporting the

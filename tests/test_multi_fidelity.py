@@ -88,6 +88,8 @@ def test_rung_table_ranks_by_nondominated_sorting_and_never_puts_an_infeasible_r
     assert table.promotable(0, "a") and table.promotable(0, "b") and not table.promotable(0, "c")  # best 4 // 2
     assert not table.promotable(0, "d")
     assert table.goes_on(0, "a") and not table.promotable(0, "a") and table.goes_on(0, "a")  # promoted once, told again
+    table.record(0, "e", [0.1, 0.1], 0.0)  # the new best: five results hold two places, one taken by a
+    assert table.order(0)[0] == "e" and table.goes_on(0, "e") and not table.promotable(0, "b")  # no place left for b
     maximise = RungTable(["max"], reduction_factor=3)
     for key, value in (("x", 1.0), ("y", 3.0), ("z", 2.0)):
         maximise.record(1, key, [value], 0.0)
