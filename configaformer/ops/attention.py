@@ -201,8 +201,9 @@ class FusedAttention(nn.Module):
             mask = self.offset[0].bias(len_q, len_k, q.device, start)
         autocast = q.device.type != "meta" and torch.is_autocast_enabled(q.device.type)
         dtype = torch.get_autocast_dtype(q.device.type) if autocast else q.dtype
-        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-        if mask is not None and mask.dtype != torch.bool:
+        if q.dtype != dtype or k.dtype != dtype or v.dtype != dtype:
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        if mask is not None and mask.dtype not in (torch.bool, dtype):
             mask = mask.to(dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale,
                                              enable_gqa=self.groups > 1)
