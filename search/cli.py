@@ -41,6 +41,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     corpus = load_corpus(space.data)
     print(f"corpus: {corpus.description}, vocab {corpus.vocab_size}, {len(corpus.train):,} train / {len(corpus.val):,} val tokens")
     print(f"validation: {space.train['eval_tokens']:,} target tokens in windows of {space.train['eval_seq_len']} for every trial")
+    print(f"scheduler: {space.describe_scheduler()}, schedule {space.train['schedule']}")
     check_buildable(space, corpus.vocab_size)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))

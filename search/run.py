@@ -123,10 +123,7 @@ def _search(space: SearchSpace, study: optuna.Study, vocab_size: int, url: str, 
     seed = space.search["seed"] if seed is None else seed
     sampler = sampler or space.search["sampler"]
     study.sampler = make_sampler(space, sampler, seed + len(study.trials), budget)
-    rungs = space.rungs()
-    scheduler = "fifo (every config trains the full budget)" if len(rungs) == 1 else \
-        (f"asha (rungs at {' / '.join(f'{t:,}' for t in rungs)} tokens, the best 1 in "
-         f"{space.search['reduction_factor']} goes on)")
+    scheduler = space.describe_scheduler()
     for key, value in (("sampler", sampler), ("scheduler", scheduler), ("trials", budget),
                        ("train_tokens", space.train["tokens"])):
         if study.user_attrs.get(key) != value:  # the settings the report shows
@@ -155,7 +152,7 @@ def _search(space: SearchSpace, study: optuna.Study, vocab_size: int, url: str, 
         say(f"running {plural(budget - done, 'trial')} of {budget}"
             + (f" or until {tokens:,.0f} training tokens are spent" if tokens is not None else "") + ", objectives: "
             + ", ".join(f"{m} ({d})" for m, d in space.objectives.items()))
-        if len(rungs) > 1:
+        if len(space.rungs()) > 1:
             say(f"scheduler {scheduler}")
         progress = Progress(budget, done, list(space.objectives), verbosity)
         checkpoints = out_dir / RUNG_CHECKPOINTS

@@ -183,6 +183,14 @@ class SearchSpace:
             tokens *= factor
         return budgets + [full]
 
+    def describe_scheduler(self) -> str:
+        """The scheduler in a phrase, as the run and validate commands print it and the report shows it."""
+        rungs = self.rungs()
+        if len(rungs) == 1:
+            return f"fifo (every config trains the full {rungs[0]:,} tokens)"
+        return (f"asha (rungs at {' / '.join(f'{t:,}' for t in rungs)} tokens, at most 1 in "
+                f"{self.search['reduction_factor']} goes on from each)")
+
     def size(self) -> Optional[int]:
         """The number of distinct configs when every parameter is discrete (per-layer ones at the largest depth)."""
         sizes = {name: p.size() for name, p in self.params.items()}
