@@ -108,15 +108,16 @@ def copy_weights(model: ConfigaFormer, hand: HandGPT) -> None:
 
 
 def xtransformers(width: int, depth: int, heads: int, vocab: int, max_length: int):
-    """x-transformers' decoder of the same shape and its cached generate, or None when it is not installed."""
+    """x-transformers' decoder of the same shape (its own weights) and its cached greedy generate, or None when it is
+    not installed."""
     try:
         from x_transformers import AutoregressiveWrapper, Decoder, TransformerWrapper
     except ImportError:
         return None
     net = TransformerWrapper(num_tokens=vocab, max_seq_len=max_length,
                              attn_layers=Decoder(dim=width, depth=depth, heads=heads, attn_flash=True))
-    wrapper = AutoregressiveWrapper(net)
-    return lambda ids, new: wrapper.generate(ids, new, cache_kv=True, filter_logits_fn=None, temperature=0.0)
+    wrapper = AutoregressiveWrapper(net).eval()
+    return wrapper, lambda ids, new: wrapper.generate(ids, new, cache_kv=True, temperature=0.0)
 
 
 def seconds(call, device: torch.device) -> float:
@@ -151,6 +152,9 @@ def main() -> None:
         copy_weights(model, hand)
         hand = hand.to(dtype).eval()
         other = xtransformers(width, depth, heads, vocab, max(contexts))
+        if other is not None:
+            wrapper, other = other
+            wrapper.to(device, dtype)
         for batch in (int(b) for b in args.batches.split(",")):
             for context in contexts:
                 prompt = torch.randint(0, vocab, (batch, context - args.new), device=device)
