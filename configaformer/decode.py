@@ -11,7 +11,7 @@ gMLP keeps its normalised gating half. Every other op works token by token. An o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -70,28 +70,18 @@ def token_stream(model: ConfigaFormer) -> str:
     return names[0]
 
 
-@dataclass(frozen=True)
-class _Call:
-    """One plan step as decoding runs it: the bound method, the streams it reads and writes, and whether it takes
-    its cached state (a decode method) or is a plain forward."""
-
-    function: Callable[..., Any]
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    index: int
-    stateful: bool
-
-
-def _decode_plan(model: ConfigaFormer) -> list[_Call]:
-    """The model's plan as bound methods, made once per model: a decoding step is launch-bound, and each module
-    call through nn.Module costs what a small op does. Stream copies (make_stream) become aliases."""
+def _decode_plan(model: ConfigaFormer) -> list[tuple]:
+    """The model's plan as (function, input names, output name or names, step index, takes state), made once per
+    model: a decoding step is launch-bound, and each module call through nn.Module costs what a small op does.
+    Stream copies (make_stream) become aliases (function None)."""
     plan = model.__dict__.get("_decode_calls")
     if plan is None:
         plan = []
         for index, step in enumerate(model.plan):
             decode = getattr(step, "decode", None)
             function = None if isinstance(step, MakeStream) else decode or step.forward
-            plan.append(_Call(function, tuple(step.inputs), tuple(step.outputs), index, decode is not None))
+            outputs = step.outputs[0] if len(step.outputs) == 1 else tuple(step.outputs)
+            plan.append((function, tuple(step.inputs), outputs, index, decode is not None))
         model.__dict__["_decode_calls"] = plan
     return plan
 
@@ -100,21 +90,21 @@ def run_steps(model: ConfigaFormer, streams: dict[str, Tensor], cache: DecodeCac
     """The plan over the new positions' streams, each op that mixes positions against its cached state."""
     start, states = cache.position, cache.states
     length = streams[token_stream(model)].shape[1]
-    for call in _decode_plan(model):
-        args = [streams[name] for name in call.inputs]
-        if call.function is None:
+    for function, inputs, outputs, index, stateful in _decode_plan(model):
+        args = [streams[name] for name in inputs]
+        if function is None:
             out = args[0]
-        elif call.stateful:
-            state = states.get(call.index)
+        elif stateful:
+            state = states.get(index)
             if state is None:
-                state = states[call.index] = {}
-            out = call.function(*args, state=state, start=start)
+                state = states[index] = {}
+            out = function(*args, state=state, start=start)
         else:
-            out = call.function(*args)
-        if len(call.outputs) == 1:
-            streams[call.outputs[0]] = out
+            out = function(*args)
+        if isinstance(outputs, str):
+            streams[outputs] = out
         else:
-            streams.update(zip(call.outputs, out))
+            streams.update(zip(outputs, out))
     cache.position = start + length
     return streams
 
