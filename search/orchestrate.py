@@ -377,8 +377,8 @@ class StudySearcher(Searcher):
     def _record_rung(self, trial_id: str, result: Optional[dict]) -> None:
         asked = self.live.get(trial_id)
         entry = rung_entry(result or {}, objective_names(self.study))
-        if asked is None or entry is None or result.get("status") != "ok" or "rung" not in result:
-            return
+        if asked is None or entry is None or result.get("status") != "ok" or "rung" not in result or not self.last_rung:
+            return  # (with one rung, the full budget, there is nothing to rank or resume from)
         rung, trial = int(result["rung"]), asked.trial
         rungs = dict(trial.user_attrs.get("rungs") or {})
         if str(rung) in rungs:

@@ -383,8 +383,19 @@ def record(study: optuna.Study, trial: optuna.Trial, metrics: Mapping[str, Any])
     state = TrialState.COMPLETE if ok else TrialState.FAIL
     if (ok and "reused_from" in metrics) or metrics.get("status") == STOPPED:
         state = TrialState.PRUNED
-    study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
+    tell(study, trial, state, [float(v) for v in values] if state == TrialState.COMPLETE else None)
     return state
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, values: Optional[list[float]]) -> None:
+    """Optuna's tell without reading the trial back: the sampler is shown the trial as this process knows it (its
+    params and, through write_attrs, its attributes), where study.tell reads it from the storage twice, the
+    costliest part of recording a trial. The values are checked by `record`."""
+    study._thread_local.cached_all_trials = None
+    try:
+        study.sampler.after_trial(study, trial._cached_frozen_trial, state, values)
+    finally:
+        study._storage.set_trial_state_values(trial._trial_id, state, values)
 
 
 # Why a trial failed, is infeasible, was stopped at a rung or free, or measured something to take with care.
