@@ -345,6 +345,9 @@ class StudySearcher(Searcher):
         if not self.shared:
             return True
         trials = self.refresh(force=True, claiming=trial.number)  # what all drivers measured and claimed by now
+        if asked.key in self.settled:  # another driver's trial of this config ended since it was asked: reuse it
+            settle(self.study, Drawn(trial, asked.params, asked.key), self.settled, self.progress.free, self.parked)
+            return False
         mine = self.running_numbers()
         earlier = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("claimed")
                    and t.number < trial.number]
