@@ -24,7 +24,6 @@ class MultiObjectiveAsha(FIFOScheduler):
     def __init__(self, table: RungTable, objectives: Sequence[str], last_rung: int) -> None:
         super().__init__()
         self.table, self.objectives, self.last_rung = table, list(objectives), last_rung
-        self.stopped = 0
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         rung, key = result.get("rung"), trial.config.get("key")
@@ -32,10 +31,7 @@ class MultiObjectiveAsha(FIFOScheduler):
         if rung is None or key is None or entry is None or result.get("status") != "ok" or rung >= self.last_rung:
             return TrialScheduler.CONTINUE  # a failure's report or the full budget: the trial ends on its own
         self.table.record(int(rung), key, *entry)
-        if self.table.goes_on(int(rung), key):
-            return TrialScheduler.CONTINUE
-        self.stopped += 1
-        return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE if self.table.goes_on(int(rung), key) else TrialScheduler.STOP
 
     def debug_string(self) -> str:
         return "MultiObjectiveAsha: " + ", ".join(f"rung {r}: {self.table.recorded(r)}" for r in sorted(self.table.results))
