@@ -150,8 +150,9 @@ def test_stopped_search_resumes_without_losing_or_duplicating_trials(ray_local, 
             if not (out / ".tune").exists():  # the search has made its study and started Ray Tune: safe to read
                 continue
             trials = load_existing(storage).trials if optuna.study.get_all_study_summaries(storage) else []
-            # A trial running for over half a second is one in training, not a repeat that is asked and told at once.
-            training = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING
+            # A claimed trial running for over half a second is one in training (not a suggestion asked ahead, nor a
+            # repeat that is asked and told at once).
+            training = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("claimed")
                         and datetime.datetime.now() - t.datetime_start > datetime.timedelta(seconds=0.5)]
             if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials) and training:
                 break
