@@ -141,7 +141,10 @@ def test_stopped_search_resumes_without_losing_or_duplicating_trials(ray_local, 
     command = [sys.executable, "-m", "configaformer_search.cli", "run", str(space), "--trials", "5", "--out", str(out),
                "--concurrency", "1", "--address", ray_local, "--sampler", "random"]
     with open(tmp_path / "stderr.txt", "w") as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        # As from a terminal: Ctrl-C's SIGINT at its default, whatever this test process inherited (Ray may leave
+        # it ignored here, and a child started with SIGINT ignored never raises KeyboardInterrupt).
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     storage = default_storage(out)
     deadline = time.monotonic() + 120
     try:
