@@ -402,9 +402,11 @@ def tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, values: Op
 CONSTRAINTS_KEY = "constraints"  # Optuna's system attribute prefix for a trial's constraint values (set_constraint's)
 
 
-def write_attrs(study: optuna.Study, trial: optuna.Trial, user: Mapping[str, Any], system: Mapping[str, Any] = {}) -> None:
+def write_attrs(study: optuna.Study, trial: optuna.Trial, user: Mapping[str, Any],
+                system: Optional[Mapping[str, Any]] = None) -> None:
     """Set a trial's user (and system) attributes in one transaction where the storage is relational: Optuna
     commits each attribute on its own, which a trial of thirty attributes feels as thirty syncs of the file."""
+    system = system or {}
     backend = getattr(study._storage, "_backend", study._storage)
     if isinstance(backend, optuna.storages.RDBStorage):
         from optuna.storages._rdb import models
