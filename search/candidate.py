@@ -158,9 +158,10 @@ def screen(space: SearchSpace, params: Mapping[str, Any], vocab_size: int, quick
     return Candidate(dict(params), model_config, train, metrics, key)
 
 
-def build(candidate: Candidate) -> ConfigaFormer:
+def build(candidate: Candidate, check_causality: bool = True) -> ConfigaFormer:
     """The real model, its weights drawn from the trial's seed alone; raises TrialFailure('leaks_future') for a
-    model whose outputs read later positions, which a next-token loss would reward."""
+    model whose outputs read later positions, which a next-token loss would reward (unless told that its config
+    passed that check already)."""
     with torch.random.fork_rng(devices=[]):  # initial weights from the trial's seed alone, not from what ran before
         torch.manual_seed(candidate.train["seed"])
         try:
@@ -170,6 +171,13 @@ def build(candidate: Candidate) -> ConfigaFormer:
                 raise
             raise TrialFailure("oom", f"building the model: {str(err).splitlines()[0]}",
                                dict(candidate.metrics, config_key=candidate.key)) from None
+    if check_causality:
+        _check_causal(model, candidate)
+    candidate.model = model
+    return model
+
+
+def _check_causal(model: ConfigaFormer, candidate: Candidate) -> None:
     seq_len = candidate.train["seq_len"]
     try:
         leak = find_future_leak(model, length=min(CAUSALITY_LENGTH, seq_len))
@@ -178,8 +186,6 @@ def build(candidate: Candidate) -> ConfigaFormer:
     if leak is not None:
         raise TrialFailure("leaks_future", f"{leak}: a next-token loss would reward reading ahead",
                            dict(candidate.metrics, config_key=candidate.key))
-    candidate.model = model
-    return model
 
 
 def make_candidate(space: SearchSpace, params: Mapping[str, Any], vocab_size: int) -> Candidate:

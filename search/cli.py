@@ -1,4 +1,4 @@
-"""The configaformer-search command line: run, validate, front, trials, plot, report, export.
+"""The configaformer-search command line: run, validate, calibrate, front, trials, plot, report, export.
 
 Heavy imports (torch, ray, optuna) happen inside the commands, so `--help` returns at once. Bad input is one
 line on stderr and exit status 2, never a traceback.
@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 from .errors import UsageError
 from .progress import plural
 
-COMMANDS = ("run", "validate", "front", "trials", "plot", "report", "export")
+COMMANDS = ("run", "validate", "calibrate", "front", "trials", "plot", "report", "export")
 
 
 def _format(value: float) -> str:
@@ -84,6 +84,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if result.stop_reason else 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import signal
+
+    from .calibrate import OUTPUTS, calibrate, describe
+    from .run import stopped_by
+    from .space import load_space
+
+    space = load_space(args.space)
+    say = (lambda text: None) if args.quiet else print
+    try:
+        calibration = calibrate(space, args.configs, args.mult, args.out, args.address, args.gpus_per_trial,
+                                args.concurrency, say)
+    except KeyboardInterrupt:
+        signum = stopped_by()
+        print(f"configaformer-search: calibrate {'terminated' if signum == signal.SIGTERM else 'interrupted'}; the runs that ended "
+              "are kept: run the same command again to resume", file=sys.stderr)
+        return 128 + signum
+    print("\n" + "\n".join(describe(calibration)))
+    print("wrote " + ", ".join(str(calibration.out / name) for name in OUTPUTS))
+    return 0
+
+
 def _print_summary(result) -> None:
     """What the search measured, what it refused or reused for free, the front, and the files it wrote."""
     from collections import Counter
@@ -113,7 +135,7 @@ def _print_summary(result) -> None:
     front = front_trials(study)
     if front:
         print(f"Pareto front ({plural(len(front), 'trial')}):")
-        sys.stdout.write(_console_table(_fitted(front_frame(study), objective_names(study))))
+        sys.stdout.write(_console_table(_fitted(front_frame(study), (*objective_names(study), "noise"))))
     elif complete:
         print(f"Pareto front: empty, every complete trial breaks a constraint (see `configaformer-search trials {result.out_dir}`)")
     if result.written:
@@ -149,8 +171,13 @@ def _console_table(frame) -> str:
 def _fitted(frame, keep: Sequence[str], width: int = CONSOLE_WIDTH):
     """The columns in `keep` that the frame has, then its params joined into one 'config' column (width=64
     depth=2 ...), cut so that every line fits `width` characters."""
+    from .metrics import SD_SUFFIX, with_sd
+
     params = [c for c in frame if c.startswith("param:")]
     fitted = frame[[c for c in keep if c in frame]].copy()
+    for column in fitted:  # a seed-confirmed mean with its sd
+        if column + SD_SUFFIX in frame and fitted[column].dtype.kind == "f":
+            fitted[column] = ["" if v != v else with_sd(v, sd) for v, sd in zip(fitted[column], frame[column + SD_SUFFIX])]
     fitted = fitted[[c for c in fitted if not fitted[c].isin([None, False, ""]).all() and not fitted[c].isna().all()]]
     if "duration" in fitted:
         fitted["duration"] = fitted["duration"].map(lambda v: "" if v is None or v != v else f"{v:.1f} s")
@@ -199,7 +226,7 @@ def cmd_front(args: argparse.Namespace) -> int:
     study = _open_run(args.dir, args.storage)
     frame = front_frame(study)
     if args.format == "table" and not args.all and not frame.empty:  # what fits a terminal; the files keep it all
-        frame = _fitted(frame, objective_names(study))
+        frame = _fitted(frame, (*objective_names(study), "noise"))
     _emit(frame, args.format, args.output, empty="(the front is empty: no trial has finished that meets the constraints)")
     return 0
 
@@ -310,6 +337,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     run.add_argument("--verbose", "-v", action="count", default=0, help="also print each trial's params")
     run.set_defaults(handler=cmd_run)
+
+    calibrate = sub.add_parser("calibrate", help="before a long search: how much of the spread across configs is seed "
+                                                 "noise, and does the budget rank configs as a longer one would")
+    calibrate.add_argument("space", help="search space YAML")
+    calibrate.add_argument("--configs", type=int, default=12, help="configs to sample (default 12)")
+    calibrate.add_argument("--mult", type=int, default=4, help="the longer budget, as a multiple of the space's (default 4)")
+    calibrate.add_argument("--out", help="folder (default runs/<space name>-calibrate); a rerun resumes there")
+    calibrate.add_argument("--address", help="join this Ray cluster instead of a local Ray")
+    calibrate.add_argument("--gpus-per-trial", type=float, help="GPU share per run, e.g. 0.25 packs four on a GPU")
+    calibrate.add_argument("--concurrency", type=int, help="runs at a time (default: what the cluster fits)")
+    calibrate.add_argument("--quiet", "-q", action="store_true", help="print only the findings")
+    calibrate.set_defaults(handler=cmd_calibrate)
 
     formats = ("table", "csv", "json")
     front = sub.add_parser("front", help="list the Pareto-optimal trials of a run folder")

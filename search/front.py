@@ -15,7 +15,7 @@ from optuna.study._multi_objective import _get_pareto_front_trials_by_trials  # 
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import SpaceError
-from .metrics import KEY_COLUMNS
+from .metrics import KEY_COLUMNS, SD_SUFFIX, SEEDED_METRICS
 from .records import study_trials
 from .study import objective_names, rows_frame
 
@@ -48,19 +48,71 @@ class ParetoFront:
         return len(self.points)
 
 
-def front_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Pareto-optimal trials among the complete, feasible ones, by number: what Optuna's best_trials gives (twins
-    are PRUNED, so they are not among them), without its deep copy of every trial."""
-    feasible_trials = _get_feasible_trials(study_trials(study, (TrialState.COMPLETE,)))
+def front_trials(study: optuna.Study, complete: Optional[Sequence[FrozenTrial]] = None) -> list[FrozenTrial]:
+    """Pareto-optimal trials among the complete (given, or read), feasible ones, by number: what Optuna's
+    best_trials gives (twins are PRUNED, so they are not among them), without its deep copy of every trial."""
+    complete = study_trials(study, (TrialState.COMPLETE,)) if complete is None else complete
+    feasible_trials = _get_feasible_trials(list(complete))
     return sorted(_get_pareto_front_trials_by_trials(feasible_trials, study.directions), key=lambda t: t.number)
 
 
+NOISE_SIGMAS = 2  # a lead counts once it exceeds this many standard errors of the difference
+
+
+def seed_noise(trials: Sequence[FrozenTrial], metric: str) -> Optional[float]:
+    """The sd of one run of `metric`, pooled over the seed-confirmed trials (the root mean of their variances:
+    each trial's own sd, from a few seeds, is too rough alone); None where no trial was confirmed."""
+    variances = [t.user_attrs[metric + SD_SUFFIX] ** 2 for t in trials
+                 if isinstance(t.user_attrs.get(metric + SD_SUFFIX), (int, float))]
+    return float(np.sqrt(np.mean(variances))) if variances else None
+
+
+def leads_within_noise(study: optuna.Study, trials: Optional[Sequence[FrozenTrial]] = None) -> dict[int, str]:
+    """Front members whose lead over a trial they dominate is within the seed noise, each with a note naming the
+    nearest such trial. That trial is dominated only because a seeded objective (val_loss) is ahead by less than
+    NOISE_SIGMAS standard errors of the difference of the two means; with other seeds it could join the front."""
+    trials = study_trials(study, (TrialState.COMPLETE,)) if trials is None else trials
+    names, directions = objective_names(study), study.directions
+    noise = {i: seed_noise(trials, name) for i, name in enumerate(names) if name in SEEDED_METRICS}
+    noise = {i: sd for i, sd in noise.items() if sd}
+    if not noise:
+        return {}
+    candidates = _get_feasible_trials(list(trials))
+    front = front_trials(study, trials)
+    members = {t.number for t in front}
+    points = {t.number: _minimised([t.values], directions)[0] for t in candidates}
+    seeds = {t.number: t.user_attrs.get("seeds", 1) for t in candidates}
+    notes = {}
+    for leader in front:
+        nearest = None
+        for other in candidates:
+            lead = points[other.number] - points[leader.number]
+            if other.number in members or not (lead >= 0).all():
+                continue  # not dominated by this member
+            for i, sd in noise.items():
+                band = NOISE_SIGMAS * sd * np.sqrt(1 / seeds[leader.number] + 1 / seeds[other.number])
+                if lead[i] < band and (nearest is None or lead[i] / band < nearest[0]):
+                    nearest = (lead[i] / band, other.number, names[i], lead[i], band)
+        if nearest is not None:
+            _, number, name, lead, band = nearest
+            notes[leader.number] = f"lead over #{number} within noise ({name} {lead:.2g} < {band:.2g})"
+    return notes
+
+
 def front_frame(study: optuna.Study) -> pd.DataFrame:
-    """The front as a table: objectives, key measurements, params."""
+    """The front as a table: objectives (with their seed sd where seeds were confirmed), key measurements, whether
+    a lead is within noise, params."""
     rows = []
-    for trial in front_trials(study):
-        row = {"number": trial.number, **dict(zip(objective_names(study), trial.values))}
-        row.update({k: trial.user_attrs[k] for k in KEY_COLUMNS if k in trial.user_attrs})
+    names = objective_names(study)
+    complete = study_trials(study, (TrialState.COMPLETE,))
+    noisy = leads_within_noise(study, complete)
+    for trial in front_trials(study, complete):
+        row = {"number": trial.number, **dict(zip(names, trial.values))}
+        row.update({name + SD_SUFFIX: trial.user_attrs[name + SD_SUFFIX] for name in names
+                    if name + SD_SUFFIX in trial.user_attrs})
+        row.update({k: trial.user_attrs[k] for k in ("seeds", *KEY_COLUMNS) if k in trial.user_attrs})
+        if trial.number in noisy:
+            row["noise"] = noisy[trial.number]
         row.update({f"param:{k}": v for k, v in trial.params.items()})
         rows.append(row)
     return rows_frame(rows) if rows else pd.DataFrame()

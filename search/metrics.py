@@ -5,6 +5,7 @@ names and units from here; a new metric is one line here and the probe that meas
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 SHAPE = "shape"  # known from the model's shapes before any weight exists: the cheap screen measures it
 TRAINING = "training"  # made by the training run (at each rung of a multi-fidelity search)
@@ -18,6 +19,7 @@ class Metric:
     source: str  # SHAPE, TRAINING, or the name of the probe that measures it (search/probes/)
     key: bool = False  # a column of the front table beside the objectives
     note: bool = False  # a caution shown beside a trial's outcome wherever it appears
+    seeded: bool = False  # varies with the training seed: seed-confirmed trials report its mean and its sd
 
     @property
     def cheap(self) -> bool:
@@ -29,9 +31,10 @@ class Metric:
 
 
 METRICS = {m.name: m for m in (
-    Metric("val_loss", "nats/token", "cross-entropy on the space's validation windows after the training budget", TRAINING),
-    Metric("val_bpb", "bits/byte", "val_loss in bits per byte, on byte corpora", TRAINING, key=True),
-    Metric("train_loss", "nats/token", "the last training batch's loss", TRAINING),
+    Metric("val_loss", "nats/token", "cross-entropy on the space's validation windows after the training budget", TRAINING,
+           seeded=True),
+    Metric("val_bpb", "bits/byte", "val_loss in bits per byte, on byte corpora", TRAINING, key=True, seeded=True),
+    Metric("train_loss", "nats/token", "the last training batch's loss", TRAINING, seeded=True),
     Metric("train_tok_s", "tokens/s", "training throughput", TRAINING),
     Metric("tokens_trained", "tokens", "training tokens behind the reported val_loss", TRAINING),
     Metric("tokens_spent", "tokens", "training tokens the trial spent, the decay branches of its rungs included", TRAINING),
@@ -51,6 +54,8 @@ METRICS = {m.name: m for m in (
 CHEAP_METRICS = tuple(name for name, metric in METRICS.items() if metric.cheap)
 KEY_COLUMNS = tuple(name for name, metric in METRICS.items() if metric.key)
 NOTE_METRICS = tuple(name for name, metric in METRICS.items() if metric.note)
+SEEDED_METRICS = tuple(name for name, metric in METRICS.items() if metric.seeded)
+SD_SUFFIX = "_sd"  # val_loss_sd: the seed-to-seed standard deviation recorded beside a seeded metric's mean
 
 
 def label(name: str) -> str:
@@ -61,3 +66,8 @@ def label(name: str) -> str:
 def made_by(source: str) -> tuple[str, ...]:
     """The metrics that one source (a probe's name, TRAINING or SHAPE) makes."""
     return tuple(name for name, metric in METRICS.items() if metric.source == source)
+
+
+def with_sd(value: float, sd: Optional[float]) -> str:
+    """'2.713 ± 0.021': a seed-confirmed mean as the tables print it; the value alone without an sd."""
+    return f"{value:.4g}" + (f" ± {sd:.2g}" if sd is not None and sd == sd else "")

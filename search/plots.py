@@ -53,23 +53,36 @@ def _front_figure(review: Review, plt):
             if group:
                 axes.scatter([t.values[i] for t in group], [t.values[j] for t in group], s=16, c=color, alpha=0.6,
                              label=name, zorder=2)
+                _error_bars(axes, group, objectives[i].name, objectives[j].name, i, j, color)
         front = review.front
+        _error_bars(axes, front, objectives[i].name, objectives[j].name, i, j, FRONT_COLOR)
         feasible = [(t.values[i], t.values[j]) for t in complete if t.feasible]
         xs, ys = staircase(feasible, (objectives[i].minimise, objectives[j].minimise))
         axes.plot(xs, ys, color=FRONT_COLOR, lw=1, alpha=0.6, zorder=3, label="front in this pair")
         axes.scatter([t.values[i] for t in front], [t.values[j] for t in front], s=30, c=FRONT_COLOR,
                      edgecolors="white", linewidths=0.6, label="Pareto front", zorder=4)
-        for k, trial in enumerate(sorted(front, key=lambda t: t.values[i])):  # turn round the point, so that
-            axes.annotate(f"#{trial.number}", (trial.values[i], trial.values[j]), fontsize=7, zorder=5,  # neighbours
-                          xytext=LABEL_OFFSETS[k % len(LABEL_OFFSETS)], textcoords="offset points")  # part
+        for k, trial in enumerate(sorted(front, key=lambda t: t.values[i])):  # labels turn round the point,
+            axes.annotate(f"#{trial.number}{' ≈' if trial.noise else ''}", (trial.values[i], trial.values[j]),
+                          fontsize=7, zorder=5, xytext=LABEL_OFFSETS[k % len(LABEL_OFFSETS)],
+                          textcoords="offset points")  # so that neighbours' labels part
         axes.set_xlabel(f"{objectives[i].label}, {objectives[i].better}")
         axes.set_ylabel(f"{objectives[j].label}, {objectives[j].better}")
     for axes in list(grid.flat)[len(pairs):]:
         axes.axis("off")
     grid.flat[0].legend(fontsize=7, loc="best")
-    figure.suptitle(f"Pareto front of '{review.study_name}': {len(review.front)} of {len(complete)} complete trials")
+    noisy = sum(bool(t.noise) for t in review.front)
+    figure.suptitle(f"Pareto front of '{review.study_name}': {len(review.front)} of {len(complete)} complete trials"
+                    + (f"; ≈ marks {noisy} whose lead is within the seed noise (bars: one sd)" if noisy else ""))
     figure.tight_layout()
     return figure
+
+
+def _error_bars(axes, trials: list, x: str, y: str, i: int, j: int, color: str) -> None:
+    """One sd either way on each axis whose objective was seed-confirmed (nothing where none was)."""
+    xerr, yerr = [t.sd(x) for t in trials], [t.sd(y) for t in trials]
+    if any(xerr) or any(yerr):
+        axes.errorbar([t.values[i] for t in trials], [t.values[j] for t in trials], xerr=xerr, yerr=yerr, fmt="none",
+                      ecolor=color, elinewidth=0.8, alpha=0.6, zorder=2)
 
 
 def _hypervolume_figure(review: Review, plt):

@@ -6,6 +6,8 @@ import time
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
+from .metrics import SD_SUFFIX, with_sd
+
 
 def plural(count: int, noun: str) -> str:
     """'1 trial', '2 trials'."""
@@ -104,7 +106,8 @@ def _outcome(metrics: Mapping[str, Any], objectives: Sequence[str]) -> str:
         return "stop " + "  ".join(f"{name} {metrics[name]:.4g}" for name in objectives if name in metrics) + \
             f"  ({metrics.get('message', 'stopped at a rung')})"
     if metrics.get("status") == "ok":
-        outcome = "ok   " + "  ".join(f"{name} {metrics[name]:.4g}" for name in objectives if name in metrics)
+        outcome = "ok   " + "  ".join(f"{name} {with_sd(metrics[name], metrics.get(name + SD_SUFFIX))}"
+                                      for name in objectives if name in metrics)
         if metrics.get("latency_noisy"):
             outcome += f"  (latency noisy: cv {metrics['latency_cv']:.2f})"
         return outcome + (f"  (infeasible: {metrics['violations']})" if metrics.get("violations") else "")

@@ -14,6 +14,7 @@ from typing import Any
 
 import optuna
 
+from .metrics import with_sd
 from .review import Review, TrialRow, staircase
 
 FRONT_COLOR, OTHER_COLOR, INFEASIBLE_COLOR = "#d62728", "#9e9e9e", "#ff9896"
@@ -43,15 +44,12 @@ td.text { text-align: left; } tr.front td:first-child { font-weight: bold; color
 
 
 def _hover(row: TrialRow, review: Review) -> str:
-    values = "<br>".join(f"{o.label}: {v:.4g}" for o, v in zip(review.objectives, row.values or ()))
+    values = "<br>".join(f"{o.label}: {with_sd(v, row.sd(o.name) or None)}" for o, v in zip(review.objectives, row.values or ()))
     params = "<br>".join(f"{k}: {v}" for k, v in row.params.items())
     extra = "<br>".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in row.metrics.items()
                         if k not in {o.name for o in review.objectives} and isinstance(v, (int, float)) and not isinstance(v, bool))
-    return f"<b>trial #{row.number}</b>{' (front)' if row.on_front else ''}<br>{values}<br><br>{params}<br><br>{extra}"
-
-
-def _error(row: TrialRow, name: str) -> float:
-    return float(row.metrics.get(f"{name}_sd") or 0.0)
+    noise = f"<br><i>{html.escape(row.noise)}</i>" if row.noise else ""
+    return f"<b>trial #{row.number}</b>{' (front)' if row.on_front else ''}{noise}<br>{values}<br><br>{params}<br><br>{extra}"
 
 
 def front_figure(review: Review) -> Any:
@@ -82,10 +80,11 @@ def front_figure(review: Review) -> Any:
             figure.add_trace(go.Scatter(
                 x=[t.values[i] for t in chosen], y=[t.values[j] for t in chosen], name=name, legendgroup=name,
                 showlegend=k == 0, mode="markers+text" if front else "markers",
-                text=[f"#{t.number}" for t in chosen] if front else None, textposition="top right",
+                text=[f"#{t.number}" + (" ≈" if t.noise else "") for t in chosen] if front else None,
+                textposition="top right",
                 marker={"color": color, "size": 9 if front else 7, "line": {"width": 0.5, "color": "white"}},
-                error_x={"type": "data", "array": [_error(t, objectives[i].name) for t in chosen], "visible": True, "width": 2},
-                error_y={"type": "data", "array": [_error(t, objectives[j].name) for t in chosen], "visible": True, "width": 2},
+                error_x={"type": "data", "array": [t.sd(objectives[i].name) for t in chosen], "visible": True, "width": 2},
+                error_y={"type": "data", "array": [t.sd(objectives[j].name) for t in chosen], "visible": True, "width": 2},
                 hovertext=[_hover(t, review) for t in chosen], hoverinfo="text"), row=row, col=col)
         figure.update_xaxes(title_text=f"{objectives[i].label}, {objectives[i].better}", row=row, col=col)
         figure.update_yaxes(title_text=f"{objectives[j].label}, {objectives[j].better}", row=row, col=col)
@@ -122,11 +121,11 @@ def importance_figures(study: optuna.Study, review: Review) -> list[tuple[str, A
     return figures
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, sd: float = 0.0) -> str:
     if value is None:
         return '<td data-value=""></td>'
     if isinstance(value, float):
-        return f'<td data-value="{value!r}">{value:.4g}</td>'
+        return f'<td data-value="{value!r}">{with_sd(value, sd or None)}</td>'
     if isinstance(value, (int, bool)):
         return f'<td data-value="{int(value)}">{value}</td>'
     text = html.escape(str(value))
@@ -134,14 +133,16 @@ def _cell(value: Any) -> str:
 
 
 def trials_table(review: Review) -> str:
-    """Every trial, sortable by any column: state, objectives, why it failed or was free, its params."""
+    """Every trial, sortable by any column: state, objectives (mean ± sd where seeds were confirmed), why it failed
+    or was free or whether its lead is within noise, its params."""
     params = sorted({k for t in review.trials for k in t.params})
-    header = ["#", "state", *(o.label for o in review.objectives), "reason", "message", *params]
+    header = ["#", "state", *(o.label for o in review.objectives), "note", "message", *params]
     lines = ['<table class="sortable" id="trials"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in header)
              + "</tr></thead><tbody>"]
     for t in review.trials:
         values = t.values or tuple(t.metrics.get(o.name) for o in review.objectives)
-        cells = [_cell(t.number), _cell(t.state), *(_cell(v) for v in values), _cell(t.reason),
+        cells = [_cell(t.number), _cell(t.state), *(_cell(v, t.sd(o.name)) for o, v in zip(review.objectives, values)),
+                 _cell(t.reason or t.noise),
                  _cell(t.metrics.get("message")), *(_cell(t.params.get(p)) for p in params)]
         lines.append(f'<tr class="{"front" if t.on_front else ""}" data-trial="{t.number}">{"".join(cells)}</tr>')
     return "\n".join(lines) + "</tbody></table>"
@@ -162,7 +163,9 @@ def write_report(study: optuna.Study, review: Review, path: Path) -> Path:
     sections = [f"<h1>Search '{html.escape(review.study_name)}'</h1>", _summary(review)]
     if review.complete:
         sections += ["<h2>Pareto front</h2>", '<p class="note">Hover a point for its params and every metric; the '
-                     "front's members are numbered and joined by its step line in each pair of objectives.</p>",
+                     "front's members are numbered and joined by its step line in each pair of objectives. Where seeds were "
+                     "confirmed, bars span one sd either way, and a member marked ≈ leads a trial it dominates by less "
+                     "than the seed noise.</p>",
                      _div(front_figure(review), "front")]
         if review.front:
             sections += ["<h2>Hypervolume history</h2>", _div(hypervolume_figure(review), "hypervolume")]

@@ -14,8 +14,8 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .front import front_trials, hypervolume_of, reference_point
-from .metrics import METRICS, label
+from .front import front_trials, hypervolume_of, leads_within_noise, reference_point
+from .metrics import METRICS, SD_SUFFIX, label
 from .records import study_trials
 from .study import STRUCTURED_ATTRS, counts, objective_names
 
@@ -48,6 +48,11 @@ class TrialRow:
     measured: bool  # it used up budget (trained on its own)
     feasible: bool
     on_front: bool
+    noise: str = ""  # for a front member: its lead over a trial it dominates is within the seed noise
+
+    def sd(self, objective: str) -> float:
+        """The seed-to-seed sd recorded beside an objective's mean (0 where seeds were not confirmed)."""
+        return float(self.metrics.get(objective + SD_SUFFIX) or 0.0)
 
 
 @dataclass(frozen=True)
@@ -100,8 +105,10 @@ def build_review(study: optuna.Study) -> Review:
     names = objective_names(study) or [f"objective_{i}" for i in range(len(directions))]
     objectives = [Objective(n, d == optuna.study.StudyDirection.MINIMIZE, METRICS[n].unit if n in METRICS else "")
                   for n, d in zip(names, directions)]
-    front = {t.number for t in front_trials(study)}
     trials = study_trials(study)
+    complete_trials = [t for t in trials if t.state == TrialState.COMPLETE]
+    front = {t.number for t in front_trials(study, complete_trials)}
+    noisy = leads_within_noise(study, complete_trials)
     rows = []
     for trial in trials:
         constraints = trial.user_attrs.get("constraints") or {}
@@ -110,7 +117,8 @@ def build_review(study: optuna.Study) -> Review:
             params=dict(trial.params),
             metrics={k: v for k, v in trial.user_attrs.items() if k not in STRUCTURED_ATTRS and not isinstance(v, (dict, list))},
             reason=_reason(trial), measured=counts(trial.user_attrs),
-            feasible=all(v <= 0 for v in constraints.values()), on_front=trial.number in front))
+            feasible=all(v <= 0 for v in constraints.values()), on_front=trial.number in front,
+            noise=noisy.get(trial.number, "")))
     complete = [r for r in rows if r.state == "COMPLETE"]
     reference = reference_point(study) if complete else None
     history, points = [], []

@@ -15,7 +15,7 @@ import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import optuna
 
@@ -78,18 +78,18 @@ def search(space: Union[SearchSpace, str, Path], trials: Optional[int] = None, t
 
     from .study import close_storage, measured, open_storage
 
-    with _run_folder(out_dir, url) as lock, _signals_as_interrupts():
+    owns_study = url == default_storage(out_dir)  # no other driver can be using a study in the folder it holds
+    with run_folder(out_dir, lambda: _holds_trials(url), out_dir / STUDY_FILE), signals_as_interrupts():
         rdb = storage_call(url, lambda: open_storage(url, writer=True))
         try:
             study = storage_call(url, lambda: _open(space, rdb, fresh, out_dir))
             result = SearchResult(study, out_dir, budget, 0)
             before = _states(study)
             try:
-                result.stop_reason = _search(space, study, corpus.vocab_size, url, out_dir, budget, tokens, lock.owns_study,
+                result.stop_reason = _search(space, study, corpus.vocab_size, url, out_dir, budget, tokens, owns_study,
                                              address, gpus_per_trial, concurrency, sampler, seed, verbosity, say)
             except KeyboardInterrupt as interrupt:  # Ray Tune may raise its own KeyboardInterrupt on the way out
-                result.stopped_by = signal.SIGTERM if isinstance(interrupt, Terminated) or _terminated.is_set() \
-                    else signal.SIGINT
+                result.stopped_by = signal.SIGTERM if isinstance(interrupt, Terminated) else stopped_by()
             result.measured = len(measured(study))
             result.ran = _states(study) != before
             if result.ran or not all((out_dir / name).exists() for name in ("trials.csv", "report.html")):
@@ -125,7 +125,7 @@ def _search(space: SearchSpace, study: optuna.Study, vocab_size: int, url: str, 
     study.sampler = make_sampler(space, sampler, seed + len(study.trials), budget)
     scheduler = space.describe_scheduler()
     for key, value in (("sampler", sampler), ("scheduler", scheduler), ("trials", budget),
-                       ("train_tokens", space.train["tokens"])):
+                       ("train_tokens", space.train["tokens"]), ("confirm_seeds", space.search["confirm_seeds"])):
         if study.user_attrs.get(key) != value:  # the settings the report shows
             study.set_user_attr(key, value)
     interrupted = mark_interrupted(study) if owns_study else mark_stale(study)
@@ -142,9 +142,7 @@ def _search(space: SearchSpace, study: optuna.Study, vocab_size: int, url: str, 
         say(f"the study already has {plural(done, 'measured trial')} (asked for {budget}"
             + (f" or {tokens:,.0f} training tokens; they spent {spent:,}" if tokens is not None else "") + "): nothing to run")
         return None
-    started_ray = orchestrate.connect(address)
-    signal.signal(signal.SIGTERM, _terminate)  # ray.init installs its own handler, which exits at once
-    try:
+    with ray_session(address):
         resources = orchestrate.plan_resources(space, gpus_per_trial, concurrency)
         cluster = orchestrate.describe_cluster()
         say(f"Ray: {cluster['nodes']} node(s), {cluster['cpus']:g} CPUs, {cluster['gpus']:g} GPUs; "
@@ -161,11 +159,6 @@ def _search(space: SearchSpace, study: optuna.Study, vocab_size: int, url: str, 
                                           token_budget=None if tokens is None else int(tokens))
         with contextlib.suppress(OSError):
             checkpoints.rmdir()  # empty once every trial has ended
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
     if searcher.stop_reason == "exhausted":
         say(f"stopped early: the sampler proposed only settled configs {MAX_REPEATS} times in a row "
             f"(the space looks exhausted at {plural(len(measured(study)), 'measured trial')})")
@@ -184,8 +177,30 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def stopped_by() -> int:
+    """The signal behind the KeyboardInterrupt being handled: SIGTERM if the handler saw one, else SIGINT."""
+    return signal.SIGTERM if _terminated.is_set() else signal.SIGINT
+
+
 @contextlib.contextmanager
-def _signals_as_interrupts() -> Iterator[None]:
+def ray_session(address: Optional[str]) -> Iterator[None]:
+    """Ray joined (or started quietly here) for the duration, with SIGTERM still stopping the command as Ctrl-C
+    does; a Ray started here is shut down afterwards."""
+    from . import orchestrate
+
+    started = orchestrate.connect(address)
+    signal.signal(signal.SIGTERM, _terminate)  # ray.init installs its own handler, which exits at once
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def signals_as_interrupts() -> Iterator[None]:
     """SIGTERM raises Terminated (a KeyboardInterrupt) for the duration, so that it stops a search as Ctrl-C does."""
     before = signal.signal(signal.SIGTERM, _terminate)
     _terminated.clear()
@@ -195,19 +210,13 @@ def _signals_as_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, before)
 
 
-@dataclass
-class _Lock:
-    handle: IO
-    owns_study: bool  # the study lives in this folder's study.db: no other driver can be using it
-
-
 @contextlib.contextmanager
-def _run_folder(out_dir: Path, url: str) -> Iterator[_Lock]:
-    """Create (or reuse) the run folder and hold its lock; a folder this call created is removed again if the
-    search fails before its study holds a trial, and a study file it created is removed with it."""
+def run_folder(out_dir: Path, worth_keeping: Callable[[], bool], main_file: Path) -> Iterator[None]:
+    """Create (or reuse) a run folder and hold its lock for the duration. When the work fails (not interrupted)
+    before anything is `worth_keeping`, a folder this call created is removed again, and so is its `main_file`
+    (the study, say) when this call created it."""
     created = not out_dir.exists()
-    study_file = out_dir / STUDY_FILE
-    new_study_file = not study_file.exists()
+    new_main_file = not main_file.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         handle = open(out_dir / RUN_LOCK, "w")
@@ -217,15 +226,15 @@ def _run_folder(out_dir: Path, url: str) -> Iterator[_Lock]:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise UsageError(f"{out_dir}: another search is running in this folder; wait for it, or use another --out") from None
+        raise UsageError(f"{out_dir}: another command is running in this folder; wait for it, or use another --out") from None
     try:
-        yield _Lock(handle, url == default_storage(out_dir))
+        yield
     except BaseException as err:
-        if not isinstance(err, KeyboardInterrupt) and not _holds_trials(url):
+        if not isinstance(err, KeyboardInterrupt) and not worth_keeping():
             if created:
                 shutil.rmtree(out_dir, ignore_errors=True)  # nothing half-done is left behind
-            elif new_study_file:
-                study_file.unlink(missing_ok=True)
+            elif new_main_file:
+                main_file.unlink(missing_ok=True)
         raise
     finally:
         handle.close()

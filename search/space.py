@@ -55,7 +55,8 @@ SEARCH_KEYS = {"trials": Key(24, (int,), check=positive), "sampler": Key("tpe", 
                "seed": Key(0, (int,)), "startup_trials": Key(None, (int, type(None))),
                "population_size": Key(None, (int, type(None))),
                "scheduler": Key("fifo", (str,), choices=SCHEDULERS), "min_tokens": Key(None, (int, type(None))),
-               "reduction_factor": Key(3, (int,), check=lambda v: None if v >= 2 else "expected an int >= 2")}
+               "reduction_factor": Key(3, (int,), check=lambda v: None if v >= 2 else "expected an int >= 2"),
+               "confirm_seeds": Key(0, (int,), check=_non_negative)}
 RESOURCE_KEYS = {"cpus_per_trial": Key(1, (float,), check=positive), "gpus_per_trial": Key(0.0, (float,), check=_non_negative),
                  "concurrency": Key(None, (int, type(None)))}
 

@@ -38,7 +38,7 @@ MAX_REFUSALS = 100  # candidates in a row refused before training before a searc
 HEARTBEAT_S = 5  # how often a driver records that its running trials are alive
 GRACE_S = 30  # a RUNNING trial whose heartbeat is older than this was left by a dead driver
 # User attributes that hold structures rather than scalars (kept as JSON-able values, left out of tables).
-STRUCTURED_ATTRS = ("model_config", "train", "timings", "constraints", "rungs")
+STRUCTURED_ATTRS = ("model_config", "train", "timings", "constraints", "rungs", "seed_results")
 
 
 def objective_names(study: optuna.Study) -> list[str]:

@@ -126,16 +126,17 @@ def evaluate(model: ConfigaFormer, batches: list, device: torch.device) -> float
 def train(model: ConfigaFormer, corpus: Corpus, cfg: Mapping, device: torch.device,
           rungs: Optional[Sequence[int]] = None, report: Report = lambda measurement: True,
           checkpoint: Callable[[], None] = lambda: None, save: Optional[Callable[[Snapshot], None]] = None,
-          start: Optional[Snapshot] = None) -> Optional[Measurement]:
+          start: Optional[Snapshot] = None, warmup_budget: Optional[int] = None) -> Optional[Measurement]:
     """Train on the batches of cfg['seed'] and measure the model at each budget in `rungs` (token counts, the last
     the full budget; default cfg['tokens']), telling `report` each measurement. Returns the full budget's, or None
     when `report` answered stop. `checkpoint` is called between steps (where a packed trial yields the GPU to a
     latency probe); `save` is given the stable state at each rung with the rung's measurement; `start` resumes from
-    one, telling `report` its measurement again first. Raises
-    TrialFailure('nan_loss', 'diverged' or 'oom')."""
+    one, telling `report` its measurement again first. Warm-up is a fraction of `warmup_budget` tokens (default
+    the first rung), so that a run measured only at its full budget can keep a multi-fidelity trial's schedule.
+    Raises TrialFailure('nan_loss', 'diverged' or 'oom')."""
     rungs = list(rungs or [cfg["tokens"]])
     steps_at = budget_steps(rungs, cfg)
-    warm = warmup_steps(cfg, steps_at[0])
+    warm = warmup_steps(cfg, budget_steps([warmup_budget or rungs[0]], cfg)[0])
     branches = {steps - decay_steps(steps, cfg): rung for rung, steps in enumerate(steps_at[:-1])} \
         if cfg["schedule"] == "wsd" else {}
     torch.manual_seed(cfg["seed"])

@@ -9,7 +9,9 @@ whatever was measured before.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
@@ -17,10 +19,11 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from . import candidate as candidates
-from .candidate import constraint_values, violations
-from .data import load_corpus
+from .candidate import Candidate, constraint_values, violations
+from .data import Corpus, load_corpus
 from .devicegate import DeviceGate
 from .errors import TrialFailure
+from .metrics import SD_SUFFIX, SEEDED_METRICS
 from .probes import ProbeContext, run_probes
 from .space import SearchSpace
 from .study import STOPPED
@@ -72,17 +75,65 @@ def _saver(folder: Path, key: str) -> Callable[[Snapshot], None]:
     return save
 
 
+def train_afresh(candidate: Candidate, corpus: Corpus, seed: int, tokens: int, device: torch.device,
+                 warmup_budget: Optional[int] = None, checkpoint: Callable[[], None] = lambda: None,
+                 check_causality: bool = False) -> Measurement:
+    """The candidate's config trained from scratch on another seed (its initial weights and its batches) for
+    `tokens`, measured once at the end; warm-up as in a run whose first rung is `warmup_budget`."""
+    train_cfg = {**candidate.train, "seed": seed, "tokens": tokens}
+    model = candidates.build(dataclasses.replace(candidate, train=train_cfg, model=None), check_causality)
+    return train(model, corpus, train_cfg, device, [tokens], checkpoint=checkpoint, warmup_budget=warmup_budget)
+
+
+def measure_once(space: SearchSpace, params: Mapping[str, Any], seed: int, tokens: int, warmup_budget: int,
+                 device: Optional[torch.device | str] = None) -> Record:
+    """One config trained once from `seed` for `tokens` and measured at the end, with no probes (what `calibrate`
+    runs): status 'ok' with the training metrics and the cheap ones, or 'failed' with its reason."""
+    device = _prepared(space, device)
+    started = time.perf_counter()
+    try:
+        corpus = load_corpus(space.data)
+        candidate = candidates.screen(space, params, corpus.vocab_size)
+        measurement = train_afresh(candidate, corpus, seed, tokens, device, warmup_budget, check_causality=True)
+        return {"status": "ok", **candidate.metrics, **measurement.metrics(), "seconds": time.perf_counter() - started}
+    except TrialFailure as failure:
+        return {"status": "failed", "reason": failure.kind, "message": failure.message,
+                "seconds": time.perf_counter() - started}
+
+
+def _prepared(space: SearchSpace, device: Optional[torch.device | str]) -> torch.device:
+    """The device a trial runs on (default CUDA where there is one), on the CPU limited to its share of cores."""
+    device = torch.device(device) if device is not None else default_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(space.resources["cpus_per_trial"])))
+    return device
+
+
+def seed_summary(measurements: list[Measurement], seeds: list[int]) -> Record:
+    """What seed-confirmed training reports: each seeded metric's mean over the seeds and its sample sd
+    (`val_loss_sd`), how many seeds, each seed's val_loss, and the tokens all of them spent."""
+    summary: Record = {"seeds": len(measurements),
+                       "seed_results": {str(seed): m.val_loss for seed, m in zip(seeds, measurements)},
+                       "tokens_spent": sum(m.tokens_spent for m in measurements)}
+    for name in SEEDED_METRICS:
+        values = [m.metrics()[name] for m in measurements if name in m.metrics()]
+        if len(values) == len(measurements):
+            summary[name] = statistics.fmean(values)
+            summary[name + SD_SUFFIX] = statistics.stdev(values)
+    return summary
+
+
 def run(space: SearchSpace, params: Mapping[str, Any], device: Optional[torch.device | str] = None,
         report: Callable[[Record], bool] = lambda record: True, checkpoints: Optional[str | Path] = None) -> Record:
     """Measure one candidate at each of the space's rungs, telling `report` each record; returns the last record:
     status 'ok' (the full budget), 'stopped' (report answered stop) or 'failed'. With `checkpoints` (a folder), the
-    state at each rung is kept there, and a config found there resumes after its last measured rung."""
-    device = torch.device(device) if device is not None else default_device()
+    state at each rung is kept there, and a config found there resumes after its last measured rung. With
+    search.confirm_seeds k, the full budget is trained k more times on other seeds and its record reports the
+    means (val_loss_sd beside val_loss)."""
+    device = _prepared(space, device)
     timer = _Timer()
     metrics: Record = {"device": str(device)}
     probed: Record = {}
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, int(space.resources["cpus_per_trial"])))
     try:
         corpus = load_corpus(space.data)
         timer.lap("data_s")
@@ -92,6 +143,23 @@ def run(space: SearchSpace, params: Mapping[str, Any], device: Optional[torch.de
         candidates.build(candidate)
         timer.lap("build_s")
 
+        rungs = space.rungs()
+
+        def confirmed(measurement: Measurement) -> Record:
+            """The full budget's metrics, with the means over search.confirm_seeds more seeds."""
+            base = candidate.train["seed"]
+            seeds = [base + i for i in range(1 + space.search["confirm_seeds"])]
+            if len(seeds) == 1 or measurement.rung < len(rungs) - 1:
+                return measurement.metrics()
+            measurements = [measurement]
+            for seed in seeds[1:]:
+                try:
+                    measurements.append(train_afresh(candidate, corpus, seed, rungs[-1], device, rungs[0], yield_device))
+                except TrialFailure as failure:
+                    raise TrialFailure(failure.kind, f"confirming seed {seed}: {failure.message}") from None
+            timer.lap("confirm_s")
+            return {**measurement.metrics(), **seed_summary(measurements, seeds)}
+
         def measured(measurement: Measurement) -> bool:
             timer.lap("train_s")
             if not probed:  # once: every record then carries every objective
@@ -99,7 +167,7 @@ def run(space: SearchSpace, params: Mapping[str, Any], device: Optional[torch.de
                                                              candidate.train, space.probes, corpus.vocab_size,
                                                              measurement.peak_mem_mb)))
                 timer.lap("probe_s")
-            metrics.update(measurement.metrics(), **probed)
+            metrics.update(confirmed(measurement), **probed)
             metrics["constraints"] = constraint_values(space.constraints, metrics)
             over = violations(space.constraints, metrics)
             metrics.pop("violations", None)
@@ -107,12 +175,12 @@ def run(space: SearchSpace, params: Mapping[str, Any], device: Optional[torch.de
                 metrics["violations"] = "; ".join(over)
             return report({"status": "ok", **metrics, "timings": dict(timer.timings)})
 
-        folder = Path(checkpoints) if checkpoints and len(space.rungs()) > 1 else None
+        folder = Path(checkpoints) if checkpoints and len(rungs) > 1 else None
         start = _load_checkpoint(folder, candidate.key)
         if start is not None:
             metrics["resumed_at_rung"] = start.rung  # its rungs up to this one were trained by an interrupted trial
         with DeviceGate(device).sharing() as yield_device:
-            final = train(candidate.model, corpus, candidate.train, device, space.rungs(), measured, yield_device,
+            final = train(candidate.model, corpus, candidate.train, device, rungs, measured, yield_device,
                           save=_saver(folder, candidate.key) if folder else None, start=start)
         if final is None:
             return {"status": STOPPED, **metrics, "message": f"stopped at rung {metrics['rung']} "

@@ -259,7 +259,7 @@ def test_a_second_search_in_a_busy_run_folder_is_refused(tmp_path, capsys):
         fcntl.flock(held, fcntl.LOCK_EX)
         assert main(["run", str(write_space(tmp_path, FAST)), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert f"{out}: another search is running in this folder" in err and err.count("\n") == 1
+    assert f"{out}: another command is running in this folder" in err and err.count("\n") == 1
     assert not (out / "study.db").exists()
 
 

@@ -1,0 +1,360 @@
+"""`configaformer-search calibrate SPACE`: is the space's training budget long enough to rank configs, before a long
+search spends it? Samples K configs, trains each at the budget on two seeds and once at M times the budget (through
+Ray, packed like trials), and says how much of the spread across configs is seed noise, whether the two seeds and
+the two budgets rank the configs alike, and whether parameter counts would rank them as well.
+
+Every run is appended to `calibration.jsonl` in the run folder as it ends, so a killed calibration, run again, trains
+only what is missing. The tables (`calibration.csv` a config each, `calibration_summary.csv` an objective each) and
+`calibration.png` are written from that file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pandas as pd
+
+from .errors import TrialFailure, UsageError
+from .metrics import METRICS, label
+from .progress import plural
+from .ranking import kendall, noise_band, paired_sd, spearman
+from .space import SearchSpace
+
+RESULTS_FILE = "calibration.jsonl"
+OUTPUTS = ("calibration.csv", "calibration_summary.csv", "calibration.png")
+MAX_DRAWS_PER_CONFIG = 50  # sampled candidates per wanted config before the space counts as too constrained
+GOOD_AGREEMENT = 0.8  # the rank correlation a calibrated budget should reach
+
+
+@dataclass(frozen=True)
+class Config:
+    """One sampled config: its index in the sample, params, key, the cheap metrics, and its budget."""
+
+    index: int
+    params: dict[str, Any]
+    key: str
+    metrics: dict[str, float]
+    tokens: int  # the space's budget for it
+    warmup_budget: int  # the first rung (the budget itself under fifo): where the warm-up fraction is taken
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of a config: on a seed, for a budget (the space's, or mult times it)."""
+
+    config: Config
+    seed: int
+    mult: int  # 1 at the space's budget
+
+    @property
+    def tokens(self) -> int:
+        return self.config.tokens * self.mult
+
+    @property
+    def name(self) -> str:
+        return f"{self.config.key}/seed{self.seed}/{self.tokens}"
+
+    def describe(self) -> str:
+        return f"config {self.config.index} seed {self.seed}, {self.tokens:,} tokens"
+
+
+@dataclass
+class Agreement:
+    """What calibration found for one trained objective."""
+
+    objective: str
+    configs: int  # configs with all three runs measured
+    seed_sd: float  # of one run, pooled over the configs' two seeds
+    spread: float  # sd of the configs' two-seed means
+    rho_seeds: float
+    tau_seeds: float
+    rho_budgets: float
+    tau_budgets: float
+    rho_proxy: float  # non-embedding parameters (more is better) against the longer budget
+
+    def noise(self, seeds: int = 1) -> float:
+        return noise_band(self.seed_sd, seeds)
+
+
+@dataclass
+class Calibration:
+    space: SearchSpace
+    configs: list[Config]
+    mult: int
+    out: Path  # the folder of its results and outputs
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)  # run name -> its record
+
+    @property
+    def seeds(self) -> tuple[int, int]:
+        base = self.space.train["seed"]
+        base = base if isinstance(base, int) else 0
+        return base, base + 1
+
+    def runs(self) -> list[Run]:
+        """Every run, the long one of each config first: the longest work starts early and the tail stays short."""
+        first, second = self.seeds
+        return [run for c in self.configs for run in (Run(c, first, self.mult), Run(c, first, 1), Run(c, second, 1))]
+
+    def missing(self) -> list[Run]:
+        return [run for run in self.runs() if run.name not in self.results]
+
+    def objectives(self) -> list[str]:
+        """The space's objectives that training makes and seeds vary (val_loss when it has none)."""
+        return [m for m in self.space.objectives if METRICS[m].seeded] or ["val_loss"]
+
+    def value(self, run: Run, metric: str) -> Optional[float]:
+        record = self.results.get(run.name) or {}
+        value = record.get(metric) if record.get("status") == "ok" else None
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def table(self) -> pd.DataFrame:
+        """A config a row: params, parameter counts, each objective on each seed and at the longer budget, and
+        why a run failed."""
+        first, second = self.seeds
+        rows = []
+        for config in self.configs:
+            long, a, b = Run(config, first, self.mult), Run(config, first, 1), Run(config, second, 1)
+            row = {"config": config.index, "key": config.key, "params": config.metrics["params"],
+                   "nonemb_params": config.metrics["nonemb_params"]}
+            for metric in self.objectives():
+                row.update({f"{metric}@seed{first}": self.value(a, metric), f"{metric}@seed{second}": self.value(b, metric),
+                            f"{metric}@{self.mult}x": self.value(long, metric)})
+            failures = [f"{run.describe()}: {self.results[run.name].get('reason')}" for run in (long, a, b)
+                        if self.results.get(run.name, {}).get("status") == "failed"]
+            row["failed"] = "; ".join(failures)
+            row.update({f"param:{k}": v for k, v in config.params.items()})
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("config")
+
+    def agreements(self) -> list[Agreement]:
+        """Seed noise, spread and rank agreement for each trained objective, over the configs measured thrice."""
+        found, table, (first, second) = [], self.table(), self.seeds
+        for metric in self.objectives():
+            sign = 1.0 if self.space.objectives.get(metric, "min") == "min" else -1.0
+            columns = [f"{metric}@seed{first}", f"{metric}@seed{second}", f"{metric}@{self.mult}x"]
+            done = table.dropna(subset=columns)
+            a, b, long = (done[c].to_numpy(dtype=float) for c in columns)
+            means = (a + b) / 2
+            proxy = -sign * done["nonemb_params"].to_numpy(dtype=float)  # more parameters: a better value expected
+            found.append(Agreement(metric, len(done), paired_sd(a, b), float(np.std(means, ddof=1)) if len(done) > 1 else math.nan,
+                                   spearman(a, b), kendall(a, b), spearman(means, long), kendall(means, long),
+                                   spearman(proxy, long)))
+        return found
+
+
+def sample_configs(space: SearchSpace, vocab_size: int, count: int) -> list[Config]:
+    """`count` distinct configs that pass the cheap screen, drawn at random from the space (seeded by
+    search.seed, so that the same command calibrates the same configs)."""
+    import optuna
+
+    from .candidate import screen
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=space.search["seed"]))
+    configs: list[Config] = []
+    keys: set[str] = set()
+    warmup = space.rungs()[0]
+    for _ in range(count * MAX_DRAWS_PER_CONFIG):
+        params = space.sample(study.ask())
+        try:
+            candidate = screen(space, params, vocab_size)
+        except TrialFailure:
+            continue
+        if candidate.key in keys:
+            continue
+        keys.add(candidate.key)
+        tokens = candidate.train["tokens"]
+        configs.append(Config(len(configs), params, candidate.key, candidate.metrics, tokens,
+                              warmup if len(space.rungs()) > 1 else tokens))
+        if len(configs) == count:
+            break
+    if len(configs) < 3:
+        raise UsageError(f"{space.path}: only {len(configs)} distinct configs pass the cheap screen in "
+                         f"{count * MAX_DRAWS_PER_CONFIG} draws; calibration ranks at least 3")
+    return configs
+
+
+def read_results(path: Path) -> dict[str, dict[str, Any]]:
+    """The runs recorded so far (a line each); a line cut short by a kill is skipped and run again."""
+    results = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+                results[entry["run"]] = entry
+            except (ValueError, KeyError, TypeError):
+                continue
+    return results
+
+
+def measure_run(space: SearchSpace, params: dict[str, Any], seed: int, tokens: int, warmup_budget: int) -> dict[str, Any]:
+    """A Ray task: one calibration run on this worker's device."""
+    import ray
+
+    from .trial import measure_once
+
+    return measure_once(space, params, seed, tokens, warmup_budget, "cuda" if ray.get_gpu_ids() else "cpu")
+
+
+def run_missing(calibration: Calibration, path: Path, cpus: float, gpus: float, concurrency: int,
+                say: Callable[[str], None]) -> None:
+    """Train every run not yet in the results through Ray, at most `concurrency` at a time, appending each record
+    to `path` as it ends. A worker that died is retried once, then recorded as failed (worker_died)."""
+    import ray
+
+    task = ray.remote(measure_run).options(num_cpus=cpus, num_gpus=gpus, max_retries=1)
+    space_ref = ray.put(calibration.space)
+    waiting, running = calibration.missing(), {}
+    total, done = len(calibration.runs()), len(calibration.runs()) - len(waiting)
+    cut_short = path.is_file() and path.read_bytes()[-1:] not in (b"", b"\n")
+    with path.open("a") as log:
+        if cut_short:
+            log.write("\n")  # end the line a kill cut short, so that the next record starts a line of its own
+        while waiting or running:
+            while waiting and len(running) < concurrency:
+                run = waiting.pop(0)
+                running[task.remote(space_ref, run.config.params, run.seed, run.tokens,
+                                    run.config.warmup_budget * run.mult)] = run
+            ready, _ = ray.wait(list(running), num_returns=1)
+            run = running.pop(ready[0])
+            try:
+                record = ray.get(ready[0])
+            except ray.exceptions.RayError as err:
+                record = {"status": "failed", "reason": "worker_died", "message": str(err).strip().splitlines()[0]}
+            record.update(run=run.name, config=run.config.index, seed=run.seed, tokens=run.tokens)
+            log.write(json.dumps(record, default=str) + "\n")
+            log.flush()
+            calibration.results[run.name] = record
+            done += 1
+            say(f"[{done}/{total}] {run.describe()}: " + (
+                ", ".join(f"{m} {record[m]:.4g}" for m in calibration.objectives() if m in record) + f" ({record['seconds']:.1f} s)"
+                if record["status"] == "ok" else f"failed ({record['reason']}): {record.get('message', '')}"))
+
+
+def calibrate(space: SearchSpace, configs: int = 12, mult: int = 4, out: Optional[Path] = None,
+              address: Optional[str] = None, gpus_per_trial: Optional[float] = None,
+              concurrency: Optional[int] = None, say: Callable[[str], None] = print) -> Calibration:
+    """Run (or resume) a calibration of `space` in `out` (default runs/<name>-calibrate) and write its tables and
+    plot; returns it. Raises UsageError for bad input before anything is written; KeyboardInterrupt (Ctrl-C,
+    SIGTERM) keeps every run that ended."""
+    from . import orchestrate
+    from .data import load_corpus
+    from .run import ray_session, run_folder, signals_as_interrupts
+
+    if configs < 3:
+        raise UsageError(f"--configs: expected at least 3 configs to rank, got {configs}")
+    if mult < 2:
+        raise UsageError(f"--mult: expected a whole multiple of the budget of 2 or more, got {mult}")
+    out = Path(out or Path("runs") / f"{space.name}-calibrate")
+    orchestrate.check_address(address)
+    corpus = load_corpus(space.data)
+    calibration = Calibration(space, sample_configs(space, corpus.vocab_size, configs), mult, out)
+    results = out / RESULTS_FILE
+    with run_folder(out, lambda: results.is_file() and results.stat().st_size > 0, results), signals_as_interrupts():
+        calibration.results = read_results(results)
+        missing = calibration.missing()
+        budget = calibration.configs[0].tokens
+        say(f"calibrating '{space.name}': {plural(len(calibration.configs), 'config')} x (2 seeds at {budget:,} tokens "
+            f"+ 1 at {mult}x, {budget * mult:,}) = {len(calibration.runs())} runs; folder {out}")
+        if missing:
+            if len(missing) < len(calibration.runs()):
+                say(f"resuming: {len(calibration.runs()) - len(missing)} runs kept")
+            with ray_session(address):
+                resources = orchestrate.plan_resources(space, gpus_per_trial, concurrency)
+                say(f"{plural(resources.concurrency, 'run')} at a time, each {resources.cpus_per_trial:g} CPU + "
+                    f"{resources.gpus_per_trial:g} GPU")
+                run_missing(calibration, results, resources.cpus_per_trial, resources.gpus_per_trial,
+                            resources.concurrency, say)
+        else:
+            say("every run is measured already")
+        write_outputs(calibration)
+    return calibration
+
+
+def verdict(calibration: Calibration, agreement: Agreement) -> list[str]:
+    """The findings for one objective in plain sentences, and what to change when the budget is not enough."""
+    budget = calibration.configs[0].tokens
+    unit = METRICS[agreement.objective].unit.split("/")[0] if agreement.objective in METRICS else ""
+    lines = [f"at {budget:,} tokens, {agreement.objective} differences under {agreement.noise():.3g} {unit} are noise "
+             f"(under {agreement.noise(2):.3g} with search.confirm_seeds: 1); the ranking agrees with {calibration.mult}x "
+             f"the budget at rho {agreement.rho_budgets:.2f}"]
+    if not agreement.rho_budgets >= GOOD_AGREEMENT:
+        lines.append(f"the budget is short: the configs it ranks best are not those {calibration.mult}x training ranks "
+                     "best; raise train.tokens (or search with scheduler asha, whose last rung can be longer)")
+    if not agreement.rho_seeds >= GOOD_AGREEMENT:
+        lines.append(f"seeds reorder the configs (rho {agreement.rho_seeds:.2f} between two): set search.confirm_seeds "
+                     "so that the front is told means")
+    if agreement.rho_proxy >= agreement.rho_budgets:
+        lines.append(f"non-embedding parameters rank the configs as well as this training does (rho {agreement.rho_proxy:.2f})")
+    return lines
+
+
+def describe(calibration: Calibration) -> list[str]:
+    """The summary the command prints: per objective, noise against spread, the rank agreements, the verdict."""
+    first, second = calibration.seeds
+    budget = calibration.configs[0].tokens
+    lines = []
+    for a in calibration.agreements():
+        if a.configs < 3:
+            lines.append(f"{a.objective}: only {a.configs} configs were measured on both seeds and at {calibration.mult}x: "
+                         "too few to rank")
+            continue
+        rows = [(f"seed {first} vs seed {second}", f"Spearman {a.rho_seeds:.2f}, Kendall {a.tau_seeds:.2f}"),
+                (f"{budget:,} vs {budget * calibration.mult:,} tokens", f"Spearman {a.rho_budgets:.2f}, Kendall {a.tau_budgets:.2f}"),
+                (f"non-embedding params vs {calibration.mult}x", f"Spearman {a.rho_proxy:.2f}")]
+        width = max(len(name) for name, _ in rows) + 2
+        lines += [f"{label(a.objective)}, {plural(a.configs, 'config')}:",
+                  f"  seed-to-seed sd {a.seed_sd:.3g}, spread across configs {a.spread:.3g} (sd of their two-seed means)",
+                  *(f"  {(name + ':').ljust(width)}{figures}" for name, figures in rows)]
+        lines += ["verdict: " + line for line in verdict(calibration, a)]
+    return lines
+
+
+def write_outputs(calibration: Calibration) -> list[Path]:
+    """The per-config table, the per-objective summary and the plot, in the calibration's folder."""
+    out = calibration.out
+    table = calibration.table()
+    table.to_csv(out / OUTPUTS[0])
+    summary = pd.DataFrame([{**vars(a), "noise_band": a.noise()} for a in calibration.agreements()])
+    summary.to_csv(out / OUTPUTS[1], index=False)
+    _plot(calibration, table, out / OUTPUTS[2])
+    return [out / name for name in OUTPUTS]
+
+
+def _plot(calibration: Calibration, table: pd.DataFrame, path: Path) -> None:
+    """Per objective: seed against seed at the budget, and the two-seed mean (with its range) against the longer
+    budget, each config numbered."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .plots import STYLE
+
+    first, second = calibration.seeds
+    agreements = calibration.agreements()
+    with plt.rc_context(STYLE):
+        figure, grid = plt.subplots(len(agreements), 2, figsize=(10, 4.4 * len(agreements)), squeeze=False)
+        for (left, right), a in zip(grid, agreements):
+            m = a.objective
+            a_, b_, long = table[f"{m}@seed{first}"], table[f"{m}@seed{second}"], table[f"{m}@{calibration.mult}x"]
+            left.scatter(a_, b_, s=18, c="#1f77b4")
+            span = [np.nanmin([a_.min(), b_.min()]), np.nanmax([a_.max(), b_.max()])]
+            left.plot(span, span, color="#9e9e9e", lw=1, ls="--")
+            left.set(xlabel=f"{label(m)}, seed {first}", ylabel=f"seed {second}",
+                     title=f"seed against seed: Spearman {a.rho_seeds:.2f}, sd {a.seed_sd:.3g}")
+            means = (a_ + b_) / 2
+            right.errorbar(means, long, xerr=(a_ - b_).abs() / 2, fmt="o", ms=4, color="#d62728", ecolor="#ff9896")
+            right.set(xlabel=f"{label(m)}, mean of two seeds at {calibration.configs[0].tokens:,} tokens",
+                      ylabel=f"at {calibration.mult}x", title=f"budget against {calibration.mult}x: Spearman {a.rho_budgets:.2f}")
+            for index in table.dropna(subset=[f"{m}@seed{first}", f"{m}@seed{second}", f"{m}@{calibration.mult}x"]).index:
+                left.annotate(str(index), (a_[index], b_[index]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                right.annotate(str(index), (means[index], long[index]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        figure.suptitle(f"Calibration of '{calibration.space.name}': {len(calibration.configs)} configs")
+        figure.tight_layout()
+        figure.savefig(path, dpi=130, bbox_inches="tight")
+        plt.close(figure)
