@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -200,22 +200,24 @@ def measure_run(space: SearchSpace, params: dict[str, Any], seed: int, tokens: i
     return measure_once(space, params, seed, tokens, warmup_budget, "cuda" if ray.get_gpu_ids() else "cpu")
 
 
-def run_missing(calibration: Calibration, path: Path, cpus: float, gpus: float, concurrency: int,
-                say: Callable[[str], None]) -> None:
-    """Train every run not yet in the results through Ray, at most `concurrency` at a time, appending each record
-    to `path` as it ends. A worker that died is retried once, then recorded as failed (worker_died)."""
+def train_runs(space: SearchSpace, runs: list[Run], results: dict[str, dict[str, Any]], path: Path,
+               resources: Any, say: Callable[[str], None], shown: Sequence[str] = ("val_loss",), done: int = 0) -> None:
+    """Train `runs` through Ray, at most resources.concurrency at a time, adding each record to `results` and
+    appending it to `path` as it ends (`done` runs counted as ended before). A worker that died is retried once,
+    then recorded as failed (worker_died)."""
     import ray
 
-    task = ray.remote(measure_run).options(num_cpus=cpus, num_gpus=gpus, max_retries=1)
-    space_ref = ray.put(calibration.space)
-    waiting, running = calibration.missing(), {}
-    total, done = len(calibration.runs()), len(calibration.runs()) - len(waiting)
+    task = ray.remote(measure_run).options(num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial,
+                                           max_retries=1)
+    space_ref = ray.put(space)
+    waiting, running = list(runs), {}
+    total = done + len(waiting)
     cut_short = path.is_file() and path.read_bytes()[-1:] not in (b"", b"\n")
     with path.open("a") as log:
         if cut_short:
             log.write("\n")  # end the line a kill cut short, so that the next record starts a line of its own
         while waiting or running:
-            while waiting and len(running) < concurrency:
+            while waiting and len(running) < resources.concurrency:
                 run = waiting.pop(0)
                 running[task.remote(space_ref, run.config.params, run.seed, run.tokens,
                                     run.config.warmup_budget * run.mult)] = run
@@ -228,10 +230,10 @@ def run_missing(calibration: Calibration, path: Path, cpus: float, gpus: float, 
             record.update(run=run.name, config=run.config.index, seed=run.seed, tokens=run.tokens)
             log.write(json.dumps(record, default=str) + "\n")
             log.flush()
-            calibration.results[run.name] = record
+            results[run.name] = record
             done += 1
             say(f"[{done}/{total}] {run.describe()}: " + (
-                ", ".join(f"{m} {record[m]:.4g}" for m in calibration.objectives() if m in record) + f" ({record['seconds']:.1f} s)"
+                ", ".join(f"{m} {record[m]:.4g}" for m in shown if m in record) + f" ({record['seconds']:.1f} s)"
                 if record["status"] == "ok" else f"failed ({record['reason']}): {record.get('message', '')}"))
 
 
@@ -267,8 +269,8 @@ def calibrate(space: SearchSpace, configs: int = 12, mult: int = 4, out: Optiona
                 resources = orchestrate.plan_resources(space, gpus_per_trial, concurrency)
                 say(f"{plural(resources.concurrency, 'run')} at a time, each {resources.cpus_per_trial:g} CPU + "
                     f"{resources.gpus_per_trial:g} GPU")
-                run_missing(calibration, results, resources.cpus_per_trial, resources.gpus_per_trial,
-                            resources.concurrency, say)
+                train_runs(space, missing, calibration.results, results, resources, say, calibration.objectives(),
+                           done=len(calibration.runs()) - len(missing))
         else:
             say("every run is measured already")
         write_outputs(calibration)
