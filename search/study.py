@@ -6,6 +6,7 @@ killed search is marked FAIL (interrupted) and its work is owed again.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -15,7 +16,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import optuna
 import pandas as pd
@@ -193,12 +194,18 @@ def mark_interrupted(study: optuna.Study, numbers: Optional[set[int]] = None) ->
 
 def mark_stale(study: optuna.Study) -> int:
     """Trials RUNNING with a stopped heartbeat (their driver died) become FAIL, owed again (Optuna's
-    fail_stale_trials); a live driver's trials are left alone. Returns how many were failed."""
-    before = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-    return before - len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    fail_stale_trials); a live driver's trials are left alone. Returns how many were failed. One query when none
+    is stale, which is nearly always: a driver looks at every claim."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    if not is_heartbeat_enabled(study._storage):
+        return 0
+    stale = study._storage._get_stale_trial_ids(study._study_id)
+    if stale:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    return len(stale)
 
 
 class Heartbeat:
@@ -276,6 +283,30 @@ class Drawn:
     refusal: Optional[Any] = None  # a TrialFailure
 
 
+@contextlib.contextmanager
+def params_in_one_transaction(study: optuna.Study) -> Iterator[None]:
+    """The params a trial draws in the block written in one transaction at its end, where the storage is relational:
+    Optuna commits each `suggest_*` on its own, a sync of the file per parameter. The trial itself (and so the
+    sampler) sees each value as it is drawn; only one thread may draw at a time (the one asking ahead, or the
+    searcher itself)."""
+    backend = getattr(study._storage, "_backend", study._storage)
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        yield
+        return
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    pending: list[tuple] = []
+    backend._set_trial_param = lambda *args: pending.append(args)  # shadows the method on this object only
+    try:
+        yield
+    finally:
+        del backend._set_trial_param
+    if pending:
+        with _create_scoped_session(backend.scoped_session, True) as session:
+            for args in pending:
+                backend._set_trial_param_without_commit(session, *args)
+
+
 def draw(study: optuna.Study, space: SearchSpace, vocab_size: int) -> Drawn:
     """Ask the sampler for a suggestion and screen it (config errors, cheap constraints, on the meta device): the
     slow part of asking, which touches nothing but the study, so a thread can do it ahead of time."""
@@ -285,7 +316,8 @@ def draw(study: optuna.Study, space: SearchSpace, vocab_size: int) -> Drawn:
     with warnings.catch_warnings():  # the driver keeps the heartbeats itself (Heartbeat), not optimize()
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         trial = study.ask()
-    params = space.sample(trial)
+    with params_in_one_transaction(study):
+        params = space.sample(trial)
     resolved = resolve(space, params, vocab_size)
     try:
         screen(space, params, vocab_size, quick=True, resolved=resolved)
