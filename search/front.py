@@ -80,22 +80,25 @@ def leads_within_noise(study: optuna.Study, trials: Optional[Sequence[FrozenTria
     candidates = _get_feasible_trials(list(trials))
     front = front_trials(study, trials)
     members = {t.number for t in front}
-    points = {t.number: _minimised([t.values], directions)[0] for t in candidates}
-    seeds = {t.number: t.user_attrs.get("seeds", 1) for t in candidates}
+    others = [t for t in candidates if t.number not in members]
+    if not others:
+        return {}
+    points = _minimised([t.values for t in others], directions)
+    seeds = np.array([t.user_attrs.get("seeds", 1) for t in others], dtype=float)
     notes = {}
     for leader in front:
+        lead = points - _minimised([leader.values], directions)[0]
+        dominated = (lead >= 0).all(axis=1)
         nearest = None
-        for other in candidates:
-            lead = points[other.number] - points[leader.number]
-            if other.number in members or not (lead >= 0).all():
-                continue  # not dominated by this member
-            for i, sd in noise.items():
-                band = NOISE_SIGMAS * sd * np.sqrt(1 / seeds[leader.number] + 1 / seeds[other.number])
-                if lead[i] < band and (nearest is None or lead[i] / band < nearest[0]):
-                    nearest = (lead[i] / band, other.number, names[i], lead[i], band)
+        for i, sd in noise.items():  # the dominated trial whose lead is the smallest share of its noise band
+            band = NOISE_SIGMAS * sd * np.sqrt(1 / leader.user_attrs.get("seeds", 1) + 1 / seeds)
+            share = np.where(dominated & (lead[:, i] < band), lead[:, i] / band, np.inf)
+            k = int(np.argmin(share))
+            if np.isfinite(share[k]) and (nearest is None or share[k] < nearest[0]):
+                nearest = (share[k], others[k].number, names[i], lead[k, i], band[k])
         if nearest is not None:
-            _, number, name, lead, band = nearest
-            notes[leader.number] = f"lead over #{number} within noise ({name} {lead:.2g} < {band:.2g})"
+            _, number, name, lead_i, band_i = nearest
+            notes[leader.number] = f"lead over #{number} within noise ({name} {lead_i:.2g} < {band_i:.2g})"
     return notes
 
 
