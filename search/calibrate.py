@@ -284,10 +284,10 @@ def verdict(calibration: Calibration, agreement: Agreement) -> list[str]:
     lines = [f"at {budget:,} tokens, {agreement.objective} differences under {agreement.noise():.3g} {unit} are noise "
              f"(under {agreement.noise(2):.3g} with search.confirm_seeds: 1); the ranking agrees with {calibration.mult}x "
              f"the budget at rho {agreement.rho_budgets:.2f}"]
-    if not agreement.rho_budgets >= GOOD_AGREEMENT:
+    if not round(agreement.rho_budgets, 2) >= GOOD_AGREEMENT:  # as printed: a verdict never contradicts its figure
         lines.append(f"the budget is short: the configs it ranks best are not those {calibration.mult}x training ranks "
                      "best; raise train.tokens (or search with scheduler asha, whose last rung can be longer)")
-    if not agreement.rho_seeds >= GOOD_AGREEMENT:
+    if not round(agreement.rho_seeds, 2) >= GOOD_AGREEMENT:
         lines.append(f"seeds reorder the configs (rho {agreement.rho_seeds:.2f} between two): set search.confirm_seeds "
                      "so that the front is told means")
     if agreement.rho_proxy >= agreement.rho_budgets:
