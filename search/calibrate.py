@@ -107,6 +107,11 @@ class Calibration:
         """The space's objectives that training makes and seeds vary (val_loss when it has none)."""
         return [m for m in self.space.objectives if METRICS[m].seeded] or ["val_loss"]
 
+    def columns(self, metric: str) -> tuple[str, str, str]:
+        """The table's columns of one objective: the first seed, the second seed, the longer budget."""
+        first, second = self.seeds
+        return f"{metric}@seed{first}", f"{metric}@seed{second}", f"{metric}@{self.mult}x"
+
     def value(self, run: Run, metric: str) -> Optional[float]:
         record = self.results.get(run.name) or {}
         value = record.get(metric) if record.get("status") == "ok" else None
@@ -122,8 +127,7 @@ class Calibration:
             row = {"config": config.index, "key": config.key, "params": config.metrics["params"],
                    "nonemb_params": config.metrics["nonemb_params"]}
             for metric in self.objectives():
-                row.update({f"{metric}@seed{first}": self.value(a, metric), f"{metric}@seed{second}": self.value(b, metric),
-                            f"{metric}@{self.mult}x": self.value(long, metric)})
+                row.update(zip(self.columns(metric), (self.value(a, metric), self.value(b, metric), self.value(long, metric))))
             failures = [f"{run.describe()}: {self.results[run.name].get('reason')}" for run in (long, a, b)
                         if self.results.get(run.name, {}).get("status") == "failed"]
             row["failed"] = "; ".join(failures)
@@ -133,10 +137,10 @@ class Calibration:
 
     def agreements(self) -> list[Agreement]:
         """Seed noise, spread and rank agreement for each trained objective, over the configs measured thrice."""
-        found, table, (first, second) = [], self.table(), self.seeds
+        found, table = [], self.table()
         for metric in self.objectives():
             sign = 1.0 if self.space.objectives.get(metric, "min") == "min" else -1.0
-            columns = [f"{metric}@seed{first}", f"{metric}@seed{second}", f"{metric}@{self.mult}x"]
+            columns = list(self.columns(metric))
             done = table.dropna(subset=columns)
             a, b, long = (done[c].to_numpy(dtype=float) for c in columns)
             means = (a + b) / 2
@@ -318,16 +322,14 @@ def describe(calibration: Calibration) -> list[str]:
 
 def write_outputs(calibration: Calibration) -> list[Path]:
     """The per-config table, the per-objective summary and the plot, in the calibration's folder."""
-    out = calibration.out
-    table = calibration.table()
+    out, table, agreements = calibration.out, calibration.table(), calibration.agreements()
     table.to_csv(out / OUTPUTS[0])
-    summary = pd.DataFrame([{**vars(a), "noise_band": a.noise()} for a in calibration.agreements()])
-    summary.to_csv(out / OUTPUTS[1], index=False)
-    _plot(calibration, table, out / OUTPUTS[2])
+    pd.DataFrame([{**vars(a), "noise_band": a.noise()} for a in agreements]).to_csv(out / OUTPUTS[1], index=False)
+    _plot(calibration, table, agreements, out / OUTPUTS[2])
     return [out / name for name in OUTPUTS]
 
 
-def _plot(calibration: Calibration, table: pd.DataFrame, path: Path) -> None:
+def _plot(calibration: Calibration, table: pd.DataFrame, agreements: list[Agreement], path: Path) -> None:
     """Per objective: seed against seed at the budget, and the two-seed mean (with its range) against the longer
     budget, each config numbered."""
     import matplotlib
@@ -338,12 +340,11 @@ def _plot(calibration: Calibration, table: pd.DataFrame, path: Path) -> None:
     from .plots import STYLE
 
     first, second = calibration.seeds
-    agreements = calibration.agreements()
     with plt.rc_context(STYLE):
         figure, grid = plt.subplots(len(agreements), 2, figsize=(10, 4.4 * len(agreements)), squeeze=False)
         for (left, right), a in zip(grid, agreements):
-            m = a.objective
-            a_, b_, long = table[f"{m}@seed{first}"], table[f"{m}@seed{second}"], table[f"{m}@{calibration.mult}x"]
+            m, columns = a.objective, list(calibration.columns(a.objective))
+            a_, b_, long = (table[c] for c in columns)
             left.scatter(a_, b_, s=18, c="#1f77b4")
             span = [np.nanmin([a_.min(), b_.min()]), np.nanmax([a_.max(), b_.max()])]
             left.plot(span, span, color="#9e9e9e", lw=1, ls="--")
@@ -353,7 +354,7 @@ def _plot(calibration: Calibration, table: pd.DataFrame, path: Path) -> None:
             right.errorbar(means, long, xerr=(a_ - b_).abs() / 2, fmt="o", ms=4, color="#d62728", ecolor="#ff9896")
             right.set(xlabel=f"{label(m)}, mean of two seeds at {calibration.configs[0].tokens:,} tokens",
                       ylabel=f"at {calibration.mult}x", title=f"budget against {calibration.mult}x: Spearman {a.rho_budgets:.2f}")
-            for index in table.dropna(subset=[f"{m}@seed{first}", f"{m}@seed{second}", f"{m}@{calibration.mult}x"]).index:
+            for index in table.dropna(subset=columns).index:
                 left.annotate(str(index), (a_[index], b_[index]), fontsize=7, xytext=(3, 3), textcoords="offset points")
                 right.annotate(str(index), (means[index], long[index]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         figure.suptitle(f"Calibration of '{calibration.space.name}': {len(calibration.configs)} configs")

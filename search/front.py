@@ -67,10 +67,12 @@ def seed_noise(trials: Sequence[FrozenTrial], metric: str) -> Optional[float]:
     return float(np.sqrt(np.mean(variances))) if variances else None
 
 
-def leads_within_noise(study: optuna.Study, trials: Optional[Sequence[FrozenTrial]] = None) -> dict[int, str]:
+def leads_within_noise(study: optuna.Study, trials: Optional[Sequence[FrozenTrial]] = None,
+                       front: Optional[Sequence[FrozenTrial]] = None) -> dict[int, str]:
     """Front members whose lead over a trial they dominate is within the seed noise, each with a note naming the
     nearest such trial. That trial is dominated only because a seeded objective (val_loss) is ahead by less than
-    NOISE_SIGMAS standard errors of the difference of the two means; with other seeds it could join the front."""
+    NOISE_SIGMAS standard errors of the difference of the two means; with other seeds it could join the front.
+    `trials` (the complete ones) and `front` are read from the study unless given."""
     trials = study_trials(study, (TrialState.COMPLETE,)) if trials is None else trials
     names, directions = objective_names(study), study.directions
     noise = {i: seed_noise(trials, name) for i, name in enumerate(names) if name in SEEDED_METRICS}
@@ -78,7 +80,7 @@ def leads_within_noise(study: optuna.Study, trials: Optional[Sequence[FrozenTria
     if not noise:
         return {}
     candidates = _get_feasible_trials(list(trials))
-    front = front_trials(study, trials)
+    front = front_trials(study, trials) if front is None else front
     members = {t.number for t in front}
     others = [t for t in candidates if t.number not in members]
     if not others:
@@ -108,8 +110,9 @@ def front_frame(study: optuna.Study) -> pd.DataFrame:
     rows = []
     names = objective_names(study)
     complete = study_trials(study, (TrialState.COMPLETE,))
-    noisy = leads_within_noise(study, complete)
-    for trial in front_trials(study, complete):
+    front = front_trials(study, complete)
+    noisy = leads_within_noise(study, complete, front)
+    for trial in front:
         row = {"number": trial.number, **dict(zip(names, trial.values))}
         row.update({name + SD_SUFFIX: trial.user_attrs[name + SD_SUFFIX] for name in names
                     if name + SD_SUFFIX in trial.user_attrs})

@@ -107,8 +107,9 @@ def build_review(study: optuna.Study) -> Review:
                   for n, d in zip(names, directions)]
     trials = study_trials(study)
     complete_trials = [t for t in trials if t.state == TrialState.COMPLETE]
-    front = {t.number for t in front_trials(study, complete_trials)}
-    noisy = leads_within_noise(study, complete_trials)
+    front_members = front_trials(study, complete_trials)
+    front = {t.number for t in front_members}
+    noisy = leads_within_noise(study, complete_trials, front_members)
     rows = []
     for trial in trials:
         constraints = trial.user_attrs.get("constraints") or {}
