@@ -135,7 +135,7 @@ def _print_summary(result) -> None:
     front = front_trials(study)
     if front:
         print(f"Pareto front ({plural(len(front), 'trial')}):")
-        sys.stdout.write(_console_table(_fitted(front_frame(study), (*objective_names(study), "noise"))))
+        sys.stdout.write(_fitted(front_frame(study), (*objective_names(study), "noise")))
     elif complete:
         print(f"Pareto front: empty, every complete trial breaks a constraint (see `configaformer-search trials {result.out_dir}`)")
     if result.written:
@@ -154,8 +154,10 @@ def _open_run(directory: str, storage: Optional[str]):
             raise UsageError(f"{directory}: not a run folder (no {STUDY_FILE}); run `configaformer-search SPACE.yaml --out {directory}` first")
         storage = default_storage(path)
     from .run import storage_call
+    from .studyfile import StudyFile, file_of
 
-    return storage_call(storage, lambda: load_existing(storage))
+    file = file_of(storage)  # a SQLite file is read without Optuna's ORM: the review starts in a fraction of the time
+    return storage_call(storage, lambda: load_existing(StudyFile(file) if file else storage))
 
 
 CONSOLE_WIDTH = 100  # what the console tables fit by default; --all prints every column
@@ -168,9 +170,9 @@ def _console_table(frame) -> str:
     return frame.assign(**blanks).to_string(float_format=lambda v: f"{v:.4g}", na_rep="") + "\n"
 
 
-def _fitted(frame, keep: Sequence[str], width: int = CONSOLE_WIDTH):
-    """The columns in `keep` that the frame has, then its params joined into one 'config' column (width=64
-    depth=2 ...), cut so that every line fits `width` characters."""
+def _fitted(frame, keep: Sequence[str], width: int = CONSOLE_WIDTH) -> str:
+    """The console table of the columns in `keep` that the frame has, then its params joined into one 'config'
+    column (width=64 depth=2 ...), cut so that every line fits `width` characters."""
     from .metrics import SD_SUFFIX, with_sd
 
     params = [c for c in frame if c.startswith("param:")]
@@ -183,18 +185,22 @@ def _fitted(frame, keep: Sequence[str], width: int = CONSOLE_WIDTH):
         fitted["duration"] = fitted["duration"].map(lambda v: "" if v is None or v != v else f"{v:.1f} s")
     if "message" in fitted:
         fitted["message"] = fitted["message"].map(lambda v: v if not isinstance(v, str) or len(v) <= 28 else v[:27] + "…")
-    if params:
-        import pandas as pd
+    lines = _console_table(fitted).splitlines()
+    table_width = max(len(line) for line in lines)
+    room = width - table_width - 2
+    if not params or room < 12:
+        return "\n".join(lines) + "\n"
+    import pandas as pd
 
-        config = frame[params].apply(lambda row: " ".join(f"{c[6:]}={v}" for c, v in row.items() if not pd.isna(v)), axis=1)
-        room = width - max(len(line) for line in _console_table(fitted).splitlines()) - 2
-        if room >= 12:
-            fitted["config"] = config.map(lambda text: text if len(text) <= room else text[: room - 1] + "…")
-    return fitted
+    configs = [" ".join(f"{name[6:]}={value}" for name, value in zip(params, row) if not pd.isna(value))
+               for row in frame[params].itertuples(index=False)]
+    cells = ["config", *[""] * (len(lines) - len(configs) - 1), *(t if len(t) <= room else t[: room - 1] + "…" for t in configs)]
+    return "".join(f"{line.ljust(table_width)}  {cell}".rstrip() + "\n" for line, cell in zip(lines, cells))
 
 
-def _emit(frame, fmt: str, output: Optional[str], empty: str) -> None:
-    """A table on the console or in a file; `empty` says on the console why there are no rows."""
+def _emit(frame, fmt: str, output: Optional[str], empty: str, table: Optional[Callable] = None) -> None:
+    """A table on the console or in a file; `empty` says on the console why there are no rows; `table` renders the
+    console table (every column, unless given)."""
     if frame.empty and fmt == "table":
         print(empty)
         return
@@ -207,7 +213,7 @@ def _emit(frame, fmt: str, output: Optional[str], empty: str) -> None:
             raise UsageError(f"--format parquet: {err}") from None
         print(f"wrote {output}")
         return
-    text = {"table": lambda: _console_table(frame),
+    text = {"table": lambda: (table or _console_table)(frame),
             "csv": lambda: "" if frame.empty else frame.to_csv(),
             "json": lambda: frame.reset_index().to_json(orient="records", indent=1, date_format="iso") + "\n"}[fmt]()
     if output:
@@ -224,10 +230,9 @@ def cmd_front(args: argparse.Namespace) -> int:
     from .study import objective_names
 
     study = _open_run(args.dir, args.storage)
-    frame = front_frame(study)
-    if args.format == "table" and not args.all and not frame.empty:  # what fits a terminal; the files keep it all
-        frame = _fitted(frame, (*objective_names(study), "noise"))
-    _emit(frame, args.format, args.output, empty="(the front is empty: no trial has finished that meets the constraints)")
+    keep = (*objective_names(study), "noise")
+    _emit(front_frame(study), args.format, args.output, empty="(the front is empty: no trial has finished that meets the constraints)",
+          table=None if args.all else lambda frame: _fitted(frame, keep))  # what fits a terminal; files keep it all
     return 0
 
 
@@ -235,10 +240,9 @@ def cmd_trials(args: argparse.Namespace) -> int:
     from .study import TRIAL_NOTES, objective_names, trials_frame
 
     study = _open_run(args.dir, args.storage)
-    frame = trials_frame(study)
-    if args.format == "table" and not args.all and not frame.empty:  # what fits a terminal; the files keep it all
-        frame = _fitted(frame, ("state", *objective_names(study), *TRIAL_NOTES, "duration"))
-    _emit(frame, args.format, args.output, empty="(no trials yet)")
+    keep = ("state", *objective_names(study), *TRIAL_NOTES, "duration")
+    _emit(trials_frame(study), args.format, args.output, empty="(no trials yet)",
+          table=None if args.all else lambda frame: _fitted(frame, keep))  # what fits a terminal; files keep it all
     return 0
 
 

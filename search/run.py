@@ -264,10 +264,10 @@ def storage_call(url: str, call: Callable[[], Any]) -> Any:
 
 
 def storage_fault(url: str, err: BaseException) -> Optional[UsageError]:
-    """The one-line error for a storage failure (Optuna's StorageInternalError wraps sqlalchemy's), or None when
-    `err` is not one."""
+    """The one-line error for a storage failure (Optuna's StorageInternalError wraps sqlalchemy's; a review reads with
+    sqlite3's), or None when `err` is not one."""
     while err is not None and not (isinstance(err, optuna.exceptions.StorageInternalError)
-                                   or type(err).__module__.startswith("sqlalchemy")):
+                                   or type(err).__module__.startswith(("sqlalchemy", "sqlite3"))):
         err = err.__cause__ or err.__context__  # Ray Tune may wrap what the searcher raised
     if err is None:
         return None
