@@ -24,22 +24,40 @@ import time
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 
+from configaformer_search.front import front_trials
 from configaformer_search.orchestrate import AskAhead, StudySearcher, tune_result, wall_clock
 from configaformer_search.progress import Progress
+from configaformer_search.records import study_trials
 from configaformer_search.space import load_space
 from configaformer_search.study import make_sampler, open_storage, open_study
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def synthetic_metrics(params: dict, number: int, key: str) -> dict:
-    """Deterministic objective values that depend on the params, as a trial would report them."""
+def synthetic_metrics(objectives: dict[str, str], params: dict, key: str) -> dict:
+    """A record like a real trial's (every field a finished trial reports), with deterministic values for every
+    objective of the space: val_loss falls with the model's size and the other objectives rise with it, each with
+    its own scatter, so that the front is a trade-off of some hundreds of trials rather than one winner."""
     digest = int(hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8], 16)
     width, depth = params.get("width", 64), params.get("depth", 1)
-    return {"status": "ok", "val_loss": 2.6 - 0.1 * depth - width / 1000 + (digest % 1000) / 5000,
-            "peak_mem_mb": width * depth / 10 + (digest % 97) / 10, "latency_ms": depth * width / 100 + (digest % 89) / 100,
-            "config_key": key, "model_config": {"dim_model": width}, "train": {"tokens": 1}, "constraints": {},
+    size = width * depth / 1000
+    values = {name: size * (1 + i) + (digest % (89 + 8 * i)) / 100 for i, name in enumerate(objectives)}
+    if "val_loss" in values:
+        values["val_loss"] = 2.6 - size / 5 + (digest % 1000) / 5000
+    model_config = {"dim_model": width, "position": params.get("position"), "norm_type": params.get("norm"),
+                    "layers": [{"type": "Attention", "heads": params.get("heads")},
+                               {"type": "FFN", "ff_mult": params.get("ff_mult"), "activation": params.get("activation")}] * depth}
+    return {"status": "ok", **values, "config_key": key, "model_config": model_config,
+            "train": {"tokens": 196608, "batch_size": 16, "seq_len": params.get("seq_len", 64), "lr": params.get("lr", 1e-3),
+                      "warmup": 0.1, "min_lr": 0.1, "weight_decay": 0.1, "grad_clip": 1.0, "seed": 0, "eval_tokens": 32768},
+            "timings": {"data_s": 0.68, "build_s": 1.45, "train_s": 13.17, "probe_s": 0.6},
+            "constraints": {"params<=": size - 200.0}, "params": int(size * 1e6), "nonemb_params": int(size * 9e5),
+            "flops": int(size * 6e7), "train_loss": values.get("val_loss", 2.5) + 0.1, "val_bpb": 3.47, "steps": 192,
+            "train_tok_s": 15893.7, "tokens_spent": 196608, "latency_ms": size, "latency_cv": 0.088,
+            "latency_noisy": False, "latency_rounds": 1, "peak_mem_mb": size * 40, "peak_mem_source": "estimated",
+            "val_set": "60ad8c50a971e265:512x64", "device": "cpu", "node": "49674bad9cca",
             "started_at": wall_clock(), "ended_at": wall_clock()}
 
 
@@ -87,7 +105,7 @@ def main() -> None:
             time.sleep(max(0.0, arrival - time.perf_counter()))
             lateness.append(time.perf_counter() - arrival)
             trial_id = f"t{done - 1}"
-            result = tune_result(synthetic_metrics(config["params"], config["number"], searcher.live[trial_id].key))
+            result = tune_result(synthetic_metrics(space.objectives, config["params"], searcher.live[trial_id].key))
             began = time.perf_counter()
             searcher.on_trial_complete(trial_id, result)
             own.append(time.perf_counter() - began)
@@ -101,6 +119,8 @@ def main() -> None:
                 print(f"{done:>7} {statistics.mean(own[window]) * 1e3:>16.2f} {statistics.mean(waits[window]) * 1e3:>13.1f} "
                       f"{lateness[-1] * args.rate:>8.1f} {free:>10}", flush=True)
     done = args.trials
+    complete = study_trials(study, (TrialState.COMPLETE,))
+    print(f"study: {done} trials, {len(complete)} complete, {len(front_trials(study, complete))} on the front")
 
     for command in ("front", "trials"):
         start = time.perf_counter()
