@@ -108,13 +108,26 @@ def _check_length(model: ConfigaFormer, length: int) -> None:
                           f"need: {str(err).splitlines()[0]}") from None
 
 
+class _NoInitOnMeta(torch.overrides.TorchFunctionMode):
+    """torch.nn.init's functions skipped for meta tensors: they fill no values there, yet cost most of a meta build
+    (each runs through PyTorch's Python reference implementation)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            tensor = args[0] if args else kwargs.get("tensor")
+            if getattr(tensor, "is_meta", False):
+                return tensor
+        return func(*args, **kwargs)
+
+
 @functools.lru_cache(maxsize=4096)
 def _meta_metrics(model_json: str, vocab_size: int, length: Optional[int], probe: Optional[tuple[int, int]],
                   decodes: bool = False) -> tuple:
     """Params (and FLOPs at `probe`) of a model built on the meta device, checked to run at `length` (and to decode
     incrementally, when a serving probe will); cached by the config, since a search meets one architecture again
     with other training settings. Raises ConfigError."""
-    with torch.device("meta"):
+    with torch.device("meta"), _NoInitOnMeta():
         model = ConfigaFormer.from_config(json.loads(model_json), verbose=False)
     _check_model(model, vocab_size)
     if decodes:
