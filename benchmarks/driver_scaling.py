@@ -4,7 +4,8 @@ handed to the real searcher (StudySearcher: ask, screen, claim, record, front up
 Completions arrive in real time, one slot at a time: at each, the driver records the finished trial and hands the
 slot a new suggestion, which a thread has asked ahead (AskAhead) while the driver waited. For windows of trials
 ending at each checkpoint it prints the driver's own work per finished trial (recording, twins, progress, front
-upkeep: on_trial_complete), how long the freed slot waited for its suggestion, and the backlog: how many completions
+upkeep: on_trial_complete), the thread's time per suggestion (sampler and screen), how long the freed slot waited
+for it, and the backlog: how many completions
 had arrived and were waiting when the driver got to this one. Then it times `front` and `trials` on the study.
 
     python benchmarks/driver_scaling.py --space spaces/gpt2.yaml --trials 3000 --rate 8.5
@@ -27,7 +28,7 @@ import optuna
 from optuna.trial import TrialState
 
 from configaformer_search.front import front_trials
-from configaformer_search.orchestrate import AskAhead, StudySearcher, tune_result, wall_clock
+from configaformer_search.orchestrate import AskAhead, Drawing, StudySearcher, tune_result, wall_clock
 from configaformer_search.progress import Progress
 from configaformer_search.records import study_trials
 from configaformer_search.space import load_space
@@ -69,7 +70,9 @@ def main() -> None:
     parser.add_argument("--checkpoints", default="100,1000,3000")
     parser.add_argument("--window", type=int, default=50, help="trials averaged at each checkpoint")
     parser.add_argument("--sampler", default="tpe", choices=("tpe", "nsga2", "random"))
-    parser.add_argument("--ahead", type=int, default=4, help="suggestions kept ready by the thread asking ahead (0: none)")
+    parser.add_argument("--ahead", type=int, default=4, help="suggestions kept ready by the threads asking ahead (0: none)")
+    parser.add_argument("--draw-processes", type=int, default=0,
+                        help="processes that draw suggestions (search.draw_processes; 0: a thread of the driver)")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -82,10 +85,11 @@ def main() -> None:
     searcher = StudySearcher(space, study, 256, args.trials, Progress(args.trials, 0, list(space.objectives), 0))
 
     checkpoints = sorted(int(c) for c in args.checkpoints.split(","))
-    own, waits, lateness = [], [], []
+    own, waits, lateness, asking = [], [], [], []
     print(f"space {space.name}, sampler {args.sampler}, {args.trials} trials arriving at {args.rate:g}/s in real time, "
-          f"{args.ahead} suggestions asked ahead; study {url}")
-    print(f"{'trials':>7} {'driver ms/trial':>16} {'slot wait ms':>13} {'backlog':>8} {'free asks':>10}")
+          f"{args.ahead} suggestions asked ahead " + (f"by {args.draw_processes} drawing processes" if args.draw_processes
+                                                     else "by a thread") + f"; study {url}")
+    print(f"{'trials':>7} {'driver ms/trial':>16} {'ask ms':>7} {'slot wait ms':>13} {'backlog':>8} {'free asks':>10}")
 
     def next_config(trial_id: str) -> dict:
         """The next suggestion for a freed slot, however long the slot waits for it."""
@@ -97,7 +101,8 @@ def main() -> None:
                 raise SystemExit(f"the searcher stopped: {searcher.stop_reason or config}")
             time.sleep(0.001)
 
-    with AskAhead(searcher, depth=args.ahead) if args.ahead else contextlib.nullcontext():
+    drawing = Drawing(args.draw_processes, url, args.sampler, 1)
+    with AskAhead(searcher, args.ahead, drawing) if args.ahead else contextlib.nullcontext():
         config = next_config("t0")
         start = time.perf_counter()
         for done in range(1, args.trials + 1):
@@ -109,6 +114,7 @@ def main() -> None:
             began = time.perf_counter()
             searcher.on_trial_complete(trial_id, result)
             own.append(time.perf_counter() - began)
+            asking.append(searcher.ahead_seconds)
             if done < args.trials:
                 began = time.perf_counter()
                 config = next_config(f"t{done}")
@@ -116,7 +122,8 @@ def main() -> None:
             if done in checkpoints:
                 window = slice(max(0, done - args.window), done)
                 free = len(study.get_trials(deepcopy=False)) - done
-                print(f"{done:>7} {statistics.mean(own[window]) * 1e3:>16.2f} {statistics.mean(waits[window]) * 1e3:>13.1f} "
+                ask = (asking[-1] - asking[window.start]) / (done - 1 - window.start)  # the thread asks about once a trial
+                print(f"{done:>7} {statistics.mean(own[window]) * 1e3:>16.2f} {ask * 1e3:>7.0f} {statistics.mean(waits[window]) * 1e3:>13.1f} "
                       f"{lateness[-1] * args.rate:>8.1f} {free:>10}", flush=True)
     done = args.trials
     complete = study_trials(study, (TrialState.COMPLETE,))

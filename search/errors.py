@@ -20,6 +20,9 @@ class TrialFailure(Exception):
         self.message = message
         self.metrics = metrics or {}  # whatever was measured before the failure
 
+    def __reduce__(self) -> tuple:  # pickled whole (to and from processes), not from its message alone
+        return type(self), (self.kind, self.message, self.metrics)
+
 
 def is_out_of_memory(err: BaseException) -> bool:
     """An allocation that failed on any device: CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""

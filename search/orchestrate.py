@@ -8,6 +8,7 @@ resources; latency probes take a per-device lock inside the trial.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import math
@@ -20,7 +21,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's console output stays off unless asked for
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/JSON/TensorBoard files
@@ -95,6 +96,7 @@ class StudySearcher(Searcher):
         self.streak = Streak()  # repeats in a row, and refusals by reason since the last measured trial
         self.ready: deque[Asked] = deque()  # suggestions asked ahead (AskAhead), not yet handed to a trial
         self.depth = 1  # how many to keep ready: set by AskAhead
+        self.drawing = 0  # suggestions being drawn ahead right now
         self.asking_ahead = False  # whether a thread fills `ready` (else suggest asks itself)
         self._lock = threading.RLock()  # the thread asking ahead and Ray Tune's calls share this object
         self.stop_reason: Optional[str] = None  # 'exhausted' or 'refused'
@@ -293,14 +295,20 @@ class StudySearcher(Searcher):
         started = self.measured + self.others + len(self.live) + len(self.paused) + ahead
         return self._tokens_left() and started < self.budget
 
-    def ask_ahead(self) -> bool:
-        """Draw and settle one suggestion ahead of time, while Ray Tune runs the trials (called by AskAhead's thread;
-        the sampler and the screen run outside the lock). False when nothing more is wanted now."""
+    def ask_ahead(self, drawer: Callable[[], Drawn]) -> bool:
+        """Draw (with `drawer`) and settle one suggestion ahead of time, while Ray Tune runs the trials (called by
+        AskAhead's threads; the drawing runs outside the lock). False when nothing more is wanted now."""
         with self._lock:
-            if self.stop_reason is not None or len(self.ready) >= self.depth or not self._owes_more(len(self.ready)):
+            wanted = len(self.ready) + self.drawing
+            if self.stop_reason is not None or wanted >= self.depth or not self._owes_more(wanted):
                 return False
+            self.drawing += 1
         start = time.perf_counter()
-        drawn = draw(self.study, self.space, self.vocab_size)
+        try:
+            drawn = drawer()
+        finally:
+            with self._lock:
+                self.drawing -= 1
         with self._lock:
             outcome = settle(self.study, drawn, self.settled, self.progress.free, self.parked)
             stop = self.streak.count(outcome, drawn)
@@ -456,36 +464,69 @@ class StudySearcher(Searcher):
                 "message": "its worker process died (killed, crashed or its node lost); the config is run again"}
 
 
-class AskAhead:
-    """A thread that keeps a few suggestions ready while Ray Tune runs the trials, so that a free slot never waits
-    for the sampler and the screen. Should it fail (the storage, say), the searcher goes back to asking itself,
-    and meets the same fault where it is reported."""
+@dataclass(frozen=True)
+class Drawing:
+    """Where suggestions are drawn: in the driver (processes 0: one thread asking ahead), or in that many processes
+    of their own over the study's storage (`url`), each with the sampler `sampler` seeded from `seed` on."""
 
-    def __init__(self, searcher: StudySearcher, depth: int) -> None:
-        self.searcher, self.depth = searcher, depth
+    processes: int = 0
+    url: str = ""
+    sampler: str = "tpe"
+    seed: int = 0
+
+
+class AskAhead:
+    """Threads that keep a few suggestions ready while Ray Tune runs the trials, so that a free slot never waits
+    for the sampler and the screen: one that draws in the driver, or one per drawing process. Should they all
+    fail (the storage, say), the searcher goes back to asking itself, and meets the same fault where it is
+    reported."""
+
+    def __init__(self, searcher: StudySearcher, depth: int, drawing: Drawing = Drawing()) -> None:
+        self.searcher, self.depth, self.drawing = searcher, max(depth, drawing.processes), drawing
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="configaformer-ask-ahead", daemon=True)
+        self._processes: list = []
+        self._threads: list[threading.Thread] = []
+        self._running = 0
 
     def __enter__(self) -> AskAhead:
-        self.searcher.depth, self.searcher.asking_ahead = self.depth, True
-        self._thread.start()
+        searcher = self.searcher
+        if self.drawing.processes:
+            from .drawers import DrawingProcess
+
+            self._processes = [DrawingProcess(self.drawing.url, searcher.study.study_name, searcher.space, self.drawing.sampler,
+                                              self.drawing.seed + i, searcher.budget, searcher.vocab_size)
+                               for i in range(self.drawing.processes)]
+            drawers = [functools.partial(process.draw, searcher.study) for process in self._processes]
+        else:
+            drawers = [functools.partial(draw, searcher.study, searcher.space, searcher.vocab_size)]
+        searcher.depth, searcher.asking_ahead, self._running = self.depth, True, len(drawers)
+        self._threads = [threading.Thread(target=self._run, args=(drawer,), name=f"configaformer-ask-ahead-{i}", daemon=True)
+                         for i, drawer in enumerate(drawers)]
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
-        self._thread.join()
+        for thread in self._threads:  # each ends once its draw in flight is settled
+            thread.join()
+        for process in self._processes:
+            process.close()
         with self.searcher._lock:
             self.searcher.asking_ahead = False
             if exc[0] is None:
                 self.searcher._release_ready()
 
-    def _run(self) -> None:
+    def _run(self, drawer: Callable[[], Drawn]) -> None:
         try:
             while not self._stop.is_set():
-                if not self.searcher.ask_ahead():
+                if not self.searcher.ask_ahead(drawer):
                     self._stop.wait(0.05)
         except Exception:
-            self.searcher.asking_ahead = False
+            with self.searcher._lock:
+                self._running -= 1
+                if not self._running:
+                    self.searcher.asking_ahead = False
 
 
 def run_trial(config: dict, space: SearchSpace) -> None:
@@ -567,12 +608,14 @@ def connect(address: Optional[str]) -> bool:
 
 def run_trials(space: SearchSpace, study: optuna.Study, vocab_size: int, budget: int, resources: Resources,
                progress: Progress, scratch: Optional[Path] = None, shared: bool = True,
-               checkpoints: Optional[Path] = None, token_budget: Optional[int] = None) -> StudySearcher:
+               checkpoints: Optional[Path] = None, token_budget: Optional[int] = None,
+               drawing: Drawing = Drawing()) -> StudySearcher:
     """Run trials through Ray Tune until the study holds `budget` measured ones, recording each as it finishes.
 
     Tune keeps its own records in `scratch` (a temporary folder if None), deleted afterwards: the study is what
     persists. A search folder's scratch left by a killed run is cleared here. `shared`: other drivers may use the
-    study (a driver alone on its folder's own study skips the checks that keep drivers apart)."""
+    study (a driver alone on its folder's own study skips the checks that keep drivers apart). `drawing`: where
+    suggestions are drawn ahead."""
     temporary = checkpoints is None and len(space.rungs()) > 1
     if temporary:
         checkpoints = Path(tempfile.mkdtemp(prefix="configaformer-rungs-"))
@@ -592,7 +635,7 @@ def run_trials(space: SearchSpace, study: optuna.Study, vocab_size: int, budget:
             run_config=tune.RunConfig(storage_path=str(scratch.resolve()), name="trials", verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
-        with Heartbeat(study, searcher.alive_ids), AskAhead(searcher, depth=max(1, min(4, resources.concurrency // 2))):
+        with Heartbeat(study, searcher.alive_ids), AskAhead(searcher, max(1, min(4, resources.concurrency // 2)), drawing):
             tuner.fit()
     except KeyboardInterrupt:
         mark_interrupted(study, searcher.running_numbers())  # owed again, as after a kill, but known now

@@ -154,9 +154,10 @@ def _search(space: SearchSpace, study: optuna.Study, vocab_size: int, url: str, 
             say(f"scheduler {scheduler}")
         progress = Progress(budget, done, list(space.objectives), verbosity)
         checkpoints = out_dir / RUNG_CHECKPOINTS
+        drawing = orchestrate.Drawing(space.search["draw_processes"], url, sampler, seed + len(study.trials) + 1)
         searcher = orchestrate.run_trials(space, study, vocab_size, budget, resources, progress,
                                           scratch=out_dir / TUNE_SCRATCH, shared=not owns_study, checkpoints=checkpoints,
-                                          token_budget=None if tokens is None else int(tokens))
+                                          token_budget=None if tokens is None else int(tokens), drawing=drawing)
         with contextlib.suppress(OSError):
             checkpoints.rmdir()  # empty once every trial has ended
     if searcher.stop_reason == "exhausted":

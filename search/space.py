@@ -56,7 +56,7 @@ SEARCH_KEYS = {"trials": Key(24, (int,), check=positive), "sampler": Key("tpe", 
                "population_size": Key(None, (int, type(None))),
                "scheduler": Key("fifo", (str,), choices=SCHEDULERS), "min_tokens": Key(None, (int, type(None))),
                "reduction_factor": Key(3, (int,), check=lambda v: None if v >= 2 else "expected an int >= 2"),
-               "confirm_seeds": Key(0, (int,), check=_non_negative)}
+               "confirm_seeds": Key(0, (int,), check=_non_negative), "draw_processes": Key(0, (int,), check=_non_negative)}
 RESOURCE_KEYS = {"cpus_per_trial": Key(1, (float,), check=positive), "gpus_per_trial": Key(0.0, (float,), check=_non_negative),
                  "concurrency": Key(None, (int, type(None)))}
 

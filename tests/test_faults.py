@@ -41,9 +41,10 @@ def trials_of(url: str) -> list:
         return []
 
 
-@pytest.mark.parametrize("second_starts", ["together", "after_a_trial"])
-def test_two_drivers_on_one_study_measure_the_budget_once(ray_local, tmp_path, second_starts):
-    space = write_space(tmp_path, FAST.replace("{choice: [2, 4]}", "{choice: [2, 4, 8]}"))
+@pytest.mark.parametrize("second_starts, draw_processes", [("together", 1), ("after_a_trial", 0)])
+def test_two_drivers_on_one_study_measure_the_budget_once(ray_local, tmp_path, second_starts, draw_processes):
+    space = write_space(tmp_path, FAST.replace("{choice: [2, 4]}", "{choice: [2, 4, 8]}")
+                        .replace("sampler: random}", f"sampler: random, draw_processes: {draw_processes}}}"))
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     common = ["--storage", url, "--trials", "6", "--address", ray_local, "--concurrency", "1", "--sampler", "random"]
     first = subprocess.Popen(cli("run", str(space), "--out", str(tmp_path / "a"), "--seed", "1", *common),
