@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import urllib.parse
 from pathlib import Path
 from typing import Any, Container, Optional
@@ -39,17 +38,15 @@ class StudyFile(BaseStorage):
         if not path.is_file():
             raise ValueError(f"{path}: no such study file")
         self.path = path
-        self._lock = threading.Lock()
         uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
-        self._connection = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=60)
+        self._connection = sqlite3.connect(uri, uri=True, timeout=60)
 
     @property
     def url(self) -> str:
         return SQLITE_PREFIX + str(self.path)
 
     def query(self, sql: str, arguments: dict[str, Any]) -> list[tuple]:
-        with self._lock:
-            return self._connection.execute(sql, arguments).fetchall()
+        return self._connection.execute(sql, arguments).fetchall()
 
     def _attrs(self, table: str, study_id: int) -> dict[str, Any]:
         return {key: json.loads(text) for key, text in
@@ -114,7 +111,4 @@ class StudyFile(BaseStorage):
     create_new_study = delete_study = set_study_user_attr = set_study_system_attr = _refuse
     create_new_trial = set_trial_param = set_trial_state_values = set_trial_intermediate_value = _refuse
     set_trial_user_attr = set_trial_system_attr = _refuse
-
-    def close(self) -> None:
-        self._connection.close()
 
