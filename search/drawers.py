@@ -6,8 +6,8 @@ opens the study on the shared storage with its own sampler (its own seed), as Op
 does, and draws and screens one suggestion at a time when asked. The driver settles what comes back exactly as it
 settles its own draws.
 
-A drawn trial is RUNNING in the study with a heartbeat recorded at once: should the process die before the driver
-takes it, its heartbeat stops and it is failed as stale like any dead driver's trial.
+A trial is given a heartbeat as soon as it is asked, before the sampler draws its params: should the process die
+before the driver takes it, its heartbeat stops and it is failed as stale like any dead driver's trial.
 """
 
 from __future__ import annotations
@@ -68,8 +68,7 @@ def _serve(connection: Any, url: str, study_name: str, space: SearchSpace, sampl
         study = optuna.load_study(study_name=study_name, storage=open_storage(url, writer=True),
                                   sampler=make_sampler(space, sampler, seed, budget))
         while connection.recv():
-            drawn = draw(study, space, vocab_size)
-            record_heartbeats(study, [drawn.trial._trial_id])
+            drawn = draw(study, space, vocab_size, on_asked=lambda trial: record_heartbeats(study, [trial._trial_id]))
             connection.send((drawn.trial._trial_id, drawn.params, drawn.key, drawn.refusal))
     except (EOFError, OSError, KeyboardInterrupt):
         return  # the driver is gone

@@ -307,15 +307,19 @@ def params_in_one_transaction(study: optuna.Study) -> Iterator[None]:
                 backend._set_trial_param_without_commit(session, *args)
 
 
-def draw(study: optuna.Study, space: SearchSpace, vocab_size: int) -> Drawn:
+def draw(study: optuna.Study, space: SearchSpace, vocab_size: int,
+         on_asked: Optional[Callable[[optuna.Trial], None]] = None) -> Drawn:
     """Ask the sampler for a suggestion and screen it (config errors, cheap constraints, on the meta device): the
-    slow part of asking, which touches nothing but the study, so a thread can do it ahead of time."""
+    slow part of asking, which touches nothing but the study, so a thread can do it ahead of time. `on_asked` is
+    told the new trial before its params are drawn."""
     from .candidate import resolve, screen  # builds models: kept off the import path of the review commands
     from .errors import TrialFailure
 
     with warnings.catch_warnings():  # the driver keeps the heartbeats itself (Heartbeat), not optimize()
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         trial = study.ask()
+    if on_asked is not None:
+        on_asked(trial)
     with params_in_one_transaction(study):
         params = space.sample(trial)
     resolved = resolve(space, params, vocab_size)
