@@ -23,6 +23,7 @@ from .errors import SpaceError, UsageError
 from .progress import plural
 from .space import SearchSpace, load_space
 from .study import STUDY_FILE, default_storage
+from .studyfile import file_of
 
 TUNE_SCRATCH = ".tune"  # Ray Tune's own records inside a run folder, deleted when its trials are done
 RUNG_CHECKPOINTS = "checkpoints"  # trials' state at their last rung (multi-fidelity), where a resumed search goes on
@@ -276,7 +277,7 @@ def storage_fault(url: str, err: BaseException) -> Optional[UsageError]:
     text = f"{_first_line(err)} {_first_line(cause)}".lower()
     if type(err).__name__ in ("NoSuchModuleError", "ArgumentError"):  # the URL itself is wrong
         return UsageError(f"--storage {url}: {_first_line(err)}")
-    where = url.removeprefix("sqlite:///")
+    where = str(file_of(url) or url)
     if "malformed" in text or "not a database" in text or "corrupt" in text:
         advice = "the file is damaged: restore it from a backup, or start over with --fresh or another --out"
     elif "readonly" in text or "read-only" in text:
