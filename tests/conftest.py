@@ -6,6 +6,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from postgres import postgres_server, postgres_url  # noqa: E402,F401  fixtures for the tests on PostgreSQL
+
 
 @pytest.fixture(autouse=True)
 def _seeded():
