@@ -40,7 +40,7 @@ def test_the_server_stopped_and_started_again(postgres_server: PostgresServer, p
     storage = optuna.storages.RDBStorage(postgres_url, engine_kwargs={"pool_pre_ping": True})
     study = optuna.create_study(study_name="s", storage=storage)
     study.tell(study.ask(), 1.0)
-    back = postgres_server.outage(1.0)
+    back = postgres_server.outage(2.0)  # long enough that a loaded machine still meets it down
     assert not postgres_server.running
     with pytest.raises(sqlalchemy.exc.OperationalError, match="Connection refused"):
         optuna.storages.RDBStorage(postgres_url)
