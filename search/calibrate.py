@@ -1,7 +1,9 @@
 """`configaformer-search calibrate SPACE`: is the space's training budget long enough to rank configs, before a long
-search spends it? Samples K configs, trains each at the budget on two seeds and once at M times the budget (through
-Ray, packed like trials), and says how much of the spread across configs is seed noise, whether the two seeds and
-the two budgets rank the configs alike, and whether parameter counts would rank them as well.
+search spends it? Samples K configs, trains each at the budget on two seeds and once at M times the budget on a third
+seed (through the search's Ray trial runner, packed like trials), and says how much of the spread across configs is
+seed noise, whether the two seeds rank the configs alike, whether the budget ranks them as the longer one does (from
+one seed, as a search measures, and from the mean of two), how successive halving's first rung ranks them against
+the full budget (for a space that uses it), and whether parameter counts would rank them as well.
 
 Every run is appended to `calibration.jsonl` in the run folder as it ends, so a killed calibration, run again, trains
 only what is missing. The tables (`calibration.csv` a config each, `calibration_summary.csv` an objective each) and
@@ -20,7 +22,9 @@ import numpy as np
 import pandas as pd
 
 from .errors import TrialFailure, UsageError
+from .jobs import Job
 from .metrics import METRICS, label
+from .outcome import is_measured, outcome_of
 from .progress import plural
 from .ranking import kendall, noise_band, paired_sd, spearman
 from .space import SearchSpace
@@ -45,11 +49,13 @@ class Config:
 
 @dataclass(frozen=True)
 class Run:
-    """One training run of a config: on a seed, for a budget (the space's, or mult times it)."""
+    """One training run of a config: on a seed, for a budget (the space's, or mult times it), measured at `budgets`
+    on the way (the space's rungs, for the first seed's run of a multi-fidelity space)."""
 
     config: Config
     seed: int
     mult: int  # 1 at the space's budget
+    budgets: tuple[int, ...] = ()
 
     @property
     def tokens(self) -> int:
@@ -62,6 +68,10 @@ class Run:
     def describe(self) -> str:
         return f"config {self.config.index} seed {self.seed}, {self.tokens:,} tokens"
 
+    def job(self) -> Job:
+        return Job(self.name, self.config.params, self.seed, self.budgets or (self.tokens,),
+                   self.config.warmup_budget * self.mult)
+
 
 @dataclass
 class Agreement:
@@ -73,9 +83,13 @@ class Agreement:
     spread: float  # sd of the configs' two-seed means
     rho_seeds: float
     tau_seeds: float
-    rho_budgets: float
+    rho_budgets: float  # one seed at the budget (what a search measures) against the longer budget
     tau_budgets: float
+    rho_budgets_mean: float  # the two seeds' mean at the budget against the longer budget
+    tau_budgets_mean: float
     rho_proxy: float  # non-embedding parameters (more is better) against the longer budget
+    rho_first_rung: float = math.nan  # successive halving's first rung against the full budget (one seed)
+    tau_first_rung: float = math.nan
 
     def noise(self, seeds: int = 1) -> float:
         return noise_band(self.seed_sd, seeds)
@@ -90,15 +104,26 @@ class Calibration:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # run name -> its record
 
     @property
-    def seeds(self) -> tuple[int, int]:
+    def seeds(self) -> tuple[int, int, int]:
+        """The budget's two seeds, and the longer run's own (so that it shares no weights or batches with them)."""
         base = self.space.train["seed"]
         base = base if isinstance(base, int) else 0
-        return base, base + 1
+        return base, base + 1, base + 2
+
+    @property
+    def rungs(self) -> list[int]:
+        """Successive halving's rungs, which the first seed's run measures on the way (one budget under fifo)."""
+        return self.space.rungs()
+
+    def config_runs(self, config: Config) -> tuple[Run, Run, Run]:
+        """A config's runs: the first seed at the budget (at each rung), the second seed, the longer run."""
+        first, second, third = self.seeds
+        rungs = tuple(self.rungs) if len(self.rungs) > 1 else ()
+        return Run(config, first, 1, rungs), Run(config, second, 1), Run(config, third, self.mult)
 
     def runs(self) -> list[Run]:
         """Every run, the long one of each config first: the longest work starts early and the tail stays short."""
-        first, second = self.seeds
-        return [run for c in self.configs for run in (Run(c, first, self.mult), Run(c, first, 1), Run(c, second, 1))]
+        return [run for c in self.configs for run in reversed(self.config_runs(c))]
 
     def missing(self) -> list[Run]:
         return [run for run in self.runs() if run.name not in self.results]
@@ -109,27 +134,31 @@ class Calibration:
 
     def columns(self, metric: str) -> tuple[str, str, str]:
         """The table's columns of one objective: the first seed, the second seed, the longer budget."""
-        first, second = self.seeds
+        first, second, _ = self.seeds
         return f"{metric}@seed{first}", f"{metric}@seed{second}", f"{metric}@{self.mult}x"
 
-    def value(self, run: Run, metric: str) -> Optional[float]:
+    def value(self, run: Run, metric: str, tokens: Optional[int] = None) -> Optional[float]:
+        """A run's measured value of `metric`, at its end or at `tokens` on the way."""
         record = self.results.get(run.name) or {}
-        value = record.get(metric) if record.get("status") == "ok" else None
+        if not is_measured(record):
+            return None
+        value = record.get(metric) if tokens is None else (record.get("at") or {}).get(str(tokens), {}).get(metric)
         return float(value) if isinstance(value, (int, float)) else None
 
     def table(self) -> pd.DataFrame:
         """A config a row: params, parameter counts, each objective on each seed and at the longer budget, and
         why a run failed."""
-        first, second = self.seeds
         rows = []
         for config in self.configs:
-            long, a, b = Run(config, first, self.mult), Run(config, first, 1), Run(config, second, 1)
+            a, b, long = self.config_runs(config)
             row = {"config": config.index, "key": config.key, "params": config.metrics["params"],
                    "nonemb_params": config.metrics["nonemb_params"]}
             for metric in self.objectives():
                 row.update(zip(self.columns(metric), (self.value(a, metric), self.value(b, metric), self.value(long, metric))))
-            failures = [f"{run.describe()}: {self.results[run.name].get('reason')}" for run in (long, a, b)
-                        if self.results.get(run.name, {}).get("status") == "failed"]
+                if len(self.rungs) > 1:
+                    row[f"{metric}@rung0"] = self.value(a, metric, self.rungs[0])
+            failures = [f"{run.describe()}: {outcome_of(self.results[run.name]).kind.name}" for run in (long, a, b)
+                        if run.name in self.results and not is_measured(self.results[run.name])]
             row["failed"] = "; ".join(failures)
             row.update({f"param:{k}": v for k, v in config.params.items()})
             rows.append(row)
@@ -145,20 +174,23 @@ class Calibration:
             a, b, long = (done[c].to_numpy(dtype=float) for c in columns)
             means = (a + b) / 2
             proxy = -sign * done["nonemb_params"].to_numpy(dtype=float)  # more parameters: a better value expected
-            found.append(Agreement(metric, len(done), paired_sd(a, b), float(np.std(means, ddof=1)) if len(done) > 1 else math.nan,
-                                   spearman(a, b), kendall(a, b), spearman(means, long), kendall(means, long),
-                                   spearman(proxy, long)))
+            agreement = Agreement(metric, len(done), paired_sd(a, b), float(np.std(means, ddof=1)) if len(done) > 1 else math.nan,
+                                  spearman(a, b), kendall(a, b), spearman(a, long), kendall(a, long),
+                                  spearman(means, long), kendall(means, long), spearman(proxy, long))
+            if f"{metric}@rung0" in done:
+                first = done[f"{metric}@rung0"].to_numpy(dtype=float)
+                agreement.rho_first_rung, agreement.tau_first_rung = spearman(first, a), kendall(first, a)
+            found.append(agreement)
         return found
 
 
 def sample_configs(space: SearchSpace, vocab_size: int, count: int) -> list[Config]:
     """`count` distinct configs that pass the cheap screen, drawn at random from the space (seeded by
     search.seed, so that the same command calibrates the same configs)."""
-    import optuna
-
     from .candidate import screen
+    from .driver.samplers import random_draws
 
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=space.search["seed"]))
+    study = random_draws(space.search["seed"])
     configs: list[Config] = []
     keys: set[str] = set()
     warmup = space.rungs()[0]
@@ -195,42 +227,23 @@ def read_results(path: Path) -> dict[str, dict[str, Any]]:
     return results
 
 
-def measure_run(space: SearchSpace, params: dict[str, Any], seed: int, tokens: int, warmup_budget: int) -> dict[str, Any]:
-    """A Ray task: one calibration run on this worker's device."""
-    import ray
-
-    from .trial import measure_once
-
-    return measure_once(space, params, seed, tokens, warmup_budget, "cuda" if ray.get_gpu_ids() else "cpu")
-
-
 def train_runs(space: SearchSpace, runs: list[Run], results: dict[str, dict[str, Any]], path: Path,
-               resources: Any, say: Callable[[str], None], shown: Sequence[str] = ("val_loss",), done: int = 0) -> None:
-    """Train `runs` through Ray, at most resources.concurrency at a time, adding each record to `results` and
-    appending it to `path` as it ends (`done` runs counted as ended before). A worker that died is retried once,
-    then recorded as failed (worker_died)."""
-    import ray
+               resources: Any, say: Callable[[str], None], shown: Sequence[str] = ("val_loss",), done: int = 0,
+               scratch: Optional[Path] = None) -> None:
+    """Train `runs` through the search's Ray trial runner, adding each record to `results` and appending it to
+    `path` as it ends (`done` runs counted as ended before)."""
+    from .jobs import run_jobs
 
-    task = ray.remote(measure_run).options(num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial,
-                                           max_retries=1)
-    space_ref = ray.put(space)
-    waiting, running = list(runs), {}
-    total = done + len(waiting)
+    by_name = {run.name: run for run in runs}
+    total = done + len(runs)
     cut_short = path.is_file() and path.read_bytes()[-1:] not in (b"", b"\n")
     with path.open("a") as log:
         if cut_short:
             log.write("\n")  # end the line a kill cut short, so that the next record starts a line of its own
-        while waiting or running:
-            while waiting and len(running) < resources.concurrency:
-                run = waiting.pop(0)
-                running[task.remote(space_ref, run.config.params, run.seed, run.tokens,
-                                    run.config.warmup_budget * run.mult)] = run
-            ready, _ = ray.wait(list(running), num_returns=1)
-            run = running.pop(ready[0])
-            try:
-                record = ray.get(ready[0])
-            except ray.exceptions.RayError as err:
-                record = {"status": "failed", "reason": "worker_died", "message": str(err).strip().splitlines()[0]}
+
+        def ended(job: Job, record: dict[str, Any]) -> None:
+            nonlocal done
+            run = by_name[job.name]
             record.update(run=run.name, config=run.config.index, seed=run.seed, tokens=run.tokens)
             log.write(json.dumps(record, default=str) + "\n")
             log.flush()
@@ -238,7 +251,9 @@ def train_runs(space: SearchSpace, runs: list[Run], results: dict[str, dict[str,
             done += 1
             say(f"[{done}/{total}] {run.describe()}: " + (
                 ", ".join(f"{m} {record[m]:.4g}" for m in shown if m in record) + f" ({record['seconds']:.1f} s)"
-                if record["status"] == "ok" else f"failed ({record['reason']}): {record.get('message', '')}"))
+                if is_measured(record) else f"failed ({outcome_of(record).kind.name}): {record.get('message', '')}"))
+
+        run_jobs(space, [run.job() for run in runs], resources, ended, scratch)
 
 
 def calibrate(space: SearchSpace, configs: int = 12, mult: int = 4, out: Optional[Path] = None,
@@ -247,16 +262,16 @@ def calibrate(space: SearchSpace, configs: int = 12, mult: int = 4, out: Optiona
     """Run (or resume) a calibration of `space` in `out` (default runs/<name>-calibrate) and write its tables and
     plot; returns it. Raises UsageError for bad input before anything is written; KeyboardInterrupt (Ctrl-C,
     SIGTERM) keeps every run that ended."""
-    from . import orchestrate
+    from .cluster import check_address, plan_resources, ray_session
     from .data import load_corpus
-    from .run import ray_session, run_folder, signals_as_interrupts
+    from .run import TUNE_SCRATCH, run_folder, signals_as_interrupts
 
     if configs < 3:
         raise UsageError(f"--configs: expected at least 3 configs to rank, got {configs}")
     if mult < 2:
         raise UsageError(f"--mult: expected a whole multiple of the budget of 2 or more, got {mult}")
     out = Path(out or Path("runs") / f"{space.name}-calibrate")
-    orchestrate.check_address(address)
+    check_address(address)
     corpus = load_corpus(space.data)
     calibration = Calibration(space, sample_configs(space, corpus.vocab_size, configs), mult, out)
     results = out / RESULTS_FILE
@@ -265,16 +280,16 @@ def calibrate(space: SearchSpace, configs: int = 12, mult: int = 4, out: Optiona
         missing = calibration.missing()
         budget = calibration.configs[0].tokens
         say(f"calibrating '{space.name}': {plural(len(calibration.configs), 'config')} x (2 seeds at {budget:,} tokens "
-            f"+ 1 at {mult}x, {budget * mult:,}) = {len(calibration.runs())} runs; folder {out}")
+            f"+ 1 at {mult}x, {budget * mult:,}, on a third seed) = {len(calibration.runs())} runs; folder {out}")
         if missing:
             if len(missing) < len(calibration.runs()):
                 say(f"resuming: {len(calibration.runs()) - len(missing)} runs kept")
-            with ray_session(address):
-                resources = orchestrate.plan_resources(space, gpus_per_trial, concurrency)
+            with ray_session(address, out):
+                resources = plan_resources(space, gpus_per_trial, concurrency)
                 say(f"{plural(resources.concurrency, 'run')} at a time, each {resources.cpus_per_trial:g} CPU + "
                     f"{resources.gpus_per_trial:g} GPU")
                 train_runs(space, missing, calibration.results, results, resources, say, calibration.objectives(),
-                           done=len(calibration.runs()) - len(missing))
+                           done=len(calibration.runs()) - len(missing), scratch=out / TUNE_SCRATCH)
         else:
             say("every run is measured already")
         write_outputs(calibration)
@@ -285,24 +300,31 @@ def verdict(calibration: Calibration, agreement: Agreement) -> list[str]:
     """The findings for one objective in plain sentences, and what to change when the budget is not enough."""
     budget = calibration.configs[0].tokens
     unit = METRICS[agreement.objective].unit.split("/")[0] if agreement.objective in METRICS else ""
+    confirmed = calibration.space.search["confirm_seeds"] > 0
+    rho = agreement.rho_budgets_mean if confirmed else agreement.rho_budgets  # what the space's search will measure
     lines = [f"at {budget:,} tokens, {agreement.objective} differences under {agreement.noise():.3g} {unit} are noise "
-             f"(under {agreement.noise(2):.3g} with search.confirm_seeds: 1); the ranking agrees with {calibration.mult}x "
-             f"the budget at rho {agreement.rho_budgets:.2f}"]
-    if not round(agreement.rho_budgets, 2) >= GOOD_AGREEMENT:  # as printed: a verdict never contradicts its figure
+             f"(under {agreement.noise(2):.3g} with search.confirm_seeds: 1); the ranking "
+             f"({'two seeds' if confirmed else 'one seed, as the search measures'}) agrees with {calibration.mult}x the "
+             f"budget at rho {rho:.2f}"]
+    if not round(rho, 2) >= GOOD_AGREEMENT:  # as printed: a verdict never contradicts its figure
         lines.append(f"the budget is short: the configs it ranks best are not those {calibration.mult}x training ranks "
                      "best; raise train.tokens (or search with scheduler asha, whose last rung can be longer)")
+    if not math.isnan(agreement.rho_first_rung) and not round(agreement.rho_first_rung, 2) >= GOOD_AGREEMENT:
+        lines.append(f"successive halving's first rung ranks configs unlike the full budget (rho "
+                     f"{agreement.rho_first_rung:.2f}): it stops configs the full budget would keep; raise search.min_tokens")
     if not round(agreement.rho_seeds, 2) >= GOOD_AGREEMENT:
         lines.append(f"seeds reorder the configs (rho {agreement.rho_seeds:.2f} between two): set search.confirm_seeds "
                      "so that the front is told means")
-    if agreement.rho_proxy >= agreement.rho_budgets:
+    if agreement.rho_proxy >= rho:
         lines.append(f"non-embedding parameters rank the configs as well as this training does (rho {agreement.rho_proxy:.2f})")
     return lines
 
 
 def describe(calibration: Calibration) -> list[str]:
     """The summary the command prints: per objective, noise against spread, the rank agreements, the verdict."""
-    first, second = calibration.seeds
+    first, second, _ = calibration.seeds
     budget = calibration.configs[0].tokens
+    longer = f"{budget * calibration.mult:,}"
     lines = []
     for a in calibration.agreements():
         if a.configs < 3:
@@ -310,8 +332,12 @@ def describe(calibration: Calibration) -> list[str]:
                          "too few to rank")
             continue
         rows = [(f"seed {first} vs seed {second}", f"Spearman {a.rho_seeds:.2f}, Kendall {a.tau_seeds:.2f}"),
-                (f"{budget:,} vs {budget * calibration.mult:,} tokens", f"Spearman {a.rho_budgets:.2f}, Kendall {a.tau_budgets:.2f}"),
-                (f"non-embedding params vs {calibration.mult}x", f"Spearman {a.rho_proxy:.2f}")]
+                (f"{budget:,} (one seed) vs {longer} tokens", f"Spearman {a.rho_budgets:.2f}, Kendall {a.tau_budgets:.2f}"),
+                (f"{budget:,} (two seeds' mean) vs {longer}", f"Spearman {a.rho_budgets_mean:.2f}, Kendall {a.tau_budgets_mean:.2f}")]
+        if not math.isnan(a.rho_first_rung):
+            rows.append((f"first rung ({calibration.rungs[0]:,}) vs {budget:,}",
+                         f"Spearman {a.rho_first_rung:.2f}, Kendall {a.tau_first_rung:.2f}"))
+        rows.append((f"non-embedding params vs {calibration.mult}x", f"Spearman {a.rho_proxy:.2f}"))
         width = max(len(name) for name, _ in rows) + 2
         lines += [f"{label(a.objective)}, {plural(a.configs, 'config')}:",
                   f"  seed-to-seed sd {a.seed_sd:.3g}, spread across configs {a.spread:.3g} (sd of their two-seed means)",
@@ -339,7 +365,7 @@ def _plot(calibration: Calibration, table: pd.DataFrame, agreements: list[Agreem
 
     from .plots import STYLE
 
-    first, second = calibration.seeds
+    first, second, _ = calibration.seeds
     with plt.rc_context(STYLE):
         figure, grid = plt.subplots(len(agreements), 2, figsize=(10, 4.4 * len(agreements)), squeeze=False)
         for (left, right), a in zip(grid, agreements):
@@ -353,7 +379,8 @@ def _plot(calibration: Calibration, table: pd.DataFrame, agreements: list[Agreem
             means = (a_ + b_) / 2
             right.errorbar(means, long, xerr=(a_ - b_).abs() / 2, fmt="o", ms=4, color="#d62728", ecolor="#ff9896")
             right.set(xlabel=f"{label(m)}, mean of two seeds at {calibration.configs[0].tokens:,} tokens",
-                      ylabel=f"at {calibration.mult}x", title=f"budget against {calibration.mult}x: Spearman {a.rho_budgets:.2f}")
+                      ylabel=f"at {calibration.mult}x", title=f"budget against {calibration.mult}x: Spearman {a.rho_budgets_mean:.2f} "
+                                                            f"(one seed {a.rho_budgets:.2f})")
             for index in table.dropna(subset=columns).index:
                 left.annotate(str(index), (a_[index], b_[index]), fontsize=7, xytext=(3, 3), textcoords="offset points")
                 right.annotate(str(index), (means[index], long[index]), fontsize=7, xytext=(3, 3), textcoords="offset points")

@@ -214,10 +214,9 @@ PREFLIGHT_DRAWS = 64  # random draws tried before a space counts as one that bui
 def check_buildable(space: SearchSpace, vocab_size: int, draws: int = PREFLIGHT_DRAWS, seed: int = 0) -> None:
     """Refuse a space none of whose random draws passes the cheap screen (a misspelt layer key, say), before any
     trial or run folder exists; stops at the first draw that passes. Raises SpaceError naming the commonest reason."""
-    import optuna
+    from .driver.samplers import random_draws
 
-    sampler = optuna.samplers.RandomSampler(seed=seed)
-    study = optuna.create_study(sampler=sampler, directions=["minimize"] * len(space.objectives))
+    study = random_draws(seed)
     failures: Counter = Counter()
     for _ in range(draws if space.size() is None else min(draws, space.size())):
         try:

@@ -21,12 +21,11 @@ def _format(value: float) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    import optuna
-
     from configaformer.shapes import format_shape
 
     from .candidate import check_buildable, make_candidate
     from .data import load_corpus
+    from .driver.samplers import random_draws
     from .errors import TrialFailure
     from .space import load_space
 
@@ -43,8 +42,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"validation: {space.train['eval_tokens']:,} target tokens in windows of {space.train['eval_seq_len']} for every trial")
     print(f"scheduler: {space.describe_scheduler()}, schedule {space.train['schedule']}")
     check_buildable(space, corpus.vocab_size)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
+    study = random_draws(args.seed)
     for i in range(args.samples):
         params = space.sample(study.ask())
         print(f"\nsample {i + 1}: " + " ".join(f"{k}={v}" for k, v in params.items()))
@@ -68,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     result = search(args.space, trials=args.trials, tokens=args.tokens, out=args.out, storage=args.storage, address=args.address,
                     gpus_per_trial=args.gpus_per_trial, concurrency=args.concurrency, sampler=args.sampler,
-                    seed=args.seed, fresh=args.fresh, verbosity=0 if args.quiet else 1 + args.verbose)
+                    seed=args.seed, fresh=args.fresh, verbosity=0 if args.quiet else 1 + args.verbose)  # SearchOptions
     if not args.quiet:
         _print_summary(result)
     if result.stopped_by is not None:
@@ -108,99 +106,38 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def _print_summary(result) -> None:
     """What the search measured, what it refused or reused for free, the front, and the files it wrote."""
-    from collections import Counter
+    from .console import fitted
 
-    from optuna.trial import TrialState
-
-    from .front import front_frame, front_trials
-    from .records import study_trials
-    from .study import counts, objective_names
-
-    study = result.study
-    trials = study_trials(study)
-    own = [t for t in trials if t.state != TrialState.RUNNING and "reused_from" not in t.user_attrs]
-    measured_trials = [t for t in own if counts(t.user_attrs)]
-    failed = Counter(t.user_attrs.get("reason", "error") for t in measured_trials if t.state == TrialState.FAIL)
-    free = Counter(t.user_attrs.get("reason", "interrupted") for t in own if not counts(t.user_attrs))
-    reused = sum("reused_from" in t.user_attrs for t in trials)
-    tally = lambda counter: ", ".join(f"{r} {n}" for r, n in counter.most_common())  # noqa: E731
-    stopped = Counter(t.user_attrs.get("rung") for t in measured_trials if t.state == TrialState.PRUNED)
-    complete = sum(t.state == TrialState.COMPLETE for t in measured_trials)
-    print(f"\n{plural(len(measured_trials), 'config')} measured: {complete} complete"
-          + (f", {sum(stopped.values())} stopped at a rung ({', '.join(f'rung {r}: {stopped[r]}' for r in sorted(stopped))})"
-             if stopped else "")
-          + (f", {sum(failed.values())} failed ({tally(failed)})" if failed else "")
-          + (f"; {sum(free.values())} refused before training or owed again ({tally(free)})" if free else "")
-          + (f"; {plural(reused, 'repeat')} of a settled config reused its result" if reused else ""))
-    front = front_trials(study)
-    if front:
-        print(f"Pareto front ({plural(len(front), 'trial')}):")
-        sys.stdout.write(_fitted(front_frame(study), (*objective_names(study), "noise")))
-    elif complete:
-        print(f"Pareto front: empty, every complete trial breaks a constraint (see `configaformer-search trials {result.out_dir}`)")
+    review = result.review()
+    print("\n" + "\n".join(review.summary(result.out_dir)))
+    if review.front:
+        sys.stdout.write(fitted(review.front_frame(), (*review.names, "noise")))
     if result.written:
         print("wrote " + ", ".join(str(p) for p in result.written))
 
 
 def _open_run(directory: str, storage: Optional[str]):
-    """The study of an existing run folder; refuses a folder that holds none (and creates nothing)."""
+    """The review of an existing run folder's study (or of --storage); refuses a folder that holds none and
+    creates nothing."""
     from pathlib import Path
 
-    from .study import STUDY_FILE, default_storage, load_existing
+    from .review import read_review
+    from .storage import STUDY_FILE, default_storage
+    from .storage.faults import storage_call
 
     path = Path(directory)
     if storage is None:
         if not (path / STUDY_FILE).is_file():
             raise UsageError(f"{directory}: not a run folder (no {STUDY_FILE}); run `configaformer-search SPACE.yaml --out {directory}` first")
         storage = default_storage(path)
-    from .run import storage_call
-    from .studyfile import StudyFile, file_of
-
-    file = file_of(storage)  # a SQLite file is read without Optuna's ORM: the review starts in a fraction of the time
-    return storage_call(storage, lambda: load_existing(StudyFile(file) if file else storage))
-
-
-CONSOLE_WIDTH = 100  # what the console tables fit by default; --all prints every column
-
-
-def _console_table(frame) -> str:
-    """Four significant digits, and blanks where a trial has no value."""
-    blanks = {c: frame[c].astype(object).where(frame[c].notna(), "") for c in frame if frame[c].dtype.kind in "iub"
-              and frame[c].hasnans}  # nullable ints, whose <NA> to_string's na_rep does not reach
-    return frame.assign(**blanks).to_string(float_format=lambda v: f"{v:.4g}", na_rep="") + "\n"
-
-
-def _fitted(frame, keep: Sequence[str], width: int = CONSOLE_WIDTH) -> str:
-    """The console table of the columns in `keep` that the frame has, then its params joined into one 'config'
-    column (width=64 depth=2 ...), cut so that every line fits `width` characters."""
-    from .metrics import SD_SUFFIX, with_sd
-
-    params = [c for c in frame if c.startswith("param:")]
-    fitted = frame[[c for c in keep if c in frame]].copy()
-    for column in fitted:  # a seed-confirmed mean with its sd
-        if column + SD_SUFFIX in frame and fitted[column].dtype.kind == "f":
-            fitted[column] = ["" if v != v else with_sd(v, sd) for v, sd in zip(fitted[column], frame[column + SD_SUFFIX])]
-    fitted = fitted[[c for c in fitted if not fitted[c].isin([None, False, ""]).all() and not fitted[c].isna().all()]]
-    if "duration" in fitted:
-        fitted["duration"] = fitted["duration"].map(lambda v: "" if v is None or v != v else f"{v:.1f} s")
-    if "message" in fitted:
-        fitted["message"] = fitted["message"].map(lambda v: v if not isinstance(v, str) or len(v) <= 28 else v[:27] + "…")
-    lines = _console_table(fitted).splitlines()
-    table_width = max(len(line) for line in lines)
-    room = width - table_width - 2
-    if not params or room < 12:
-        return "\n".join(lines) + "\n"
-    import pandas as pd
-
-    configs = [" ".join(f"{name[6:]}={value}" for name, value in zip(params, row) if not pd.isna(value))
-               for row in frame[params].itertuples(index=False)]
-    cells = ["config", *[""] * (len(lines) - len(configs) - 1), *(t if len(t) <= room else t[: room - 1] + "…" for t in configs)]
-    return "".join(f"{line.ljust(table_width)}  {cell}".rstrip() + "\n" for line, cell in zip(lines, cells))
+    return storage_call(storage, lambda: read_review(storage))
 
 
 def _emit(frame, fmt: str, output: Optional[str], empty: str, table: Optional[Callable] = None) -> None:
     """A table on the console or in a file; `empty` says on the console why there are no rows; `table` renders the
     console table (every column, unless given)."""
+    from . import console
+
     if frame.empty and fmt == "table":
         print(empty)
         return
@@ -213,7 +150,7 @@ def _emit(frame, fmt: str, output: Optional[str], empty: str, table: Optional[Ca
             raise UsageError(f"--format parquet: {err}") from None
         print(f"wrote {output}")
         return
-    text = {"table": lambda: (table or _console_table)(frame),
+    text = {"table": lambda: (table or console.table)(frame),
             "csv": lambda: "" if frame.empty else frame.to_csv(),
             "json": lambda: frame.reset_index().to_json(orient="records", indent=1, date_format="iso") + "\n"}[fmt]()
     if output:
@@ -226,23 +163,23 @@ def _emit(frame, fmt: str, output: Optional[str], empty: str, table: Optional[Ca
 
 
 def cmd_front(args: argparse.Namespace) -> int:
-    from .front import front_frame
-    from .study import objective_names
+    from .console import fitted
 
-    study = _open_run(args.dir, args.storage)
-    keep = (*objective_names(study), "noise")
-    _emit(front_frame(study), args.format, args.output, empty="(the front is empty: no trial has finished that meets the constraints)",
-          table=None if args.all else lambda frame: _fitted(frame, keep))  # what fits a terminal; files keep it all
+    review = _open_run(args.dir, args.storage)
+    keep = (*review.names, "noise")
+    _emit(review.front_frame(), args.format, args.output, empty="(the front is empty: no trial has finished that meets the constraints)",
+          table=None if args.all else lambda frame: fitted(frame, keep))  # what fits a terminal; files keep it all
     return 0
 
 
 def cmd_trials(args: argparse.Namespace) -> int:
-    from .study import TRIAL_NOTES, objective_names, trials_frame
+    from .console import fitted
+    from .review import TRIAL_NOTES
 
-    study = _open_run(args.dir, args.storage)
-    keep = ("state", *objective_names(study), *TRIAL_NOTES, "duration")
-    _emit(trials_frame(study), args.format, args.output, empty="(no trials yet)",
-          table=None if args.all else lambda frame: _fitted(frame, keep))  # what fits a terminal; files keep it all
+    review = _open_run(args.dir, args.storage)
+    keep = ("state", *review.names, *TRIAL_NOTES, "duration")
+    _emit(review.trials_frame(), args.format, args.output, empty="(no trials yet)",
+          table=None if args.all else lambda frame: fitted(frame, keep))  # what fits a terminal; files keep it all
     return 0
 
 
@@ -250,14 +187,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .plots import plot_review
-    from .review import build_review
 
-    study = _open_run(args.dir, args.storage)
+    review = _open_run(args.dir, args.storage)
     output = Path(args.output or Path(args.dir) / "front.png")
     if output.suffix.lower() != ".png":
         raise UsageError(f"-o {output}: expected a .png path")
     try:
-        written = plot_review(build_review(study), output)
+        written = plot_review(review, output)
     except ValueError as err:
         raise UsageError(f"{args.dir}: {err}") from None
     print("wrote " + ", ".join(str(p) for p in written))
@@ -268,48 +204,52 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .report import write_report
-    from .review import build_review
 
-    study = _open_run(args.dir, args.storage)
+    review = _open_run(args.dir, args.storage)
     output = Path(args.output or Path(args.dir) / "report.html")
     if output.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"-o {output}: expected an .html path")
-    print(f"wrote {write_report(study, build_review(study), output)}")
+    print(f"wrote {write_report(review, output)}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from optuna.trial import TrialState
-
     from .export import export_trial
-    from .front import knee, pick, pick_default
-    from .study import objective_names
 
-    study = _open_run(args.dir, args.storage)
+    review = _open_run(args.dir, args.storage)
     output = Path(args.output or Path(args.dir) / "best.yaml")
     if output.suffix.lower() not in (".yaml", ".yml", ".json"):
         raise UsageError(f"-o {output}: expected a .yaml, .yml or .json path")
-    if args.trial is not None:
-        numbers = [t.number for t in study.trials]
-        if args.trial not in numbers:
-            raise UsageError(f"--trial {args.trial}: not in the study (trials {min(numbers, default=0)}-{max(numbers, default=-1)})")
-        chosen = study.trials[numbers.index(args.trial)]
-        if chosen.state != TrialState.COMPLETE:
-            reason = chosen.user_attrs.get("reason", chosen.state.name.lower())
-            raise UsageError(f"--trial {args.trial}: it did not complete ({reason}: {chosen.user_attrs.get('message', '')}): nothing to export")
-    elif args.pick:
-        chosen = pick(study, args.pick)
-    elif args.knee:
-        chosen = knee(study)
-    else:
-        chosen = pick_default(study)
-    export_trial(study, chosen, output)
-    values = ", ".join(f"{n} {v:.4g}" for n, v in zip(objective_names(study), chosen.values))
+    try:
+        if args.trial is not None:
+            chosen = _exportable(review, args.trial)
+        elif args.pick:
+            chosen = review.pick(args.pick)
+        elif args.knee:
+            chosen = review.knee()
+        else:
+            chosen = review.pick_default()
+    except ValueError as err:
+        raise UsageError(f"{args.dir}: {err}") from None
+    export_trial(review, chosen, output)
+    values = ", ".join(f"{n} {v:.4g}" for n, v in zip(review.names, chosen.values))
     print(f"exported trial #{chosen.number} ({values}) to {output}")
     print(f"rebuild it with ConfigaFormer.from_config({str(output)!r})")
     return 0
+
+
+def _exportable(review, number: int):
+    """The trial `number`, if it completed."""
+    numbers = [t.number for t in review.trials]
+    if number not in numbers:
+        raise UsageError(f"--trial {number}: not in the study (trials {min(numbers, default=0)}-{max(numbers, default=-1)})")
+    row = review.trials[numbers.index(number)]
+    if row.state != "COMPLETE":
+        raise UsageError(f"--trial {number}: it did not complete ({row.reason or row.state.lower()}: "
+                         f"{row.metrics.get('message', '')}): nothing to export")
+    return review.stored(number)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -385,12 +325,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _quiet_libraries() -> None:
-    """Optuna logs every study it creates; Ray and fvcore warn about internals. Users see our output only."""
+    """fvcore's tracer warns about internals: users see our output only."""
     import warnings
 
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=DeprecationWarning)
 
 
@@ -426,7 +363,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"configaformer-search: error: {where}{err.strerror or err} (nothing more was written)", file=sys.stderr)
         return 2
     except Exception as err:
-        from .run import storage_fault
+        from .storage.faults import storage_fault
 
         fault = storage_fault(_storage_of(args), err)
         if fault is None:
@@ -439,7 +376,7 @@ def _storage_of(args: argparse.Namespace) -> str:
     """The storage a command works on, for naming it in an error."""
     from pathlib import Path
 
-    from .study import default_storage
+    from .storage import default_storage
 
     if getattr(args, "storage", None):
         return args.storage

@@ -1,64 +1,130 @@
-"""Exclusive device time for latency probes among trials packed on one GPU.
+"""A device to itself for the timing probes, among trials that share it: several trials packed on one GPU, or all the
+trials and the driver's drawing on one machine's CPUs.
 
-Trials share a GPU while they train; a latency probe must have it to itself, or its numbers measure the
-neighbours. Two lock files per device make a readers-writer lock that cannot starve the probe: trainers hold
-'use' shared while they train, and test 'gate' without blocking at each step (one system call). A probe closes
-'gate', then takes 'use' exclusively; each trainer, finding the gate closed, finishes its queued GPU work, lets go
-of 'use', and waits at the gate until the probe is done.
+Two lock files per device and machine make a readers-writer lock that cannot starve a probe. Trainers hold 'use'
+shared while they train and test 'gate' without blocking at each step (one system call). A probe lets go of its
+own 'use', closes 'gate', then takes 'use' exclusively; each trainer, finding the gate closed, finishes its queued
+work, lets go of 'use' and waits at the gate until the probe is done. Short work (a suggestion drawn by the driver)
+holds 'use' shared for its duration. A process has one gate per device, so that a probe run inside a trial's
+training steps aside for itself rather than waiting on its own lock.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import tempfile
+import threading
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ClassVar, Iterator
 
 import torch
 
 
-def _lock_path(device: torch.device, role: str) -> Path:
-    index = "" if device.index is None else device.index
-    return Path(tempfile.gettempdir()) / f"configaformer-{device.type}{index}-{role}.lock"
+def _device_name(device: torch.device) -> str:
+    """The device as the machine knows it: the CPU, or the physical GPU (a Ray worker sees its GPU as cuda:0)."""
+    if device.type != "cuda":
+        return device.type
+    index = device.index or 0
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return f"cuda{visible[index] if index < len(visible) else index}"
 
 
 class DeviceGate:
-    """`sharing()` for training (yields a per-step checkpoint), `exclusive()` for a latency probe."""
+    """`sharing()` for training (yields a per-step checkpoint), `shared()` for a short piece of work, `exclusive()`
+    for a timing probe. One per device in a process: `DeviceGate.of(device)`."""
 
-    def __init__(self, device: torch.device) -> None:
+    _gates: ClassVar[dict[str, DeviceGate]] = {}
+    _made = threading.Lock()
+
+    def __init__(self, device: torch.device, folder: Path) -> None:
         self.device = device
+        name = _device_name(device)
+        self._gate = open(folder / f"configaformer-{name}-gate.lock", "a")
+        self._use = open(folder / f"configaformer-{name}-use.lock", "a")
+        self._mutex = threading.RLock()  # the threads of this process take turns at the locks
+        self._sharers = 0  # holders of 'use' in this process
+
+    @classmethod
+    def of(cls, device: torch.device | str, folder: Path | None = None) -> DeviceGate:
+        """This process's gate of `device` (lock files in `folder`, default the temporary folder)."""
+        device = torch.device(device)
+        folder = Path(folder or tempfile.gettempdir())
+        with cls._made:
+            key = f"{folder}/{_device_name(device)}"
+            if key not in cls._gates:
+                cls._gates[key] = cls(device, folder)
+            return cls._gates[key]
+
+    @classmethod
+    def cpu(cls) -> DeviceGate:
+        return cls.of("cpu")
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _pass_gate(self) -> None:
+        """Wait while a probe has the gate closed."""
+        fcntl.flock(self._gate, fcntl.LOCK_SH)
+        fcntl.flock(self._gate, fcntl.LOCK_UN)
+
+    def _share(self) -> None:
+        with self._mutex:
+            if not self._sharers:
+                self._pass_gate()
+                fcntl.flock(self._use, fcntl.LOCK_SH)
+            self._sharers += 1
+
+    def _unshare(self) -> None:
+        with self._mutex:
+            self._sharers -= 1
+            if not self._sharers:
+                fcntl.flock(self._use, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        """Hold the device for a short piece of work: a probe that wants it waits until the work is done."""
+        self._share()
+        try:
+            yield
+        finally:
+            self._unshare()
 
     @contextlib.contextmanager
     def sharing(self) -> Iterator[Callable[[], None]]:
-        if self.device.type != "cuda":  # CPU probes run single-threaded instead of pausing the neighbours
-            yield lambda: None
-            return
-        with open(_lock_path(self.device, "gate"), "a") as gate, open(_lock_path(self.device, "use"), "a") as use:
-            fcntl.flock(use, fcntl.LOCK_SH)
-
-            def checkpoint() -> None:
-                try:
-                    fcntl.flock(gate, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                except BlockingIOError:  # a probe is waiting: step aside until it is done
-                    torch.cuda.synchronize(self.device)
-                    fcntl.flock(use, fcntl.LOCK_UN)
-                    fcntl.flock(gate, fcntl.LOCK_SH)
-                    fcntl.flock(use, fcntl.LOCK_SH)
-                fcntl.flock(gate, fcntl.LOCK_UN)
-
+        """Hold the device for training; yields a checkpoint to call between steps, where the trainer steps aside
+        while a probe (of any process on this machine) has the device."""
+        def checkpoint() -> None:
             try:
-                yield checkpoint
-            finally:
-                fcntl.flock(use, fcntl.LOCK_UN)
+                fcntl.flock(self._gate, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(self._gate, fcntl.LOCK_UN)
+            except BlockingIOError:  # a probe is waiting: finish the queued work, step aside until it is done
+                self._sync()
+                with self._mutex:
+                    fcntl.flock(self._use, fcntl.LOCK_UN)
+                    self._pass_gate()
+                    fcntl.flock(self._use, fcntl.LOCK_SH)
+
+        self._share()
+        try:
+            yield checkpoint
+        finally:
+            self._unshare()
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
-        with open(_lock_path(self.device, "gate"), "a") as gate, open(_lock_path(self.device, "use"), "a") as use:
-            fcntl.flock(gate, fcntl.LOCK_EX)
-            fcntl.flock(use, fcntl.LOCK_EX)
+        """Have the device to itself: every trainer on it steps aside at its next step, no new work starts."""
+        with self._mutex:
+            held = self._sharers > 0
+            if held:  # this process trains: step aside first, or the probe would wait on its own lock
+                self._sync()
+                fcntl.flock(self._use, fcntl.LOCK_UN)
+            fcntl.flock(self._gate, fcntl.LOCK_EX)
+            fcntl.flock(self._use, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(use, fcntl.LOCK_UN)
-                fcntl.flock(gate, fcntl.LOCK_UN)
+                fcntl.flock(self._use, fcntl.LOCK_SH if held else fcntl.LOCK_UN)
+                fcntl.flock(self._gate, fcntl.LOCK_UN)

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import optuna
-from optuna.trial import FrozenTrial
-
 from configaformer import save_config
 
-from .front import front_frame
-from .study import objective_names, trial_config, trials_frame
+from .review import Review, model_config
+from .storage import StoredTrial
 
 
-def export_trial(study: optuna.Study, trial: FrozenTrial, path: Path) -> Path:
+def export_trial(review: Review, trial: StoredTrial, path: Path) -> Path:
     """Write the trial's full model config to YAML/JSON; `ConfigaFormer.from_config(path)` rebuilds it."""
-    model, metrics = trial_config(trial)
+    model, metrics = model_config(trial)
     metadata = {
-        "study": study.study_name,
+        "study": review.name,
         "trial": trial.number,
-        "objectives": dict(zip(objective_names(study), trial.values or [])),
+        "objectives": dict(zip(review.names, trial.values or [])),
         "params": dict(trial.params),
         "metrics": metrics,
         "train": trial.user_attrs.get("train"),
@@ -28,10 +25,10 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, path: Path) -> Path:
     return path
 
 
-def write_tables(study: optuna.Study, out_dir: Path) -> list[Path]:
-    """trials.csv (every trial) and front.csv (the Pareto front) in the run folder."""
+def write_tables(review: Review, out_dir: Path) -> list[Path]:
+    """trials.csv (every trial) and front.csv (the Pareto front) in the run folder, each written whole or not at all."""
     written = []
-    for name, frame in (("trials.csv", trials_frame(study)), ("front.csv", front_frame(study))):
+    for name, frame in (("trials.csv", review.trials_frame()), ("front.csv", review.front_frame())):
         if not frame.empty:
             path = out_dir / name
             tmp = path.with_suffix(".csv.tmp")

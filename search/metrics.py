@@ -30,6 +30,15 @@ class Metric:
         return f"{self.name} ({self.unit})" if self.unit else self.name
 
 
+def timed(name: str, description: str, probe: str) -> tuple[Metric, ...]:
+    """The four metrics of a timing (probes/timing.py): its median, the steadiness of the round it came from, how
+    many rounds it took, and whether even the steadiest stayed noisy."""
+    return (Metric(f"{name}_ms", "ms", description, probe),
+            Metric(f"{name}_cv", "", f"coefficient of variation of the kept {name} round", probe, key=name == "latency"),
+            Metric(f"{name}_rounds", "", f"rounds timed before one was steady enough ({name})", probe),
+            Metric(f"{name}_noisy", "", f"the {name} time stayed noisier than the probes accept", probe, key=True, note=True))
+
+
 METRICS = {m.name: m for m in (
     Metric("val_loss", "nats/token", "cross-entropy on the space's validation windows after the training budget", TRAINING,
            seeded=True),
@@ -44,12 +53,10 @@ METRICS = {m.name: m for m in (
     Metric("nonemb_params", "", "parameters outside token and position embedding tables", SHAPE, key=True),
     Metric("peak_mem_mb", "MiB", "peak memory of a training step at the train batch size", "memory"),
     Metric("peak_mem_source", "", "'measured' on CUDA, 'estimated' (FakeTensor tracking) elsewhere", "memory", key=True),
-    Metric("latency_ms", "ms", "median forward time at the probe batch and length", "latency"),
-    Metric("latency_cv", "", "coefficient of variation of the kept latency round", "latency", key=True),
-    Metric("latency_noisy", "", "the latency stayed noisier than the probe accepts", "latency", key=True, note=True),
+    *timed("latency", "median forward time at the probe batch and length", "latency"),
     Metric("kv_cache_mb", "MiB", "bytes of the decoding cache at the probe batch and probes.decode_context tokens", "decode"),
-    Metric("decode_ms", "ms", "median time of one cached decoding step at that context, after a prefill", "decode"),
-    Metric("prefill_ms", "ms", "median time of the prefill up to that context", "decode"),
+    *timed("decode", "median time of one cached decoding step at that context, after a prefill", "decode"),
+    *timed("prefill", "median time of the prefill up to that context", "decode"),
 )}
 CHEAP_METRICS = tuple(name for name, metric in METRICS.items() if metric.cheap)
 KEY_COLUMNS = tuple(name for name, metric in METRICS.items() if metric.key)

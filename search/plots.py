@@ -71,7 +71,7 @@ def _front_figure(review: Review, plt):
         axes.axis("off")
     grid.flat[0].legend(fontsize=7, loc="best")
     noisy = sum(bool(t.noise) for t in review.front)
-    figure.suptitle(f"Pareto front of '{review.study_name}': {len(review.front)} of {len(complete)} complete trials"
+    figure.suptitle(f"Pareto front of '{review.name}': {len(review.front)} of {len(complete)} complete trials"
                     + (f"; ≈ marks {noisy} whose lead is within the seed noise (bars: one sd)" if noisy else ""))
     figure.tight_layout()
     return figure

@@ -6,7 +6,8 @@ import time
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
-from .metrics import SD_SUFFIX, with_sd
+from .metrics import NOTE_METRICS, SD_SUFFIX, with_sd
+from .outcome import MEASURED, STOPPED, outcome_of
 
 
 def plural(count: int, noun: str) -> str:
@@ -53,10 +54,11 @@ class Progress:
             self.say(f"[{'-':>{len(str(self.total))}}/{self.total}] #{number:<3} {_outcome(metrics, self.objectives)}")
             return
         self.done += 1
-        if metrics.get("status") == "stopped":
+        kind = outcome_of(metrics).kind
+        if kind is STOPPED:
             self.stopped += 1
-        elif metrics.get("status") != "ok":
-            self.failures[metrics.get("reason", "error")] += 1
+        elif kind is not MEASURED:
+            self.failures[kind.name] += 1
         count = self.done_before + self.done
         elapsed = time.monotonic() - self.start
         remaining = self.total - count
@@ -85,10 +87,11 @@ class Progress:
                  f"there -> goes on")
 
     def _tally_free(self, metrics: Mapping[str, Any]) -> None:
-        if "reused_from" in metrics:
+        told = outcome_of(metrics)
+        if told.reused_from is not None:
             self.reused += 1
-        elif metrics.get("status") != "ok":
-            self.refused[metrics.get("reason", "error")] += 1
+        elif told.kind is not MEASURED:
+            self.refused[told.kind.name] += 1
 
     def free(self, number: int, metrics: Mapping[str, Any]) -> None:
         """A suggestion settled without training (it repeated a settled config, or the cheap screen refused it):
@@ -102,13 +105,16 @@ class Progress:
 
 def _outcome(metrics: Mapping[str, Any], objectives: Sequence[str]) -> str:
     """'ok   val_loss 2.3  latency_ms 1.1', 'stop val_loss 2.9 ... (stopped at rung 0 ...)' or 'FAIL reason: message'."""
-    if metrics.get("status") == "stopped":
+    kind = outcome_of(metrics).kind
+    if kind is STOPPED:
         return "stop " + "  ".join(f"{name} {metrics[name]:.4g}" for name in objectives if name in metrics) + \
             f"  ({metrics.get('message', 'stopped at a rung')})"
-    if metrics.get("status") == "ok":
+    if kind is MEASURED:
         outcome = "ok   " + "  ".join(f"{name} {with_sd(metrics[name], metrics.get(name + SD_SUFFIX))}"
                                       for name in objectives if name in metrics)
-        if metrics.get("latency_noisy"):
-            outcome += f"  (latency noisy: cv {metrics['latency_cv']:.2f})"
+        for note in NOTE_METRICS:
+            if metrics.get(note):
+                timing = note.removesuffix("_noisy")
+                outcome += f"  ({timing} noisy: cv {metrics.get(timing + '_cv', float('nan')):.2f})"
         return outcome + (f"  (infeasible: {metrics['violations']})" if metrics.get("violations") else "")
-    return f"FAIL {metrics.get('reason', 'error')}: {metrics.get('message', '')}"[:165]
+    return f"FAIL {kind.name}: {metrics.get('message', '')}"[:165]

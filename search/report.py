@@ -12,8 +12,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import optuna
-
 from .metrics import with_sd
 from .review import Review, TrialRow, staircase
 
@@ -104,8 +102,25 @@ def hypervolume_figure(review: Review) -> Any:
     return figure
 
 
-def importance_figures(study: optuna.Study, review: Review) -> list[tuple[str, Any]]:
+def _optuna_study(review: Review) -> Any:
+    """The review's complete trials in an in-memory Optuna study, for Optuna's importance analysis."""
+    import optuna
+
+    study = optuna.create_study(directions=review.directions)
+    for row in review.complete:
+        trial = review.stored(row.number)
+        study.add_trial(optuna.trial.create_trial(
+            params=trial.params, values=list(trial.values),
+            distributions={k: optuna.distributions.json_to_distribution(v) for k, v in trial.distributions.items()}))
+    return study
+
+
+def importance_figures(review: Review) -> list[tuple[str, Any]]:
     """Optuna's parameter importances (fANOVA) for each objective; an objective it cannot rank says why."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = _optuna_study(review)
     figures = []
     for i, objective in enumerate(review.objectives):
         try:
@@ -156,11 +171,11 @@ def rungs_table(review: Review) -> str:
             f"<th>went on or completed</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
-def write_report(study: optuna.Study, review: Review, path: Path) -> Path:
+def write_report(review: Review, path: Path) -> Path:
     """Write the report; the file works offline (plotly.js inlined once, no network script)."""
     from plotly.offline import get_plotlyjs
 
-    sections = [f"<h1>Search '{html.escape(review.study_name)}'</h1>", _summary(review)]
+    sections = [f"<h1>Search '{html.escape(review.name)}'</h1>", _summary(review)]
     if review.complete:
         sections += ["<h2>Pareto front</h2>", '<p class="note">Hover a point for its params and every metric; the '
                      "front's members are numbered and joined by its step line in each pair of objectives. Where seeds were "
@@ -170,7 +185,7 @@ def write_report(study: optuna.Study, review: Review, path: Path) -> Path:
         if review.front:
             sections += ["<h2>Hypervolume history</h2>", _div(hypervolume_figure(review), "hypervolume")]
         sections.append("<h2>Parameter importances</h2>")
-        for name, figure in importance_figures(study, review):
+        for name, figure in importance_figures(review):
             sections.append(_div(figure, f"importance-{name}") if not isinstance(figure, str)
                             else f'<p class="note">{html.escape(name)}: {html.escape(figure)}</p>')
     else:
@@ -181,7 +196,7 @@ def write_report(study: optuna.Study, review: Review, path: Path) -> Path:
                      "configs that trained the full budget are on the front.</p>", rungs_table(review)]
     sections += ["<h2>Trials</h2>", '<p class="note">Click a header to sort.</p>', trials_table(review),
                  "<h2>Settings</h2>", _settings_table(review)]
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(review.study_name)}</title>"
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(review.name)}</title>"
             f"<style>{STYLE}</style><script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
             + "\n".join(sections) + f"<script>{SORT_SCRIPT}</script></body></html>")
     path.write_text(page, encoding="utf-8")

@@ -1,25 +1,32 @@
-"""What a review of a search shows, computed once from the study and drawn by several renderers (the PNG plots, the
-HTML report): the objectives with their units and directions, every trial with its state, values, params and
-reason, which are on the front, the hypervolume history, and the run's settings."""
+"""What a review of a search shows, computed once from the study and drawn by several renderers (the console tables,
+the PNG plots, the HTML report, the export): the objectives with their units and directions, every trial with its
+state, values, params and reason, which are on the front, the hypervolume history, the rungs, the run's settings,
+and the trials and front as tables."""
 
 from __future__ import annotations
 
 import datetime
+import functools
+import json
 import platform
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Optional
 
 import numpy as np
-import optuna
-from optuna.trial import FrozenTrial, TrialState
 
-from .front import front_trials, hypervolume_of, leads_within_noise, reference_point
-from .metrics import METRICS, SD_SUFFIX, label
-from .records import study_trials
-from .study import STRUCTURED_ATTRS, counts, objective_names
+from . import front as fronts
+from .metrics import KEY_COLUMNS, METRICS, NOTE_METRICS, SD_SUFFIX, label
+from .outcome import is_stopped, reason
+from .pareto import ParetoFront, hypervolume, minimised
+from .progress import plural
+from .storage import StoredTrial, StudyView, read_study
 
 PACKAGES = ("configaformer", "torch", "optuna", "ray", "fvcore", "plotly")
+# User attributes that hold structures rather than scalars (kept as JSON-able values, left out of tables).
+STRUCTURED_ATTRS = ("model_config", "train", "timings", "constraints", "rungs", "seed_results", "promoted")
+TRIAL_NOTES = ("reason", "message", "violations", "reused_from", *NOTE_METRICS)
 
 
 @dataclass(frozen=True)
@@ -44,8 +51,8 @@ class TrialRow:
     values: Optional[tuple[float, ...]]
     params: dict[str, Any]
     metrics: dict[str, Any]  # every scalar it recorded
-    reason: str  # why it failed or was free, '' otherwise
-    measured: bool  # it used up budget (trained on its own)
+    reason: str  # why it failed, stopped or was free, '' otherwise
+    measured: bool  # it took a place of the budget (trained on its own)
     feasible: bool
     on_front: bool
     noise: str = ""  # for a front member: its lead over a trial it dominates is within the seed noise
@@ -67,13 +74,24 @@ class Rung:
 
 @dataclass
 class Review:
-    study_name: str
+    study: StudyView
     objectives: list[Objective]
     trials: list[TrialRow]
     reference: Optional[list[float]]
-    hypervolume: list[tuple[int, float]]  # (trial number, hypervolume of the feasible complete trials so far)
     settings: dict[str, Any] = field(default_factory=dict)
     rungs: list[Rung] = field(default_factory=list)  # empty unless trials were measured at several budgets
+
+    @property
+    def name(self) -> str:
+        return self.study.name
+
+    @property
+    def names(self) -> list[str]:
+        return [o.name for o in self.objectives]
+
+    @property
+    def directions(self) -> list[str]:
+        return ["minimize" if o.minimise else "maximize" for o in self.objectives]
 
     @property
     def complete(self) -> list[TrialRow]:
@@ -87,81 +105,193 @@ class Review:
     def measured(self) -> list[TrialRow]:
         return [t for t in self.trials if t.measured]
 
+    def stored(self, number: int) -> StoredTrial:
+        return self.study.trial(number)
 
-def _reason(trial: FrozenTrial) -> str:
-    attrs = trial.user_attrs
-    if "reused_from" in attrs:
-        return f"same config as #{attrs['reused_from']}"
-    if attrs.get("status") == "stopped":
-        return f"stopped at rung {attrs.get('rung')}"
-    if trial.state == TrialState.FAIL:
-        return str(attrs.get("reason", "interrupted"))
-    return ""
+    @functools.cached_property
+    def hypervolume(self) -> list[tuple[int, float]]:
+        """(trial number, hypervolume of the feasible complete trials up to it), for each complete trial; computed
+        again only where a trial joined the front."""
+        history: list[tuple[int, float]] = []
+        front = ParetoFront(self.directions)
+        reference = minimised([self.reference], self.directions)[0] if self.reference else None
+        volume = 0.0
+        for row in self.complete:
+            if row.feasible and front.add(row.values):
+                volume = hypervolume(np.array(front.points), reference)
+            history.append((row.number, volume))
+        return history
+
+    def summary(self, out_dir: Any) -> list[str]:
+        """What the search measured (complete, stopped at a rung, failed), what cost no budget (refused, owed
+        again, repeats that reused a result), and the front's size, in sentences."""
+        trials = [self.stored(t.number) for t in self.trials if t.state not in ("RUNNING", "WAITING")]
+        own = [t for t in trials if t.outcome.reused_from is None]
+        counted = [t for t in own if t.outcome.counts]
+        tally = lambda kinds: ", ".join(f"{k} {n}" for k, n in Counter(kinds).most_common())  # noqa: E731
+        failed = [t.outcome.kind.name for t in counted if t.state == "FAIL"]
+        free = [t.outcome.kind.name for t in own if not t.outcome.counts]
+        stopped = Counter(t.user_attrs.get("rung") for t in counted if t.state == "PRUNED")
+        complete = sum(t.state == "COMPLETE" for t in counted)
+        reused = len(trials) - len(own)
+        lines = [f"{plural(len(counted), 'config')} measured: {complete} complete"
+                 + (f", {sum(stopped.values())} stopped at a rung ({', '.join(f'rung {r}: {stopped[r]}' for r in sorted(stopped))})"
+                    if stopped else "")
+                 + (f", {len(failed)} failed ({tally(failed)})" if failed else "")
+                 + (f"; {len(free)} refused before training or owed again ({tally(free)})" if free else "")
+                 + (f"; {plural(reused, 'repeat')} of a settled config reused its result" if reused else "")]
+        if self.front:
+            lines.append(f"Pareto front ({plural(len(self.front), 'trial')}):")
+        elif complete:
+            lines.append(f"Pareto front: empty, every complete trial breaks a constraint (see `configaformer-search "
+                         f"trials {out_dir}`)")
+        return lines
+
+    # -- choosing a winner ---------------------------------------------------------------------------------------
+
+    def _front_stored(self) -> list[StoredTrial]:
+        front = [self.stored(t.number) for t in self.front]
+        if not front:
+            raise ValueError("the study has no complete, feasible trial yet: nothing to export")
+        return front
+
+    def pick_default(self) -> StoredTrial:
+        """The front trial with the lowest val_loss (or the best first objective)."""
+        return fronts.best(self._front_stored(), self.names, self.directions)
+
+    def pick(self, expression: str) -> StoredTrial:
+        return fronts.pick(self._front_stored(), expression, self.names, self.directions)
+
+    def knee(self) -> StoredTrial:
+        return fronts.knee(self._front_stored(), self.directions)
+
+    # -- tables --------------------------------------------------------------------------------------------------
+
+    def trials_frame(self) -> Any:
+        """Every trial, one row each: state, objectives, TRIAL_NOTES, measured metrics, params, duration. An objective
+        appears once: its told value, or for a failed trial whatever it measured."""
+        rows = []
+        for row in self.trials:
+            trial = self.stored(row.number)
+            told = dict(zip(self.names, trial.values or [None] * len(self.names)))
+            attrs = {k: v for k, v in trial.user_attrs.items() if k not in STRUCTURED_ATTRS and k != "status"}
+            if row.reason and trial.state == "FAIL":
+                attrs.setdefault("reason", row.reason)  # failed by a stopped heartbeat: its driver died
+            duration = trial.duration
+            rows.append({"number": trial.number, "state": trial.state,
+                         **{name: attrs.get(name) if told[name] is None else told[name] for name in self.names},
+                         **{k: v for k, v in attrs.items() if k not in told},
+                         **{f"param:{k}": v for k, v in trial.params.items()},
+                         "duration": round(duration.total_seconds(), 2) if duration else None})
+        if not rows:
+            return _frame([])
+        frame = _frame(rows)
+        leading = ["state", *self.names, *(c for c in TRIAL_NOTES if c in frame)]
+        params = [c for c in frame if c.startswith("param:")]
+        metrics = sorted(c for c in frame if c not in leading and c not in params and c != "duration")
+        frame = frame[leading + metrics + params + ["duration"]]
+        for column in ("started_at", "ended_at"):  # the worker's wall clock, shown as local time
+            if column in frame:
+                frame[column] = _local_times(frame[column])
+        return frame
+
+    def front_frame(self) -> Any:
+        """The front as a table: objectives (with their seed sd where seeds were confirmed), key measurements, whether
+        a lead is within noise, params."""
+        rows = []
+        for row in self.front:
+            trial = self.stored(row.number)
+            entry = {"number": trial.number, **dict(zip(self.names, trial.values))}
+            entry.update({name + SD_SUFFIX: trial.user_attrs[name + SD_SUFFIX] for name in self.names
+                          if name + SD_SUFFIX in trial.user_attrs})
+            entry.update({k: trial.user_attrs[k] for k in ("seeds", *KEY_COLUMNS) if k in trial.user_attrs})
+            if row.noise:
+                entry["noise"] = row.noise
+            entry.update({f"param:{k}": v for k, v in trial.params.items()})
+            rows.append(entry)
+        return _frame(rows)
 
 
-def build_review(study: optuna.Study) -> Review:
-    """Gather everything a review shows from the study, reading each trial once."""
-    directions = study.directions
-    names = objective_names(study) or [f"objective_{i}" for i in range(len(directions))]
-    objectives = [Objective(n, d == optuna.study.StudyDirection.MINIMIZE, METRICS[n].unit if n in METRICS else "")
-                  for n, d in zip(names, directions)]
-    trials = study_trials(study)
-    complete_trials = [t for t in trials if t.state == TrialState.COMPLETE]
-    front_members = front_trials(study, complete_trials)
-    front = {t.number for t in front_members}
-    noisy = leads_within_noise(study, complete_trials, front_members)
-    rows = []
-    for trial in trials:
-        constraints = trial.user_attrs.get("constraints") or {}
-        rows.append(TrialRow(
-            number=trial.number, state=trial.state.name, values=tuple(trial.values) if trial.values else None,
-            params=dict(trial.params),
-            metrics={k: v for k, v in trial.user_attrs.items() if k not in STRUCTURED_ATTRS and not isinstance(v, (dict, list))},
-            reason=_reason(trial), measured=counts(trial.user_attrs),
-            feasible=all(v <= 0 for v in constraints.values()), on_front=trial.number in front,
-            noise=noisy.get(trial.number, "")))
-    complete = [r for r in rows if r.state == "COMPLETE"]
-    reference = reference_point(study) if complete else None
-    history, points = [], []
-    for row in complete:
-        if row.feasible:
-            points.append(row.values)
-        history.append((row.number, hypervolume_of(points, reference, directions) if points else 0.0))
-    return Review(study.study_name, objectives, rows, reference, history, settings=_settings(study),
-                  rungs=_rungs(trials))
+def read_review(url: str) -> Review:
+    """The review of the study at `url`, read once."""
+    return build_review(read_study(url))
 
 
-def _rungs(trials: list[FrozenTrial]) -> list[Rung]:
+def build_review(study: StudyView) -> Review:
+    """Everything a review shows, from a study read once."""
+    directions, names = list(study.directions), list(study.metric_names) or [f"objective_{i}" for i in range(len(study.directions))]
+    objectives = [Objective(n, d.startswith("min"), METRICS[n].unit if n in METRICS else "") for n, d in zip(names, directions)]
+    trials = study.trials
+    front = fronts.front_trials(trials, directions)
+    members = {t.number for t in front}
+    noisy = fronts.leads_within_noise(trials, front, names, directions)
+    rows = [TrialRow(number=t.number, state=t.state, values=t.values, params=dict(t.params),
+                     metrics={k: v for k, v in t.user_attrs.items() if k not in STRUCTURED_ATTRS and not isinstance(v, (dict, list))},
+                     reason=reason(t.user_attrs) if t.finished else "", measured=t.finished and t.outcome.counts,
+                     feasible=t.feasible, on_front=t.number in members, noise=noisy.get(t.number, ""))
+            for t in trials]
+    complete = any(r.state == "COMPLETE" for r in rows)
+    reference = fronts.reference_point(trials, directions) if complete else None
+    return Review(study, objectives, rows, reference, settings=_settings(study), rungs=_rungs(trials))
+
+
+def _rungs(trials: list[StoredTrial]) -> list[Rung]:
     """Configs measured and stopped at each rung, from the rung results the trials recorded."""
     reached: dict[int, int] = {}
     stopped: dict[int, int] = {}
     tokens: dict[int, int] = {}
     for trial in trials:
         attrs = trial.user_attrs
-        if "reused_from" in attrs or not counts(attrs):
+        if not trial.finished or not trial.outcome.counts:
             continue
         for rung, entry in (attrs.get("rungs") or {}).items():
             reached[int(rung)] = reached.get(int(rung), 0) + 1
             tokens[int(rung)] = max(tokens.get(int(rung), 0), entry["tokens_trained"])
-        if attrs.get("status") == "stopped":
+        if is_stopped(attrs):
             stopped[attrs["rung"]] = stopped.get(attrs["rung"], 0) + 1
     return [Rung(r, tokens[r], reached[r], stopped.get(r, 0)) for r in sorted(reached)] if len(reached) > 1 else []
 
 
-def _settings(study: optuna.Study) -> dict[str, Any]:
+def _settings(study: StudyView) -> dict[str, Any]:
     """The run's settings as the study recorded them, the machine, and the package versions."""
-    attrs = dict(study.user_attrs)
     versions = {}
     for package in PACKAGES:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
-    return {**{k: v for k, v in attrs.items() if not isinstance(v, (dict, list))},
+    return {**{k: v for k, v in study.user_attrs.items() if not isinstance(v, (dict, list))},
+            "storage": study.url,
             "machine": f"{platform.node()} ({platform.machine()}, {platform.system()} {platform.release()}), "
                        f"Python {platform.python_version()}",
             "packages": ", ".join(f"{k} {v}" for k, v in versions.items()),
             "written": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+
+
+def _frame(rows: list[dict[str, Any]]) -> Any:
+    """Trial rows (dicts with a 'number') as a frame indexed by number. A column of whole numbers stays whole
+    where some trials lack it (a conditional param, reused_from) instead of turning float."""
+    import pandas as pd
+
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows).set_index("number")
+    for column in frame:
+        present = [row[column] for row in rows if row.get(column) is not None]
+        if present and frame[column].dtype == float and all(type(v) is int for v in present):
+            frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def _local_times(column: Any) -> Any:
+    """Recorded times (ISO 8601; epoch seconds in studies of earlier versions) as naive local times."""
+    import pandas as pd
+
+    numeric = pd.to_numeric(column, errors="coerce")
+    times = pd.to_datetime(column.where(numeric.isna()), utc=True, format="ISO8601")
+    times = times.fillna(pd.to_datetime(numeric, unit="s", utc=True))
+    zone = datetime.datetime.now().astimezone().tzinfo
+    return times.dt.tz_convert(zone).dt.tz_localize(None).dt.round("ms")
 
 
 def staircase(points: list[tuple[float, float]], minimise: tuple[bool, bool]) -> tuple[list[float], list[float]]:
@@ -186,3 +316,11 @@ def staircase(points: list[tuple[float, float]], minimise: tuple[bool, bool]) ->
         ys.append(y)
     return xs, ys
 
+
+def model_config(trial: StoredTrial) -> tuple[dict, dict]:
+    """The model config and the scalar metrics recorded for a trial."""
+    model = trial.user_attrs.get("model_config")
+    if model is None:
+        raise ValueError(f"trial {trial.number} recorded no model config (state {trial.state})")
+    metrics = {k: v for k, v in trial.user_attrs.items() if k not in STRUCTURED_ATTRS}
+    return model, json.loads(json.dumps(metrics))

@@ -192,6 +192,10 @@ class SearchSpace:
         return (f"asha (rungs at {' / '.join(f'{t:,}' for t in rungs)} tokens, at most 1 in "
                 f"{self.search['reduction_factor']} goes on from each)")
 
+    def distributions(self) -> dict[str, Any]:
+        """Each parameter's Optuna distribution, as its trials record it (a per-layer one once, for every layer)."""
+        return {name: param.distribution() for name, param in self.params.items()}
+
     def size(self) -> Optional[int]:
         """The number of distinct configs when every parameter is discrete (per-layer ones at the largest depth)."""
         sizes = {name: p.size() for name, p in self.params.items()}

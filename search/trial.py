@@ -3,8 +3,10 @@
 Each measurement becomes a record (a flat metrics dict) told to `report`, which answers whether to go on: the Ray
 trainable passes it on to Ray Tune's scheduler; alone, a trial trains its full budget. The probes run once, at the
 first measurement, so that every record carries every objective. A trial never raises for a failure of its own
-(impossible config, over budget, NaN, OOM): its record says status 'failed' with a reason kind and message, and
-whatever was measured before.
+(impossible config, over budget, NaN, OOM, an unexpected error): its record is a failed outcome (outcome.py) with
+its kind and message, and whatever was measured before.
+
+This is the worker's side: it imports neither Optuna nor pandas nor the study's storage.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from . import candidate as candidates
+from . import outcome
 from .candidate import Candidate, constraint_values, violations
 from .data import Corpus, load_corpus
 from .devicegate import DeviceGate
@@ -26,7 +29,6 @@ from .errors import TrialFailure
 from .metrics import SD_SUFFIX, SEEDED_METRICS
 from .probes import ProbeContext, run_probes
 from .space import SearchSpace
-from .study import STOPPED
 from .train import Measurement, Snapshot, train
 
 Record = dict[str, Any]
@@ -59,7 +61,7 @@ def _load_checkpoint(folder: Optional[Path], key: str) -> Optional[Snapshot]:
     if path is None or not path.is_file():
         return None
     try:
-        return torch.load(path, weights_only=False)
+        return Snapshot.load(path)
     except Exception:  # a file cut short by a kill: train from the start
         return None
 
@@ -70,35 +72,40 @@ def _saver(folder: Path, key: str) -> Callable[[Snapshot], None]:
         path = checkpoint_path(folder, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(snapshot, partial)
+        snapshot.save(partial)
         partial.replace(path)
     return save
 
 
-def train_afresh(candidate: Candidate, corpus: Corpus, seed: int, tokens: int, device: torch.device,
+def train_afresh(candidate: Candidate, corpus: Corpus, seed: int, budgets: list[int], device: torch.device,
                  warmup_budget: Optional[int] = None, checkpoint: Callable[[], None] = lambda: None,
-                 check_causality: bool = False) -> Measurement:
-    """The candidate's config trained from scratch on another seed (its initial weights and its batches) for
-    `tokens`, measured once at the end; warm-up as in a run whose first rung is `warmup_budget`."""
-    train_cfg = {**candidate.train, "seed": seed, "tokens": tokens}
+                 check_causality: bool = False) -> list[Measurement]:
+    """The candidate's config trained from scratch on another seed (its initial weights and its batches), measured
+    at each of `budgets` (one run: each budget a decay branch, under a warmup-stable-decay schedule); warm-up as in a
+    run whose first rung is `warmup_budget`."""
+    train_cfg = {**candidate.train, "seed": seed, "tokens": budgets[-1]}
     model = candidates.build(dataclasses.replace(candidate, train=train_cfg, model=None), check_causality)
-    return train(model, corpus, train_cfg, device, [tokens], checkpoint=checkpoint, warmup_budget=warmup_budget)
+    seen: list[Measurement] = []
+    train(model, corpus, train_cfg, device, budgets, report=lambda m: seen.append(m) or True, checkpoint=checkpoint,
+          warmup_budget=warmup_budget)
+    return seen
 
 
-def measure_once(space: SearchSpace, params: Mapping[str, Any], seed: int, tokens: int, warmup_budget: int,
+def measure_once(space: SearchSpace, params: Mapping[str, Any], seed: int, budgets: list[int], warmup_budget: int,
                  device: Optional[torch.device | str] = None) -> Record:
-    """One config trained once from `seed` for `tokens` and measured at the end, with no probes (what `calibrate`
-    runs): status 'ok' with the training metrics and the cheap ones, or 'failed' with its reason."""
+    """One config trained once from `seed` and measured at each of `budgets`, with no probes (what calibrate and
+    retrain run): measured, with the last budget's training metrics, the cheap ones and every budget's under `at`
+    (by tokens), or failed with its reason."""
     device = _prepared(space, device)
     started = time.perf_counter()
     try:
         corpus = load_corpus(space.data)
         candidate = candidates.screen(space, params, corpus.vocab_size)
-        measurement = train_afresh(candidate, corpus, seed, tokens, device, warmup_budget, check_causality=True)
-        return {"status": "ok", **candidate.metrics, **measurement.metrics(), "seconds": time.perf_counter() - started}
+        seen = train_afresh(candidate, corpus, seed, budgets, device, warmup_budget, check_causality=True)
+        return outcome.measured(**candidate.metrics, **seen[-1].metrics(), seconds=time.perf_counter() - started,
+                                at={str(m.tokens_trained): m.metrics() for m in seen})
     except TrialFailure as failure:
-        return {"status": "failed", "reason": failure.kind, "message": failure.message,
-                "seconds": time.perf_counter() - started}
+        return outcome.failed(failure.kind, failure.message, seconds=time.perf_counter() - started)
 
 
 def _prepared(space: SearchSpace, device: Optional[torch.device | str]) -> torch.device:
@@ -126,7 +133,7 @@ def seed_summary(measurements: list[Measurement], seeds: list[int]) -> Record:
 def run(space: SearchSpace, params: Mapping[str, Any], device: Optional[torch.device | str] = None,
         report: Callable[[Record], bool] = lambda record: True, checkpoints: Optional[str | Path] = None) -> Record:
     """Measure one candidate at each of the space's rungs, telling `report` each record; returns the last record:
-    status 'ok' (the full budget), 'stopped' (report answered stop) or 'failed'. With `checkpoints` (a folder), the
+    measured (the full budget), stopped (report answered stop) or failed (outcome.py). With `checkpoints` (a folder), the
     state at each rung is kept there, and a config found there resumes after its last measured rung. With
     search.confirm_seeds k, the full budget is trained k more times on other seeds and its record reports the
     means (val_loss_sd beside val_loss)."""
@@ -154,7 +161,7 @@ def run(space: SearchSpace, params: Mapping[str, Any], device: Optional[torch.de
             measurements = [measurement]
             for seed in seeds[1:]:
                 try:
-                    measurements.append(train_afresh(candidate, corpus, seed, rungs[-1], device, rungs[0], yield_device))
+                    measurements += train_afresh(candidate, corpus, seed, rungs[-1:], device, rungs[0], yield_device)
                 except TrialFailure as failure:
                     raise TrialFailure(failure.kind, f"confirming seed {seed}: {failure.message}") from None
             timer.lap("confirm_s")
@@ -173,23 +180,25 @@ def run(space: SearchSpace, params: Mapping[str, Any], device: Optional[torch.de
             metrics.pop("violations", None)
             if over:  # measured, but infeasible: recorded with its values, kept off the front
                 metrics["violations"] = "; ".join(over)
-            return report({"status": "ok", **metrics, "timings": dict(timer.timings)})
+            return report(outcome.measured(**metrics, timings=dict(timer.timings)))
 
         folder = Path(checkpoints) if checkpoints and len(rungs) > 1 else None
         start = _load_checkpoint(folder, candidate.key)
         if start is not None:
             metrics["resumed_at_rung"] = start.rung  # its rungs up to this one were trained by an interrupted trial
-        with DeviceGate(device).sharing() as yield_device:
+        with DeviceGate.of(device).sharing() as yield_device:
             final = train(candidate.model, corpus, candidate.train, device, rungs, measured, yield_device,
                           save=_saver(folder, candidate.key) if folder else None, start=start)
         if final is None:
-            return {"status": STOPPED, **metrics, "message": f"stopped at rung {metrics['rung']} "
-                    f"({metrics['tokens_trained']:,} tokens)", "timings": timer.timings}
-        return {"status": "ok", **metrics, "timings": timer.timings}
-    except TrialFailure as failure:
+            return outcome.stopped(f"stopped at rung {metrics['rung']} ({metrics['tokens_trained']:,} tokens)",
+                                   **metrics, timings=timer.timings)
+        return outcome.measured(**metrics, timings=timer.timings)
+    except Exception as err:
+        if type(err).__module__.startswith("ray"):
+            raise  # Ray's own (a scheduler that stops the trial ends it from inside report)
+        failure = err if isinstance(err, TrialFailure) else TrialFailure("error", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
         metrics.update(failure.metrics)
         timer.lap("failed_s")
-        record = {"status": "failed", "reason": failure.kind, "message": failure.message, **metrics,
-                  "timings": timer.timings}
+        record = outcome.failed(failure.kind, failure.message, **metrics, timings=timer.timings)
         report(record)
         return record

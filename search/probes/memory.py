@@ -17,7 +17,7 @@ def estimate_peak_memory(build: Callable[[], ConfigaFormer], batch_size: int, se
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    from ..train import lm_loss, make_optimizer
+    from ..steps import lm_loss, make_optimizer
 
     with FakeTensorMode():
         model = build()

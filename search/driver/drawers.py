@@ -1,13 +1,11 @@
 """Suggestions drawn in processes of their own, for searches whose sampler outgrows a share of one core.
 
-A sampler's cost per suggestion grows with the trials it has seen (TPE's split and Parzen estimators run over all of
-them), and the driver's thread asking ahead shares one interpreter lock with Ray Tune's calls. So each process here
-opens the study on the shared storage with its own sampler (its own seed), as Optuna's distributed optimisation
-does, and draws and screens one suggestion at a time when asked. The driver settles what comes back exactly as it
-settles its own draws.
-
-A trial is given a heartbeat as soon as it is asked, before the sampler draws its params: should the process die
-before the driver takes it, its heartbeat stops and it is failed as stale like any dead driver's trial.
+A sampler's cost per suggestion grows with the trials it has seen (TPE's Parzen estimators run over all of them),
+and a thread of the driver shares one interpreter lock with Ray Tune's calls. So each process here opens the study
+on the shared storage with its own sampler (its own seed), as Optuna's distributed optimisation does, and draws and
+screens one suggestion at a time when asked. The driver settles what comes back exactly as it settles its own draws.
+A trial gets a heartbeat as soon as it is asked: should the process die before the driver takes it, it is failed as
+stale like any dead driver's trial.
 """
 
 from __future__ import annotations
@@ -19,8 +17,10 @@ from typing import Any
 
 import optuna
 
-from .space import SearchSpace
-from .study import Drawn, draw, make_sampler, open_storage, record_heartbeats
+from ..space import SearchSpace
+from ..storage import StudyStore
+from .samplers import make_sampler
+from .suggestions import Suggestion, draw
 
 
 class DrawingProcess:
@@ -35,15 +35,15 @@ class DrawingProcess:
         self._process.start()
         child.close()
 
-    def draw(self, study: optuna.Study) -> Drawn:
-        """The next suggestion, as a trial of `study` (the driver's handle on the same stored study). Raises
+    def draw(self, store: StudyStore) -> Suggestion:
+        """The next suggestion, as a trial of `store` (the driver's handle on the same stored study). Raises
         EOFError when the process has died, and what the process met (a storage fault) as a RuntimeError."""
         self._connection.send(True)
         reply = self._connection.recv()
         if isinstance(reply, str):
             raise RuntimeError(reply)
-        trial_id, params, key, refusal = reply
-        return Drawn(optuna.Trial(study, trial_id), params, key, refusal)
+        trial_id, params, key, refusal, attrs = reply
+        return Suggestion(store.trial(trial_id), trial_id, params, key, refusal, attrs)
 
     def close(self) -> None:
         """Stop the process: at once if it is drawing (its trial's heartbeat then goes stale)."""
@@ -61,15 +61,18 @@ class DrawingProcess:
 def _serve(connection: Any, url: str, study_name: str, space: SearchSpace, sampler: str, seed: int, budget: int,
            vocab_size: int) -> None:
     """The process's loop: a suggestion drawn for each request, until told to stop or the driver is gone."""
+    from ..storage import StudyStore, open_storage
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C at the terminal is the driver's to handle: it closes us
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
-        study = optuna.load_study(study_name=study_name, storage=open_storage(url, writer=True),
-                                  sampler=make_sampler(space, sampler, seed, budget))
+        storage = open_storage(url)
+        study = optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(space, sampler, seed, budget))
+        store = StudyStore(storage, study)
         while connection.recv():
-            drawn = draw(study, space, vocab_size, on_asked=lambda trial: record_heartbeats(study, [trial._trial_id]))
-            connection.send((drawn.trial._trial_id, drawn.params, drawn.key, drawn.refusal))
+            drawn = draw(store, space, vocab_size)
+            connection.send((drawn.trial_id, drawn.params, drawn.key, drawn.refusal, drawn.attrs))
     except (EOFError, OSError, KeyboardInterrupt):
         return  # the driver is gone
     except Exception as err:  # a storage fault: the driver meets it again when it asks itself

@@ -1,0 +1,402 @@
+"""The search driver without Ray: hands each free slot a config to measure, answers whether a trial that reached a
+rung goes on, and records each trial's outcome in the study, until the study holds the budget, whichever driver
+measured it. Ray Tune reaches it through tune.py; tests and benchmarks drive it directly.
+
+Several drivers may share a study. They stay apart through claims in the study that exactly one of them can take
+(claims.py): a config is trained by the one trial that claimed it, and repeats of it wait for that trial's result;
+a trial trains only once it holds one of the budget's places, so that together they measure exactly the budget.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .. import outcome
+from ..outcome import INTERRUPTED, WORKER_DIED
+from ..progress import Progress
+from ..space import SearchSpace
+from ..storage import StudyStore
+from ..trial import checkpoint_path
+from .claims import Claims
+from .promotions import Promotions
+from .state import StudyState
+from .suggestions import NEW, REFUSED, REPEAT, Streak, Suggestion, draw
+
+REFRESH_S = 2.0  # how often a driver rereads what the other drivers on its study have done
+WAIT, DONE = "wait", "done"  # what `next` answers when it has no config for a slot: ask again later, or the search is over
+CONSTRAINT_PREFIX = "constraint/"  # how a reported result carries each constraint value (<= 0 when met)
+
+
+@dataclass
+class Running:
+    """A trial this driver measures: in training in a slot, or waiting at a rung."""
+
+    suggestion: Suggestion
+    spending: int  # the least training tokens it will have spent when it next stops
+    rung: Optional[int] = None  # where it waits, once stopped at a rung
+    record: dict[str, Any] = field(default_factory=dict)  # the rung's record, told if it never goes on
+
+
+def rung_entry(record: dict[str, Any], objectives: list[str]) -> Optional[tuple[list[float], float]]:
+    """A record's objective values and constraint violation (0 when feasible), or None when it lacks an objective."""
+    values = [record.get(name) for name in objectives]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        return None
+    penalty = sum(max(0.0, float(v)) for v in (record.get("constraints") or {}).values())
+    return [float(v) for v in values], penalty
+
+
+class Driver:
+    """One driver of a search over a study (several may share it)."""
+
+    def __init__(self, space: SearchSpace, store: StudyStore, vocab_size: int, trials: int, progress: Progress,
+                 tokens: Optional[int] = None, checkpoints: Optional[Path] = None) -> None:
+        self.space, self.store, self.vocab_size, self.progress = space, store, vocab_size, progress
+        self.trials, self.tokens = trials, tokens  # the budget: measured configs, and training tokens if given
+        self.budgets = space.rungs()
+        self.last_rung = len(self.budgets) - 1
+        self.objectives = list(space.objectives)
+        self.checkpoints = checkpoints if self.last_rung else None  # where trials keep their state at each rung
+        self.state = StudyState(store)
+        self.claims = Claims(store, self.state, trials)
+        self.promotions = Promotions(list(space.objectives.values()), space.search["reduction_factor"], self.last_rung, store)
+        self.live: dict[str, Running] = {}  # slot -> the trial training there
+        self.paused: dict[str, Running] = {}  # config key -> its trial waiting at a rung
+        self.ready: deque[Suggestion] = deque()  # asked ahead, not yet handed to a slot
+        self.parked: dict[str, list[Suggestion]] = {}  # config key -> repeats waiting for its result
+        self.foreign: dict[str, int] = {}  # config key -> the number of another driver's trial training it
+        self.drawing = 0  # suggestions being drawn ahead right now
+        self.depth, self.asking_ahead = 1, False  # how many suggestions to keep ready, and whether a thread does it
+        self.streak = Streak()
+        self.stop_reason: Optional[str] = None  # 'exhausted' or 'refused'
+        self.study_seconds = 0.0  # time spent on the study and the sampler in the calls slots wait for
+        self.ahead_seconds = 0.0  # time the threads asking ahead spent
+        self.lock = threading.RLock()  # the threads asking ahead, the heartbeat and Ray Tune's calls share this object
+        self._refreshed = -math.inf
+        self.refresh(force=True)
+
+    # -- what the study holds ------------------------------------------------------------------------------------
+
+    def refresh(self, force: bool = False) -> None:
+        """Reread the study (at most every REFRESH_S unless forced): fail the trials of dead drivers, take in what
+        ended and the rung results recorded, hand other drivers' results to the repeats waiting for them, free the
+        claims of trials that ended without settling their config, and queue interrupted configs to go on."""
+        if not force and time.monotonic() - self._refreshed < REFRESH_S:
+            return
+        start = time.perf_counter()
+        self.store.fail_stale()
+        ended, results = self.state.reread()
+        self.promotions.learn(results)
+        for trial in ended:
+            for key, number in list(self.foreign.items()):
+                if number == trial.number:
+                    self._foreign_ended(key, number)
+        self.claims.free(ended)
+        for trial in ended:
+            if trial.outcome.kind is INTERRUPTED and trial.user_attrs.get("rungs"):
+                self.claims.resume(trial)
+        self._refreshed = time.monotonic()
+        self.study_seconds += time.perf_counter() - start
+
+    def _foreign_ended(self, key: str, number: int) -> None:
+        """Another driver's trial of a config ended: the repeats waiting here are told its result, or, where it
+        settled nothing, that it was interrupted (they are owed nothing; the sampler may suggest it again)."""
+        del self.foreign[key]
+        result = self.state.settled.get(key) or outcome.failed(
+            INTERRUPTED, f"its twin #{number} in another driver measured nothing")
+        for repeat in self.parked.pop(key, []):
+            self._tell(repeat, result)
+
+    def mine(self) -> list[Suggestion]:
+        """This driver's running trials: in training, waiting at a rung, asked ahead, repeats waiting here."""
+        with self.lock:
+            return [*(r.suggestion for r in self.live.values()), *(r.suggestion for r in self.paused.values()),
+                    *self.ready, *(s for waiting in self.parked.values() for s in waiting)]
+
+    def alive_ids(self) -> list[int]:
+        """Storage ids of this driver's running trials (for the heartbeat; a trial being drawn got one when asked)."""
+        with self.lock:
+            return [s.trial_id for s in self.mine()]
+
+    # -- the budget ----------------------------------------------------------------------------------------------
+
+    def _tokens_left(self) -> bool:
+        """Whether the token budget (if any) has room: what ended and waiting trials spent, and the least that
+        trials in training will."""
+        if self.tokens is None:
+            return True
+        waiting = sum(r.record.get("tokens_spent", 0) for r in self.paused.values())
+        return self.state.spent + waiting + sum(r.spending for r in self.live.values()) < self.tokens
+
+    def _room(self, ahead: int = 0) -> bool:
+        """Whether another new config may start, beside those holding places and `ahead` asked ahead."""
+        return self.stop_reason is None and self._tokens_left() and self.claims.free_places() > ahead
+
+    def _others(self, waiting_too: bool) -> bool:
+        """Whether another driver's trial holds a place and has not ended: training (or waiting at a rung, too)."""
+        mine = {s.number for s in self.mine()}
+        return any(place.trial not in mine and place.trial not in self.state.ended and (waiting_too or place.waiting is None)
+                   for place in self.state.places.values())
+
+    def _others_open(self) -> bool:
+        """Whether a trial that is not this driver's has not ended (another driver's, or a dead one's until it is
+        failed as stale): the search ends with nothing left running."""
+        mine = {s.number for s in self.mine()}
+        return any(number not in mine for number in self.state.open)
+
+    # -- handing out configs -------------------------------------------------------------------------------------
+
+    def next(self, slot: str) -> dict[str, Any] | str:
+        """A config for a free slot (a trial to resume from its rung, or a new one), WAIT when none is to be had
+        now, or DONE when the search is over."""
+        with self.lock:
+            start = time.perf_counter()
+            try:
+                return self._next(slot)
+            finally:
+                self.study_seconds += time.perf_counter() - start
+
+    def _next(self, slot: str) -> dict[str, Any] | str:
+        self.refresh()
+        if self.stop_reason is None and self.streak.too_many_refusals():
+            self.stop_reason = "refused"
+        if self._tokens_left():
+            promoted = self._promote(slot, draining=False)
+            if promoted is not None:
+                return promoted
+        while self._room():
+            suggestion = self.ready.popleft() if self.ready else None
+            if suggestion is None and self.asking_ahead:
+                return WAIT  # a thread asking ahead will have one soon
+            if suggestion is None:
+                suggestion = self._ask()
+                if suggestion is None:
+                    break
+            if self._settle(suggestion) != NEW:  # settled or started since it was asked
+                continue
+            started = self._start(slot, suggestion)
+            if started is not None:
+                return started
+        self._release_ready()  # no new config will start now
+        if self.live or self._others(waiting_too=False):
+            return WAIT  # a result may change a rung's ranking, or a trial fail and be owed again
+        promoted = self._promote(slot, draining=True)
+        if promoted is not None:
+            return promoted
+        self._release_paused()
+        return WAIT if self._others_open() else DONE
+
+    def _ask(self) -> Optional[Suggestion]:
+        """Draw and settle suggestions until one is new; None when the search should stop asking (stop_reason)."""
+        while True:
+            suggestion = draw(self.store, self.space, self.vocab_size)
+            what = self._settle(suggestion)
+            stop = self.streak.count(what, suggestion)
+            if what == NEW:
+                return suggestion
+            if stop is not None:
+                self.stop_reason = stop
+                return None
+
+    def _settle(self, suggestion: Suggestion) -> str:
+        """What a drawn suggestion is: REPEAT of a settled config (told its result at once) or of one in training
+        (parked until its result), REFUSED by the screen (recorded), or NEW."""
+        key = suggestion.key
+        if key in self.state.settled:
+            self._tell(suggestion, self.state.settled[key])
+            return REPEAT
+        if key in self.parked:
+            self.parked[key].append(suggestion)
+            return REPEAT
+        if suggestion.refusal is not None:
+            failure = suggestion.refusal
+            result = outcome.failed(failure.kind, failure.message, **failure.metrics)
+            self._tell(suggestion, result)
+            return REFUSED
+        return NEW
+
+    def _start(self, slot: str, suggestion: Suggestion) -> Optional[dict[str, Any]]:
+        """Claim the config and a place for the suggestion and hand it to the slot; None when another trial has the
+        config (the suggestion waits for its result) or no place is left (it is withdrawn)."""
+        holder = self.claims.config(suggestion)
+        if holder is not None:
+            if holder in self.state.ended:  # it settled the config: reuse its result
+                self._tell(suggestion, self.state.settled[suggestion.key])
+            else:
+                self.foreign[suggestion.key] = holder
+                self.parked.setdefault(suggestion.key, []).append(suggestion)
+            return None
+        if not self.claims.place(suggestion.number):
+            self.claims.release_config(suggestion)
+            self._tell(suggestion, outcome.failed("withdrawn", "another driver took the last of the budget first",
+                                                  config_key=suggestion.key))
+            return None
+        for rung in suggestion.attrs.get("promoted", []):  # a resumed config keeps the rungs it went on from
+            self.promotions.promoted.add((rung, suggestion.key))
+        self.live[slot] = Running(suggestion, self.budgets[0])
+        self.parked[suggestion.key] = []
+        self.progress.started()
+        return self._trial_config(suggestion)
+
+    def _trial_config(self, suggestion: Suggestion) -> dict[str, Any]:
+        """What a worker gets: the params, the study trial it measures, the config key, where rungs are kept."""
+        return {"params": suggestion.params, "number": suggestion.number, "key": suggestion.key,
+                "checkpoints": str(self.checkpoints) if self.checkpoints else None}
+
+    def _promote(self, slot: str, draining: bool) -> Optional[dict[str, Any]]:
+        """A trial waiting at a rung that now ranks well enough there to go on, handed to the slot to continue from
+        its kept state; None if there is none."""
+        if not self.paused:
+            return None
+        key = self.promotions.next({k: r.rung for k, r in self.paused.items()}, draining)
+        if key is None:
+            return None
+        running = self.paused.pop(key)
+        self.claims.wait(running.suggestion.number, None)
+        running.spending = running.record.get("tokens_spent", 0) + self.budgets[running.rung + 1] - self.budgets[running.rung]
+        self.live[slot] = running
+        self.store.write(running.suggestion.trial_id, {"promoted": self._promoted(key)})
+        self.progress.promoted(running.suggestion.number, running.rung)
+        return self._trial_config(running.suggestion)
+
+    def _promoted(self, key: str) -> list[int]:
+        return sorted(rung for rung, k in self.promotions.promoted if k == key)
+
+    # -- results -------------------------------------------------------------------------------------------------
+
+    def reached_rung(self, slot: str, record: dict[str, Any]) -> bool:
+        """A trial measured at a rung: its result recorded (with the trial, and in the rung table); answers
+        whether it goes on (always at the full budget, or for a result without its objectives)."""
+        with self.lock:
+            running = self.live.get(slot)
+            entry = rung_entry(record, self.objectives)
+            if running is None or entry is None or not outcome.is_measured(record) or "rung" not in record:
+                return True
+            rung, suggestion = int(record["rung"]), running.suggestion
+            rungs = dict(suggestion.attrs.get("rungs") or {})  # a resumed config's earlier rungs among them
+            if str(rung) not in rungs:
+                rungs[str(rung)] = {"tokens_trained": record["tokens_trained"], "values": entry[0], "penalty": entry[1]}
+                suggestion.attrs["rungs"] = rungs
+                self.promotions.record(rung, suggestion.key, *entry)
+            if rung >= self.last_rung:
+                self.store.write(suggestion.trial_id, {"rungs": rungs})
+                return True
+            draining = not self._room() and len(self.live) == 1 and not self._others(waiting_too=False)
+            goes_on = self.promotions.decide(rung, suggestion.key, draining)
+            self.store.write(suggestion.trial_id, {"rungs": rungs, "promoted": self._promoted(suggestion.key)})
+            if goes_on:
+                running.spending = record.get("tokens_spent", 0) + self.budgets[rung + 1] - self.budgets[rung]
+            self.progress.rung(suggestion.number, rung, record, goes_on)
+            return goes_on
+
+    def ended(self, slot: str, record: Optional[dict[str, Any]]) -> None:
+        """A trial's worker is done with it: its last record (None when the worker died). Stopped at a rung, it
+        waits there; otherwise its outcome is recorded."""
+        with self.lock:
+            running = self.live.pop(slot, None)
+            if running is None:
+                return
+            record = self._worker_died(running.suggestion) if record is None else record
+            if outcome.is_measured(record) and record.get("rung", self.last_rung) < self.last_rung:
+                record = outcome.stopped(f"stopped at rung {record['rung']} ({record['tokens_trained']:,} tokens)", **record)
+                running.rung, running.record = record["rung"], record
+                self.paused[running.suggestion.key] = running
+                self.claims.wait(running.suggestion.number, running.rung)
+                return
+            self._finish(running, record)
+
+    def _finish(self, running: Running, record: dict[str, Any]) -> None:
+        """Record a trial's outcome, tell the repeats parked for it, and let go of what it no longer needs."""
+        suggestion = running.suggestion
+        told = self._tell(suggestion, record, trained=True)
+        if told.counts:
+            self.streak.measured()
+        elif told.owed:
+            self.claims.release_place(suggestion.number)
+        if not told.settles:
+            self.claims.release_config(suggestion)
+        died = told.kind is WORKER_DIED
+        if self.checkpoints is not None and not died:
+            checkpoint_path(self.checkpoints, suggestion.key).unlink(missing_ok=True)
+        twin = outcome.failed(WORKER_DIED, f"the worker of its twin #{suggestion.number} died") if died else \
+            outcome.reused(record, suggestion.number) if told.settles else \
+            outcome.failed(INTERRUPTED, f"its twin #{suggestion.number} measured nothing")
+        for repeat in self.parked.pop(suggestion.key, []):
+            self._tell(repeat, twin)
+
+    def _tell(self, suggestion: Suggestion, record: dict[str, Any], trained: bool = False) -> outcome.Outcome:
+        """Record a trial's outcome in the study, take it into account here, and show it: a line for a trial back
+        from its worker (`trained`), a count for one that cost no training."""
+        told = self.store.record(suggestion.trial, suggestion.trial_id, record)
+        self.state.learn_record(suggestion.number, {**suggestion.attrs, **record}, told,
+                                [record.get(name) for name in self.objectives], self._feasible(record))
+        if trained:
+            self.progress.finished(suggestion.number, suggestion.params, record, len(self.state.front), counted=told.counts)
+        elif told.kind.name != "withdrawn":
+            self.progress.free(suggestion.number, record)
+        return told
+
+    @staticmethod
+    def _feasible(record: dict[str, Any]) -> bool:
+        return all(value <= 0 for value in (record.get("constraints") or {}).values())
+
+    def _worker_died(self, suggestion: Suggestion) -> dict[str, Any]:
+        """A trial whose process died (killed, crashed, its node lost) is owed again once, with the same params;
+        if its retry dies too, it fails for good."""
+        retry_of = suggestion.attrs.get("retry_of")
+        if retry_of is not None:
+            return outcome.failed("worker_died_twice",
+                                  f"its worker died, as the worker of trial #{retry_of} with the same config did")
+        self.store.enqueue(suggestion.params, {"retry_of": suggestion.number})
+        return outcome.failed(WORKER_DIED, "its worker process died (killed, crashed or its node lost); the config is run again")
+
+    def _release_ready(self) -> None:
+        """Suggestions asked ahead that no trial will measure: recorded as withdrawn (not counted)."""
+        while self.ready:
+            suggestion = self.ready.popleft()
+            self._tell(suggestion, outcome.failed("withdrawn", "asked ahead, and not needed by the end of the search",
+                                                  config_key=suggestion.key))
+
+    def _release_paused(self) -> None:
+        """At the end of the search, the trials still waiting at a rung are told as stopped there."""
+        for key in list(self.paused):
+            running = self.paused.pop(key)
+            self._finish(running, running.record)
+
+    def interrupt(self) -> None:
+        """Ctrl-C or SIGTERM: every trial of this driver is recorded as interrupted, its config owed again."""
+        with self.lock:
+            for suggestion in self.mine():
+                self.store.interrupt([(suggestion.trial, suggestion.trial_id)])
+
+    # -- asking ahead ----------------------------------------------------------------------------------------------
+
+    def ask_ahead(self, drawer: Callable[[], Suggestion]) -> bool:
+        """Draw (with `drawer`, outside the lock) and settle one suggestion ahead of time, while the trials run;
+        False when nothing more is wanted now."""
+        with self.lock:
+            wanted = len(self.ready) + self.drawing
+            if wanted >= self.depth or not self._room(wanted):
+                return False
+            self.drawing += 1
+        start = time.perf_counter()
+        try:
+            suggestion = drawer()
+        finally:
+            with self.lock:
+                self.drawing -= 1
+        with self.lock:
+            what = self._settle(suggestion)
+            stop = self.streak.count(what, suggestion)
+            if what == NEW:
+                self.ready.append(suggestion)
+            elif stop is not None:
+                self.stop_reason = stop
+            self.ahead_seconds += time.perf_counter() - start
+        return True

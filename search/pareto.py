@@ -1,0 +1,120 @@
+"""Pareto arithmetic on objective vectors, all minimised (a maximised objective is negated first): non-dominated
+sorting with constraint violations, the epsilon-net order inside a front, a front kept as points arrive, and the
+hypervolume. Plain numpy, so that the driver's rung tables and the review share one definition."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+def minimised(values: Sequence[Sequence[float]], directions: Sequence[str]) -> np.ndarray:
+    """Objective vectors with each maximised objective negated ('minimize'/'maximize', or 'min'/'max')."""
+    signs = np.array([1.0 if str(d).lower().startswith("min") else -1.0 for d in directions])
+    return np.asarray(values, dtype=float).reshape(-1, len(signs)) * signs
+
+
+def dominates(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Whether each point of `a` dominates the matching point of `b` (broadcast): no worse anywhere, better somewhere."""
+    return np.all(a <= b, axis=-1) & np.any(a < b, axis=-1)
+
+
+def nondominated_rank(points: np.ndarray, penalty: Optional[np.ndarray] = None) -> np.ndarray:
+    """The front each point is on (0 the best), by repeated non-dominated sorting. With `penalty` (the summed
+    constraint violation, 0 when feasible), every feasible point comes before every infeasible one, and infeasible
+    ones are ranked by their violation alone, as Optuna's constrained samplers rank them."""
+    points = np.asarray(points, dtype=float)
+    ranks = np.zeros(len(points), dtype=int)
+    feasible = np.ones(len(points), dtype=bool) if penalty is None else np.asarray(penalty) <= 0
+    beaten = dominates(points[None, :, :], points[:, None, :])  # beaten[i, j]: j dominates i
+    remaining, rank = np.flatnonzero(feasible), 0
+    while len(remaining):
+        sub = beaten[np.ix_(remaining, remaining)]
+        top = ~sub.any(axis=1)
+        ranks[remaining[top]] = rank
+        remaining, rank = remaining[~top], rank + 1
+    if penalty is not None and (~feasible).any():
+        violations = np.asarray(penalty)[~feasible]
+        ranks[~feasible] = rank + np.unique(violations, return_inverse=True)[1]
+    return ranks
+
+
+def epsilon_net(points: np.ndarray, members: np.ndarray) -> list[int]:
+    """`members` (indices into `points`) in epsilon-net order: the best first objective first (ties by index), then
+    each time the member farthest from all those taken, so that a front's spread comes before one corner of it."""
+    remaining = sorted(members.tolist(), key=lambda i: (points[i][0], i))
+    taken = [remaining.pop(0)]
+    nearest = np.linalg.norm(points[remaining] - points[taken[0]], axis=1)
+    while remaining:
+        pick = int(np.argmax(nearest))  # the first of equally far ones: the better first objective
+        taken.append(remaining.pop(pick))
+        nearest = np.delete(nearest, pick)
+        if remaining:
+            nearest = np.minimum(nearest, np.linalg.norm(points[remaining] - points[taken[-1]], axis=1))
+    return taken
+
+
+def ranked(points: np.ndarray, penalty: Optional[np.ndarray] = None) -> list[int]:
+    """Indices of `points`, best first: non-dominated sorting, then an epsilon-net inside each front with the
+    objectives scaled to their range (Syne Tune's MOASHA ranks a rung's results so)."""
+    if not len(points):
+        return []
+    ranks = nondominated_rank(points, penalty)
+    span = points.max(axis=0) - points.min(axis=0)
+    scaled = (points - points.min(axis=0)) / np.where(span > 0, span, 1.0)
+    order: list[int] = []
+    for rank in sorted(set(ranks.tolist())):
+        order += epsilon_net(scaled, np.flatnonzero(ranks == rank))
+    return order
+
+
+def front_mask(points: np.ndarray) -> np.ndarray:
+    """Which points no other point dominates (equal points are all kept)."""
+    points = np.asarray(points, dtype=float)
+    if not len(points):
+        return np.zeros(0, dtype=bool)
+    return ~dominates(points[None, :, :], points[:, None, :]).any(axis=1)
+
+
+class ParetoFront:
+    """The non-dominated points seen so far, kept as they come: one pass over the front per point, so that a driver
+    keeps its front's size current without rereading the study."""
+
+    def __init__(self, directions: Sequence[str]) -> None:
+        self.directions = list(directions)
+        self.points: list[np.ndarray] = []
+
+    def add(self, values: Sequence[float]) -> bool:
+        """Add a point; True when it joined the front (no member dominates or equals it)."""
+        point = minimised([values], self.directions)[0]
+        if any((member <= point).all() for member in self.points):
+            return False
+        self.points = [m for m in self.points if not (point <= m).all()] + [point]
+        return True
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
+    """The volume that `points` (minimised) dominate inside the box up to `reference`; points not better than the
+    reference in every objective add nothing. Exact, by slicing along the last objective."""
+    points = np.asarray(points, dtype=float)
+    reference = np.asarray(reference, dtype=float)
+    points = points[(points < reference).all(axis=1)] if len(points) else points.reshape(0, len(reference))
+    if not len(points):
+        return 0.0
+    points = points[front_mask(points)]
+    if points.shape[1] == 1:
+        return float(reference[0] - points[:, 0].min())
+    if points.shape[1] == 2:
+        order = np.argsort(points[:, 0], kind="stable")
+        xs, ys = points[order, 0], np.minimum.accumulate(points[order, 1])
+        widths = np.diff(np.append(xs, reference[0]))
+        return float(np.sum(widths * (reference[1] - ys)))
+    order = np.argsort(points[:, -1], kind="stable")
+    points = points[order]
+    cuts = np.append(points[:, -1], reference[-1])
+    return float(sum((cuts[i + 1] - cuts[i]) * hypervolume(points[: i + 1, :-1], reference[:-1])
+                     for i in range(len(points)) if cuts[i + 1] > cuts[i]))
