@@ -4,7 +4,7 @@ cannot decode are refused by name; the cache holds exactly the keys and values."
 
 import pytest
 import torch
-from helpers import seed000_blocks, seed000_streams
+from helpers import gpt_blocks, attn_offset_streams
 
 from configaformer import ConfigaFormer, ConfigError, DecodeCache, get_alibi
 from configaformer.decode import analytic_kv_bytes, check_decodable
@@ -59,10 +59,10 @@ def test_layer_configs_decode_like_full_forwards(options, fuse):
 
 
 def test_op_level_graph_with_an_offset_stream_and_flat_values_decodes():
-    blocks = seed000_blocks(dim=32, heads=4, layers=2, vocab=VOCAB, rope=4)  # values stay [B, L, D]: split in mha_sum
+    blocks = gpt_blocks(dim=32, heads=4, layers=2, vocab=VOCAB, rope=4)  # values stay [B, L, D]: split in mha_sum
     blocks[0]["config"].append({"type": "shift", "instructions": [{"features": [0, 8], "relative_pos": -2}]})
     for fuse in (True, False):
-        model = ConfigaFormer({"blocks": blocks, "input_streams": seed000_streams(4)}, verbose=False, fuse_attention=fuse).eval()
+        model = ConfigaFormer({"blocks": blocks, "input_streams": attn_offset_streams(4)}, verbose=False, fuse_attention=fuse).eval()
         assert_decodes_like_full_forwards(model, {"attn_offset": get_alibi(4, 24)})
 
 

@@ -76,7 +76,7 @@ def test_causal_chain_uses_is_causal_for_the_flash_kernel():
 def test_sibling_linears_run_as_one_gemm_with_the_same_numbers():
     from configaformer.ops.dense import FusedLinear
 
-    fused, separate = seed000_pair()
+    fused, separate = fused_and_separate_linears()
     separate.load_state_dict(fused.state_dict())
     groups = [step for step in fused.plan if isinstance(step, FusedLinear)]
     assert [g.outputs for g in groups] == [("queries", "keys", "values")] * 2  # one per attention layer
@@ -95,18 +95,18 @@ def test_sibling_linears_run_as_one_gemm_with_the_same_numbers():
         torch.testing.assert_close(fused.state_dict()[name], grad, atol=1e-5, rtol=1e-5)
 
 
-def seed000_pair() -> tuple[ConfigaFormer, ConfigaFormer]:
-    from helpers import seed000_blocks, seed000_streams
+def fused_and_separate_linears() -> tuple[ConfigaFormer, ConfigaFormer]:
+    from helpers import gpt_blocks, attn_offset_streams
 
     torch.manual_seed(0)
-    fused = ConfigaFormer({"blocks": seed000_blocks()}, seed000_streams(), verbose=False)
+    fused = ConfigaFormer({"blocks": gpt_blocks()}, attn_offset_streams(), verbose=False)
     torch.manual_seed(0)
-    separate = ConfigaFormer({"blocks": seed000_blocks()}, seed000_streams(), verbose=False, fuse_linears=False)
+    separate = ConfigaFormer({"blocks": gpt_blocks()}, attn_offset_streams(), verbose=False, fuse_linears=False)
     return fused, separate
 
 
 def test_fused_linears_hold_one_weight_per_group_and_load_either_layout():
-    fused, separate = seed000_pair()
+    fused, separate = fused_and_separate_linears()
     assert len(list(fused.parameters())) == len(list(separate.parameters())) - 2 * 4  # q, k, v: 6 tensors -> 2, twice
     assert fused.num_params() == separate.num_params()
     assert fused.num_params(non_embedding=True) == separate.num_params(non_embedding=True)

@@ -1,16 +1,16 @@
-"""Seed 001's layer config compiles to op blocks and builds through the same engine."""
+"""The layer config compiles to op blocks and builds through the same engine."""
 
 import itertools
 
 import pytest
 import torch
-from helpers import seed001_config
+from helpers import layer_config
 
 from configaformer import ConfigaFormer, ConfigError, compile_layers
 
 
-def test_seed001_config_has_one_logits_tensor_per_classifier():
-    model = ConfigaFormer.from_config(seed001_config(), verbose=False)
+def test_layer_config_has_one_logits_tensor_per_classifier():
+    model = ConfigaFormer.from_config(layer_config(), verbose=False)
     assert model.outputs == ["logits_0", "logits_1"]
     ids = torch.randint(0, 97, (2, 10))
     out = model({"emb_ids": ids})
@@ -23,9 +23,9 @@ def test_seed001_config_has_one_logits_tensor_per_classifier():
 
 
 def test_compiled_blocks_build_as_an_op_config():
-    op_config = compile_layers(seed001_config())
+    op_config = compile_layers(layer_config())
     direct = ConfigaFormer(op_config, verbose=False)
-    assert direct.num_params() == ConfigaFormer.from_config(seed001_config(), verbose=False).num_params()
+    assert direct.num_params() == ConfigaFormer.from_config(layer_config(), verbose=False).num_params()
 
 
 OPTIONS = list(itertools.product(["rope", "alibi", "learned", "none"], ["pre", "post", "sandwich"],
@@ -34,7 +34,7 @@ OPTIONS = list(itertools.product(["rope", "alibi", "learned", "none"], ["pre", "
 
 @pytest.mark.parametrize("position, placement, norm", OPTIONS)
 def test_position_placement_and_norm_options_train(position, placement, norm):
-    config = seed001_config(position=position, norm_placement=placement, norm_type=norm, classifiers=None, max_length=64)
+    config = layer_config(position=position, norm_placement=placement, norm_type=norm, classifiers=None, max_length=64)
     model = ConfigaFormer.from_config(config, verbose=False)
     ids = torch.randint(0, 97, (2, 12))
     loss = torch.nn.functional.cross_entropy(model({"emb_ids": ids})["logits_0"].reshape(-1, 97), ids.reshape(-1))
@@ -47,7 +47,7 @@ def test_layer_options_compile_to_the_expected_ops():
                "causal": False, "dropout": 0.1},
               {"type": "FFN", "activation": ["silu", "none"], "dim_ff": 96},
               {"type": "gMLP", "ff_mult": 2, "activation": "relu2"}]
-    model = ConfigaFormer.from_config(seed001_config(layers=layers, max_length=32), verbose=False)
+    model = ConfigaFormer.from_config(layer_config(layers=layers, max_length=32), verbose=False)
     summary = model.summary()
     assert "make_heads -> Input(s): keys (B, L_in, 32) - Output(s): keys (B, 2, L_in, 16)" in summary  # GQA
     assert "norm -> Input(s): queries (B, 4, L_in, 16)" in summary  # QK-norm
@@ -61,7 +61,7 @@ def test_layer_options_compile_to_the_expected_ops():
 
 
 def test_causal_layers_do_not_see_the_future():
-    model = ConfigaFormer.from_config(seed001_config(position="alibi"), verbose=False).eval()
+    model = ConfigaFormer.from_config(layer_config(position="alibi"), verbose=False).eval()
     ids = torch.randint(0, 97, (1, 12))
     full = model({"emb_ids": ids})["logits_0"]
     changed = ids.clone()
@@ -83,7 +83,7 @@ def test_causal_layers_do_not_see_the_future():
 ])
 def test_bad_layer_config_names_the_field(edit, why):
     with pytest.raises(ConfigError) as info:
-        ConfigaFormer.from_config(seed001_config(**edit), verbose=False)
+        ConfigaFormer.from_config(layer_config(**edit), verbose=False)
     assert why in str(info.value)
 
 
