@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from contextlib import contextmanager
+from typing import Iterator
+
 
 def gpt_blocks(dim: int = 64, heads: int = 4, layers: int = 2, vocab: int = 101, rope: int = 8) -> list[dict]:
     """A GPT-style op config with rope and an offset stream (embedding, attn + ffn x layers, ffn + logits)."""
@@ -47,6 +51,35 @@ def layer_config(dim: int = 64, vocab: int = 97, **overrides) -> dict:
     }
     config.update(overrides)
     return config
+
+
+@contextmanager
+def counted_calls() -> Iterator[Counter]:
+    """Counts, inside the block, each module class's forward calls (by class name) and the calls of
+    scaled_dot_product_attention, with how many passed is_causal=True and how many an attn_mask (as keywords, the
+    way FusedAttention passes them): which attention path a model ran, not only which it planned."""
+    import torch
+    import torch.nn.functional as F
+
+    calls: Counter = Counter()
+    sdpa = F.scaled_dot_product_attention
+
+    def counted_sdpa(*args, **kwargs):
+        calls["scaled_dot_product_attention"] += 1
+        calls["is_causal"] += bool(kwargs.get("is_causal"))
+        calls["attn_mask"] += kwargs.get("attn_mask") is not None
+        return sdpa(*args, **kwargs)
+
+    def count_forward(module, args, output) -> None:
+        calls[type(module).__name__] += 1
+
+    F.scaled_dot_product_attention = counted_sdpa
+    hook = torch.nn.modules.module.register_module_forward_hook(count_forward)
+    try:
+        yield calls
+    finally:
+        hook.remove()
+        F.scaled_dot_product_attention = sdpa
 
 
 TINY_SPACE = """
