@@ -1,12 +1,13 @@
 """The op-config API: build from blocks of op dicts, print the summary, run with an offset stream."""
 
+import pytest
 import torch
-from helpers import gpt_blocks, attn_offset_streams
+from helpers import attn_offset_streams, gpt_blocks
 
 from configaformer import ConfigaFormer, get_alibi
 
 
-def test_op_config_builds_prints_its_summary_and_trains(capsys):
+def test_op_config_prints_its_summary_and_every_parameter_gets_a_gradient(capsys):
     model = ConfigaFormer(model_config={"blocks": gpt_blocks()}, input_streams=attn_offset_streams())
     printed = capsys.readouterr().out
     assert printed.strip() == model.summary().strip()
@@ -23,7 +24,7 @@ def test_op_config_builds_prints_its_summary_and_trains(capsys):
     assert logits.shape == (2, 24, 101)
     loss = torch.nn.functional.cross_entropy(logits.view(-1, 101), ids.view(-1))
     loss.backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())  # every parameter is used
 
 
 def test_verbose_false_is_silent(capsys):
@@ -52,12 +53,8 @@ def test_alibi_is_causal_and_linear_in_distance():
 
 def test_missing_input_stream_is_a_clear_error():
     model = ConfigaFormer({"blocks": gpt_blocks()}, attn_offset_streams(), verbose=False)
-    try:
+    with pytest.raises(ValueError, match="input stream 'attn_offset' is missing"):
         model({"emb_ids": torch.zeros(1, 4, dtype=torch.long)})
-    except ValueError as err:
-        assert "attn_offset" in str(err)
-    else:
-        raise AssertionError("a missing stream must be refused")
 
 
 def test_compiles_without_graph_breaks():
