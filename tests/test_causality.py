@@ -86,7 +86,7 @@ def test_an_offset_stream_is_held_fixed_and_judged_by_its_values():
     import torch
 
     from configaformer import get_alibi
-    from helpers import gpt_blocks, attn_offset_streams
+    from helpers import attn_offset_streams, gpt_blocks
 
     model = ConfigaFormer({"blocks": gpt_blocks(dim=32, layers=1)}, attn_offset_streams(), verbose=False)
     ids = torch.randint(0, 101, (1, 12))

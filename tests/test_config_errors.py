@@ -3,7 +3,7 @@
 import copy
 
 import pytest
-from helpers import gpt_blocks, attn_offset_streams
+from helpers import attn_offset_streams, gpt_blocks
 
 from configaformer import ConfigaFormer, ConfigError
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import yaml
-from helpers import gpt_blocks, attn_offset_streams, layer_config
+from helpers import attn_offset_streams, gpt_blocks, layer_config
 
 from configaformer import ConfigaFormer, ConfigError, get_alibi, load_config, save_config
 from configaformer.io import load_document
