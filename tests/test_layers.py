@@ -69,7 +69,7 @@ def logits(model: ConfigaFormer, ids: Tensor) -> Tensor:
 
 
 @pytest.mark.parametrize("kind", NORM_TYPES)
-def test_norm_matches_its_formula_on_any_rank(kind):
+def test_norm_matches_its_formula_and_starts_at_unit_rms(kind):
     """Each norm type normalises the last dim of a [B, H, L, d] stream (QK-norm's layout) as its formula says; at
     initialisation every one gives vectors of unit RMS."""
     model = ConfigaFormer({"blocks": [{"config": [{"type": "norm", "norm_type": kind}]}]}, {"x": ["B", 3, "L", 8]},
