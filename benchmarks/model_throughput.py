@@ -1,7 +1,7 @@
 """Training-step throughput and peak memory of four models of one shape, eager and under torch.compile:
 
-  (a) a ConfigaFormer built from seed 000's op config (rope on 16 dims, causal attention_offset),
-  (b) the same model from seed 001's layer config,
+  (a) a ConfigaFormer built from an op config (rope on 16 dims, causal attention_offset),
+  (b) the same model from a layer config,
   (c) a hand-written GPT of the same shape on scaled_dot_product_attention (the reference, below),
   (d) x-transformers' TransformerWrapper, when it is importable.
 
@@ -96,7 +96,7 @@ class ReferenceGPT(nn.Module):
 
 # ---- (a), (b), (d) ---------------------------------------------------------------------------------------
 
-def seed000_config(width: int, depth: int, heads: int, vocab: int) -> dict:
+def op_config(width: int, depth: int, heads: int, vocab: int) -> dict:
     attn = [{"type": "make_stream", "output_name": "residual"}, {"type": "norm", "norm_type": "layer_norm"},
             {"type": "linear", "output_name": "queries"}, {"type": "linear", "output_name": "keys"},
             {"type": "linear", "output_name": "values"},
@@ -124,7 +124,7 @@ def layer_config(width: int, depth: int, heads: int, max_length: int, vocab: int
 
 def build(name: str, width: int, depth: int, heads: int, seq: int, vocab: int) -> nn.Module | None:
     if name == "a_ops":
-        return LogitsOnly(ConfigaFormer(seed000_config(width, depth, heads, vocab), verbose=False))
+        return LogitsOnly(ConfigaFormer(op_config(width, depth, heads, vocab), verbose=False))
     if name == "b_layers":
         return LogitsOnly(ConfigaFormer.from_config(layer_config(width, depth, heads, seq, vocab), verbose=False))
     if name == "c_reference":

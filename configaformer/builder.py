@@ -261,7 +261,7 @@ class ConfigaFormer(nn.Module):
 
     @classmethod
     def from_config(cls, config: Union[Mapping[str, Any], str, os.PathLike], **kwargs: Any) -> ConfigaFormer:
-        """Build from an op-level config, a seed-001 layer config, or a YAML/JSON file holding either."""
+        """Build from an op-level config, a layer config, or a YAML/JSON file holding either."""
         from .io import load_config
         from .layers import compile_layers, is_layer_config
 

@@ -25,7 +25,7 @@ def _is_json(path: Path) -> bool:
 
 
 def config_kind(config: Mapping[str, Any]) -> str:
-    """'layers' for a seed-001 layer config, 'ops' for an op-level blocks config."""
+    """'layers' for a layer config, 'ops' for an op-level blocks config."""
     return "layers" if "layers" in config else "ops"
 
 

@@ -1,10 +1,14 @@
-"""Small model configs shared by the tests: seed 000's example, scaled down."""
+"""Small model configs shared by the tests: a GPT-style op config and a layer config, at test scale."""
 
 from __future__ import annotations
 
+from collections import Counter
+from contextlib import contextmanager
+from typing import Iterator
 
-def seed000_blocks(dim: int = 64, heads: int = 4, layers: int = 2, vocab: int = 101, rope: int = 8) -> list[dict]:
-    """Seed 000's usage example with its sizes as parameters (embedding, attn + ffn x layers, ffn + logits)."""
+
+def gpt_blocks(dim: int = 64, heads: int = 4, layers: int = 2, vocab: int = 101, rope: int = 8) -> list[dict]:
+    """A GPT-style op config with rope and an offset stream (embedding, attn + ffn x layers, ffn + logits)."""
     emb = [{"type": "embedding", "output_dim": dim, "num_classes": vocab}]
     attn = [
         {"type": "make_stream", "output_name": "residual"},
@@ -34,18 +38,48 @@ def seed000_blocks(dim: int = 64, heads: int = 4, layers: int = 2, vocab: int = 
     return [{"config": emb, "repeat": 1}, {"config": attn + ffn, "repeat": layers}, {"config": ffn + to_logits, "repeat": 1}]
 
 
-def seed000_streams(heads: int = 4) -> dict:
+def attn_offset_streams(heads: int = 4) -> dict:
+    """The input streams of gpt_blocks: token ids and the attention offset (e.g. get_alibi's)."""
     return {"emb_ids": ["B", "L_in"], "attn_offset": ["B", heads, "L_in", "L_in"]}
 
 
-def seed001_config(dim: int = 64, vocab: int = 97, **overrides) -> dict:
-    """Seed 001's layer config at test scale: two classifiers and an embedding narrower than the model."""
+def layer_config(dim: int = 64, vocab: int = 97, **overrides) -> dict:
+    """A layer config at test scale: two classifiers and an embedding narrower than the model."""
     config = {
         "dim_model": dim, "vocab_size": vocab, "dim_rope": 8, "classifiers": [vocab, 6], "input_emb_size": 32,
         "layers": [{"type": "Attention", "heads": 4}, {"type": "FFN", "ff_mult": 4}] * 2,
     }
     config.update(overrides)
     return config
+
+
+@contextmanager
+def counted_calls() -> Iterator[Counter]:
+    """Counts, inside the block, each module class's forward calls (by class name) and the calls of
+    scaled_dot_product_attention, with how many passed is_causal=True and how many an attn_mask (as keywords, the
+    way FusedAttention passes them): which attention path a model ran, not only which it planned."""
+    import torch
+    import torch.nn.functional as F
+
+    calls: Counter = Counter()
+    sdpa = F.scaled_dot_product_attention
+
+    def counted_sdpa(*args, **kwargs):
+        calls["scaled_dot_product_attention"] += 1
+        calls["is_causal"] += bool(kwargs.get("is_causal"))
+        calls["attn_mask"] += kwargs.get("attn_mask") is not None
+        return sdpa(*args, **kwargs)
+
+    def count_forward(module, args, output) -> None:
+        calls[type(module).__name__] += 1
+
+    F.scaled_dot_product_attention = counted_sdpa
+    hook = torch.nn.modules.module.register_module_forward_hook(count_forward)
+    try:
+        yield calls
+    finally:
+        hook.remove()
+        F.scaled_dot_product_attention = sdpa
 
 
 TINY_SPACE = """

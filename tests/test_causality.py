@@ -2,11 +2,11 @@
 ones pass, whatever their wiring."""
 
 import pytest
-
-from configaformer import ConfigaFormer, find_future_leak
-
-from helpers import seed001_config
+import torch
+from helpers import attn_offset_streams, gpt_blocks, layer_config
 from test_wirings import DIM, EMB, HEAD, attention, residual
+
+from configaformer import ConfigaFormer, find_future_leak, get_alibi
 
 SHIFT_BACK = {"type": "shift", "instructions": [{"features": [0, DIM], "relative_pos": -1}]}
 
@@ -70,7 +70,7 @@ def test_leaky_wirings_are_found_and_their_op_named(name):
     ({"layers": [{"type": "Attention", "heads": 4, "causal": False}, {"type": "FFN"}]}, True),
 ])
 def test_layer_configs(overrides, leaky):
-    model = ConfigaFormer.from_config(seed001_config(**overrides), verbose=False)
+    model = ConfigaFormer.from_config(layer_config(**overrides), verbose=False)
     assert (find_future_leak(model) is not None) == leaky
 
 
@@ -83,12 +83,7 @@ def test_a_zero_initialised_leak_is_still_found():
 
 
 def test_an_offset_stream_is_held_fixed_and_judged_by_its_values():
-    import torch
-
-    from configaformer import get_alibi
-    from helpers import seed000_blocks, seed000_streams
-
-    model = ConfigaFormer({"blocks": seed000_blocks(dim=32, layers=1)}, seed000_streams(), verbose=False)
+    model = ConfigaFormer({"blocks": gpt_blocks(dim=32, layers=1)}, attn_offset_streams(), verbose=False)
     ids = torch.randint(0, 101, (1, 12))
     assert find_future_leak(model, inputs={"emb_ids": ids, "attn_offset": get_alibi(4, 12)}) is None
     leak = find_future_leak(model, inputs={"emb_ids": ids, "attn_offset": get_alibi(4, 12, causal=False)})

@@ -3,13 +3,13 @@
 import copy
 
 import pytest
-from helpers import seed000_blocks, seed000_streams
+from helpers import attn_offset_streams, gpt_blocks
 
 from configaformer import ConfigaFormer, ConfigError
 
 
 def broken(edit):
-    blocks = seed000_blocks()
+    blocks = gpt_blocks()
     edit(blocks[1]["config"])
     return blocks
 
@@ -34,7 +34,7 @@ CASES = {
 def test_bad_op_config_names_block_op_and_key(name):
     edit, where, why = CASES[name]
     with pytest.raises(ConfigError) as info:
-        ConfigaFormer({"blocks": broken(edit)}, seed000_streams(), verbose=False)
+        ConfigaFormer({"blocks": broken(edit)}, attn_offset_streams(), verbose=False)
     message = str(info.value)
     assert message.startswith("blocks[1].config[")
     assert f"(block #2, {where}" in message and why in message

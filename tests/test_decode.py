@@ -4,7 +4,7 @@ cannot decode are refused by name; the cache holds exactly the keys and values."
 
 import pytest
 import torch
-from helpers import seed000_blocks, seed000_streams
+from helpers import attn_offset_streams, counted_calls, gpt_blocks
 
 from configaformer import ConfigaFormer, ConfigError, DecodeCache, get_alibi
 from configaformer.decode import analytic_kv_bytes, check_decodable
@@ -27,13 +27,18 @@ def greedy_by_full_forwards(model: ConfigaFormer, ids: torch.Tensor, steps: int,
     return ids
 
 
-def assert_decodes_like_full_forwards(model: ConfigaFormer, streams=None) -> None:
+def assert_decodes_like_full_forwards(model: ConfigaFormer, fused_layers: int, streams=None) -> None:
+    """A prompt and then one token at a time through the cache give the full forward's logits, on the fused path
+    (one SDPA call per attention layer and step) when `fused_layers` are planned fused."""
+    assert model.fused_attention_count == fused_layers
     ids = torch.randint(0, VOCAB, (2, 10))
     with torch.no_grad():
         full = model({"emb_ids": ids, **(streams or {})})
     cache = DecodeCache()
-    pieces = [model({"emb_ids": ids[:, :6], **(streams or {})}, cache=cache)]
-    pieces += [model({"emb_ids": ids[:, i:i + 1], **(streams or {})}, cache=cache) for i in range(6, 10)]
+    with counted_calls() as calls:
+        pieces = [model({"emb_ids": ids[:, :6], **(streams or {})}, cache=cache)]
+        pieces += [model({"emb_ids": ids[:, i:i + 1], **(streams or {})}, cache=cache) for i in range(6, 10)]
+    assert calls["scaled_dot_product_attention"] == len(pieces) * fused_layers
     assert cache.position == 10
     for output in model.outputs:  # every classifier, not just the first
         stepped = torch.cat([piece[output] for piece in pieces], dim=1)
@@ -55,15 +60,16 @@ LAYER_OPTIONS = {
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "explicit"])
 @pytest.mark.parametrize("options", LAYER_OPTIONS.values(), ids=LAYER_OPTIONS.keys())
 def test_layer_configs_decode_like_full_forwards(options, fuse):
-    assert_decodes_like_full_forwards(layer_model(fuse, **dict(options)))
+    assert_decodes_like_full_forwards(layer_model(fuse, **dict(options)), fused_layers=2 if fuse else 0)
 
 
 def test_op_level_graph_with_an_offset_stream_and_flat_values_decodes():
-    blocks = seed000_blocks(dim=32, heads=4, layers=2, vocab=VOCAB, rope=4)  # values stay [B, L, D]: split in mha_sum
+    blocks = gpt_blocks(dim=32, heads=4, layers=2, vocab=VOCAB, rope=4)  # values stay [B, L, D]: split in mha_sum
     blocks[0]["config"].append({"type": "shift", "instructions": [{"features": [0, 8], "relative_pos": -2}]})
     for fuse in (True, False):
-        model = ConfigaFormer({"blocks": blocks, "input_streams": seed000_streams(4)}, verbose=False, fuse_attention=fuse).eval()
-        assert_decodes_like_full_forwards(model, {"attn_offset": get_alibi(4, 24)})
+        model = ConfigaFormer({"blocks": blocks, "input_streams": attn_offset_streams(4)}, verbose=False,
+                              fuse_attention=fuse).eval()
+        assert_decodes_like_full_forwards(model, 2 if fuse else 0, {"attn_offset": get_alibi(4, 24)})
 
 
 def test_ops_that_cannot_decode_are_refused_by_name():
@@ -100,11 +106,21 @@ def test_sampling_draws_from_the_top_k_and_is_reproducible():
     prompt = torch.randint(0, VOCAB, (2, 4))
     draws = [model.generate(prompt, 6, temperature=0.8, top_k=5, generator=torch.Generator().manual_seed(1)) for _ in range(2)]
     assert torch.equal(draws[0], draws[1]) and draws[0].shape == (2, 10)
+    with torch.no_grad():
+        logits = model({"emb_ids": draws[0]})["logits_0"][:, 3:-1]  # those each new token was drawn from
+    assert (logits.topk(5).indices == draws[0][:, 4:, None]).any(-1).all()
+    greedy = model.generate(prompt, 6)
+    assert not torch.equal(draws[0], greedy)
+    assert torch.equal(model.generate(prompt, 6, temperature=0.8, top_k=1), greedy)
     with pytest.raises(ValueError, match="temperature"):
         model.generate(prompt, 2, temperature=-1)
 
 
-def test_explicit_alibi_attention_runs_in_bfloat16():
-    model = layer_model(fuse=False, position="alibi").to(torch.bfloat16)
-    logits = model({"emb_ids": torch.randint(0, VOCAB, (1, 8))})["logits_0"]
-    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+def test_explicit_alibi_attention_in_bfloat16_gives_the_float32_logits():
+    model = layer_model(fuse=False, position="alibi")
+    ids = torch.randint(0, VOCAB, (1, 8))
+    with torch.no_grad():
+        expected = model({"emb_ids": ids})["logits_0"]
+        logits = model.to(torch.bfloat16)({"emb_ids": ids})["logits_0"]
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), expected, atol=2e-2, rtol=2e-2)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import yaml
-from helpers import seed000_blocks, seed000_streams, seed001_config
+from helpers import attn_offset_streams, gpt_blocks, layer_config
 
 from configaformer import ConfigaFormer, ConfigError, get_alibi, load_config, save_config
 from configaformer.io import load_document
@@ -11,9 +11,9 @@ from configaformer.io import load_document
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_layer_config_round_trips_to_identical_outputs(tmp_path, suffix):
-    original = ConfigaFormer.from_config(seed001_config(), verbose=False).eval()
+    original = ConfigaFormer.from_config(layer_config(), verbose=False).eval()
     path = tmp_path / f"model{suffix}"
-    save_config(seed001_config(), path, metadata={"val_loss": 1.5})
+    save_config(layer_config(), path, metadata={"val_loss": 1.5})
     rebuilt = ConfigaFormer.from_config(path, verbose=False).eval()
     assert rebuilt.num_params() == original.num_params()
     rebuilt.load_state_dict(original.state_dict())
@@ -25,7 +25,7 @@ def test_layer_config_round_trips_to_identical_outputs(tmp_path, suffix):
 
 @pytest.mark.parametrize("suffix", [".yml", ".json"])
 def test_op_config_from_a_built_model_round_trips(tmp_path, suffix):
-    original = ConfigaFormer({"blocks": seed000_blocks()}, seed000_streams(), verbose=False).eval()
+    original = ConfigaFormer({"blocks": gpt_blocks()}, attn_offset_streams(), verbose=False).eval()
     path = tmp_path / f"ops{suffix}"
     save_config(original.config, path)
     rebuilt = ConfigaFormer.from_config(path, verbose=False).eval()
@@ -37,10 +37,10 @@ def test_op_config_from_a_built_model_round_trips(tmp_path, suffix):
 
 def test_saved_file_is_versioned_plain_yaml(tmp_path):
     path = tmp_path / "m.yaml"
-    save_config(seed001_config(), path)
+    save_config(layer_config(), path)
     data = yaml.safe_load(path.read_text())
     assert data["format_version"] == 1 and data["kind"] == "layers" and data["model"]["dim_model"] == 64
-    assert load_config(path) == seed001_config()
+    assert load_config(path) == layer_config()
 
 
 def test_loading_refuses_unsafe_yaml_and_other_versions(tmp_path):
@@ -58,6 +58,6 @@ def test_loading_refuses_unsafe_yaml_and_other_versions(tmp_path):
 
 def test_errors_from_a_file_name_the_file(tmp_path):
     path = tmp_path / "bad.yaml"
-    save_config(seed001_config(layers=[{"type": "Attention", "heads": 7}]), path)
+    save_config(layer_config(layers=[{"type": "Attention", "heads": 7}]), path)
     with pytest.raises(ConfigError, match=r"bad.yaml: layers\[0\].heads"):
         ConfigaFormer.from_config(path, verbose=False)

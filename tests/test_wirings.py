@@ -1,4 +1,4 @@
-"""Op graphs beyond the seeds: each builds, checks its shapes, and trains a step."""
+"""Op graphs beyond the plain GPT block: each builds, checks its shapes, and trains a step."""
 
 import pytest
 import torch
@@ -92,7 +92,7 @@ def test_derived_lengths_are_expressions_over_their_symbol():
 
 
 def test_token_shift_reads_the_token_at_relative_position():
-    """As in the original library: -1 reads the previous token, +1 the next."""
+    """-1 reads the previous token, +1 the next; other features pass through."""
     model = ConfigaFormer({"blocks": [{"config": [{"type": "shift", "instructions": [{"features": [0, 1], "relative_pos": -1},
                                                                                       {"features": [1, 2], "relative_pos": 1}]}]}]},
                           {"x": ["B", "L", 3]}, verbose=False)
