@@ -115,22 +115,24 @@ def write_space(tmp_path, text: str = TINY_SPACE, name: str = "space.yaml"):
 def synthetic_run(tmp_path, trials: int = 40, text: str = TINY_SPACE):
     """A run folder whose study holds finished trials written through the project's own recording path, with
     made-up measurements (no training): for the review commands and the storage faults."""
-    import optuna
-
+    from configaformer_search import outcome
+    from configaformer_search.driver.samplers import make_sampler
     from configaformer_search.space import load_space
-    from configaformer_search.study import default_storage, open_study, record
+    from configaformer_search.storage import StudyStore, default_storage, open_storage
 
     out = tmp_path / "run"
     out.mkdir()
     space = load_space(write_space(tmp_path, text))
-    study = open_study(space, default_storage(out), optuna.samplers.RandomSampler(seed=0))  # the same trials each time
+    store = StudyStore.open(open_storage(default_storage(out)), space.name, space.objectives,
+                            make_sampler(space, "random", 0, trials))  # the same trials each time
     for i in range(trials):
-        trial = study.ask()
+        trial, trial_id = store.ask()
         space.sample(trial)
-        metrics = {"status": "ok", "val_loss": 3 - i / 100 + (i % 5) / 20, "peak_mem_mb": 1 + i % 13, "latency_ms": 1 + i % 7,
-                   "config_key": str(i), "params": 1000 + i,
-                   "model_config": {"dim_model": 32, "vocab_size": 256, "layers": [{"type": "FFN"}]}}
+        record = outcome.measured(val_loss=3 - i / 100 + (i % 5) / 20, peak_mem_mb=1 + i % 13, latency_ms=1 + i % 7,
+                                  config_key=str(i), params=1000 + i,
+                                  model_config={"dim_model": 32, "vocab_size": 256, "layers": [{"type": "FFN"}]})
         if i % 9 == 4:
-            metrics = {"status": "failed", "reason": "nan_loss", "message": "training loss became nan", "config_key": str(i)}
-        record(study, trial, metrics)
+            record = outcome.failed("nan_loss", "training loss became nan", config_key=str(i))
+        store.record(trial, trial_id, record)
+    store.close()
     return out, space

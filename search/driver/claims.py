@@ -57,7 +57,7 @@ class Claims:
                 if self.store.claim(f"{PLACE}{index}", place.value()):
                     self.state.places[index] = place
                     return True
-            self.state.reread()  # others took them meanwhile: look again
+            self.state.reread_places()  # others took them meanwhile: look again
         return False
 
     def wait(self, number: int, rung: Optional[int]) -> None:

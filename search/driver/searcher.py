@@ -93,10 +93,9 @@ class Driver:
         self.store.fail_stale()
         ended, results = self.state.reread()
         self.promotions.learn(results)
-        for trial in ended:
-            for key, number in list(self.foreign.items()):
-                if number == trial.number:
-                    self._foreign_ended(key, number)
+        for key, number in list(self.foreign.items()):
+            if number in self.state.ended:
+                self._foreign_ended(key, number)
         self.claims.free(ended)
         for trial in ended:
             if trial.outcome.kind is INTERRUPTED and trial.user_attrs.get("rungs"):
@@ -148,7 +147,7 @@ class Driver:
         """Whether a trial that is not this driver's has not ended (another driver's, or a dead one's until it is
         failed as stale): the search ends with nothing left running."""
         mine = {s.number for s in self.mine()}
-        return any(number not in mine for number in self.state.open)
+        return any(number not in mine and number not in self.state.ended for number in self.state.open)
 
     # -- handing out configs -------------------------------------------------------------------------------------
 
@@ -190,7 +189,7 @@ class Driver:
         if promoted is not None:
             return promoted
         self._release_paused()
-        return WAIT if self._others_open() else DONE
+        return WAIT if self.parked or self._others_open() else DONE  # repeats here wait for other drivers' results
 
     def _ask(self) -> Optional[Suggestion]:
         """Draw and settle suggestions until one is new; None when the search should stop asking (stop_reason)."""

@@ -72,9 +72,13 @@ class StudyState:
             rung, _, config = key[len(RUNG):].partition(":")
             results.append(RungResult(int(rung), config, value["values"], value["penalty"]))
             self._rung_row = row_id
+        self.reread_places()
+        return trials, results
+
+    def reread_places(self) -> None:
+        """The budget's places as the study holds them now."""
         self.places = {int(key[len(PLACE):]): Place(int(key[len(PLACE):]), value["trial"], value.get("waiting"))
                        for _, key, value in self.store.claims(PLACE)}
-        return trials, results
 
     def learn(self, trial: StoredTrial) -> None:
         """Take an ended trial, read from the study, into account."""
