@@ -1,13 +1,23 @@
-"""Shared helpers for the benchmark scripts: device, timing, and printing a table."""
+"""Shared helpers for the benchmark scripts: device, timing, printing a table, and the JSON results file every
+benchmark writes (benchmarks/results/NAME-DEVICE.json: its figures, targets, date, machine, command and versions),
+from which the performance page is written."""
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import json
 import platform
 import statistics
+import sys
 import time
-from typing import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
 
 import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def device_name(device: torch.device) -> str:
@@ -33,8 +43,6 @@ def timed(step: Callable[[], None], device: torch.device, warmup: int, repeats: 
 
 def seconds(iso_time: str) -> float:
     """A trial's recorded wall-clock time (ISO 8601) as epoch seconds."""
-    import datetime
-
     return datetime.datetime.fromisoformat(iso_time).timestamp()
 
 
@@ -47,3 +55,44 @@ def print_table(rows: list[dict], columns: Sequence[str]) -> None:
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for row in rows:
         print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def add_json_argument(parser: argparse.ArgumentParser, name: str) -> None:
+    """--json PATH: where the figures go (default benchmarks/results/NAME-DEVICE.json)."""
+    parser.add_argument("--json", metavar="PATH", help=f"results file (default benchmarks/results/{name}-<device>.json)")
+
+
+def target(value: float, goal: float, at_least: bool = True) -> dict[str, Any]:
+    """A target's entry: the measured value, the goal, and whether it is met (value >= goal, or <= when not at_least)."""
+    return {"value": value, "goal": goal, "met": bool(value >= goal if at_least else value <= goal),
+            "rule": ">=" if at_least else "<="}
+
+
+def write_results(name: str, figures: dict[str, Any], targets: Optional[dict[str, dict]] = None,
+                  path: Optional[str] = None, device: Optional[torch.device] = None) -> Path:
+    """Write a benchmark's figures with what makes them reproducible; returns the file."""
+    device = device or torch.device("cpu")
+    slug = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device).lower().replace(" ", "-")
+    out = Path(path) if path else RESULTS / f"{name}-{slug}.json"
+    versions = {}
+    for package in ("torch", "optuna", "ray", "fvcore", "scikit-learn", "onnxruntime", "syne-tune", "psycopg"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    document = {"benchmark": name, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                "machine": f"{platform.node()}: {platform.machine()}, {_cores()} cores, {platform.system()} {platform.release()}",
+                "device": device_name(device), "cuda": torch.version.cuda if device.type == "cuda" else None,
+                "python": platform.python_version(), "versions": versions,
+                "targets": targets or {}, "figures": figures}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(document, indent=1, default=str) + "\n")
+    print(f"wrote {out}")
+    return out
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

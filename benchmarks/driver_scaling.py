@@ -1,140 +1,173 @@
-"""Does the search driver keep up with a cluster? Synthetic trial completions arrive at a cluster's rate and are
-handed to the real searcher (StudySearcher: ask, screen, claim, record, front upkeep) over a real SQLite study.
+"""Does the search driver keep up with a cluster? Synthetic trial reports arrive at a cluster's rate and are handed
+to the real driver (searcher.py: suggestions asked ahead, claims, promotions, recording, the front) over a real study,
+on SQLite or PostgreSQL, with the real heartbeat thread. Under successive halving every trial reports at each rung it
+reaches, and most wait at a rung while the search goes on, as they do on a cluster.
 
-Completions arrive in real time, one slot at a time: at each, the driver records the finished trial and hands the
-slot a new suggestion, which a thread has asked ahead (AskAhead) while the driver waited. For windows of trials
-ending at each checkpoint it prints the driver's own work per finished trial (recording, twins, progress, front
-upkeep: on_trial_complete), the thread's time per suggestion (sampler and screen), how long the freed slot waited
-for it, and the backlog: how many completions
-had arrived and were waiting when the driver got to this one. Then it times `front` and `trials` on the study.
+Reports arrive in real time, one slot at a time (the slot that has trained longest reports its next rung). At each,
+the driver records the rung (and, when the trial ends, its outcome) and hands a freed slot its next trial. At each
+checkpoint it prints, for the trials that ended since the last one: the driver's own work per ended trial (rung
+results, promotions, outcomes, twins, front upkeep), how long a freed slot waited, the thread's time per suggestion,
+the backlog (reports waiting when the driver got to this one), the trials waiting at rungs, and the time of one
+heartbeat of every running trial. Then it times `front` and `trials` on the study.
 
-    python benchmarks/driver_scaling.py --space spaces/gpt2.yaml --trials 3000 --rate 8.5
+    python benchmarks/driver_scaling.py --scheduler asha --trials 3000 --rate 8.5
+    python benchmarks/driver_scaling.py --storage postgresql+psycopg://user@host/db --drivers 2
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
-import json
+import multiprocessing
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
+from typing import Any
 
-import optuna
-from optuna.trial import TrialState
-
-from configaformer_search.front import front_trials
-from configaformer_search.orchestrate import AskAhead, Drawing, StudySearcher, tune_result, wall_clock
-from configaformer_search.progress import Progress
-from configaformer_search.records import study_trials
-from configaformer_search.space import load_space
-from configaformer_search.study import make_sampler, open_storage, open_study
+sys.path.insert(0, str(Path(__file__).parent))
+from common import add_json_argument, target, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+DRIVER_MS_GOAL = 20.0  # the driver's own work per ended trial, at 3,000 trials
 
 
-def synthetic_metrics(objectives: dict[str, str], params: dict, key: str) -> dict:
-    """A record like a real trial's (every field a finished trial reports), with deterministic values for every
-    objective of the space: val_loss falls with the model's size and the other objectives rise with it, each with
-    its own scatter, so that the front is a trade-off of some hundreds of trials rather than one winner."""
-    digest = int(hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8], 16)
-    width, depth = params.get("width", 64), params.get("depth", 1)
-    size = width * depth / 1000
-    values = {name: size * (1 + i) + (digest % (89 + 8 * i)) / 100 for i, name in enumerate(objectives)}
-    if "val_loss" in values:
-        values["val_loss"] = 2.6 - size / 5 + (digest % 1000) / 5000
-    model_config = {"dim_model": width, "position": params.get("position"), "norm_type": params.get("norm"),
-                    "layers": [{"type": "Attention", "heads": params.get("heads")},
-                               {"type": "FFN", "ff_mult": params.get("ff_mult"), "activation": params.get("activation")}] * depth}
-    return {"status": "ok", **values, "config_key": key, "model_config": model_config,
-            "train": {"tokens": 196608, "batch_size": 16, "seq_len": params.get("seq_len", 64), "lr": params.get("lr", 1e-3),
-                      "warmup": 0.1, "min_lr": 0.1, "weight_decay": 0.1, "grad_clip": 1.0, "seed": 0, "eval_tokens": 32768},
-            "timings": {"data_s": 0.68, "build_s": 1.45, "train_s": 13.17, "probe_s": 0.6},
-            "constraints": {"params<=": size - 200.0}, "params": int(size * 1e6), "nonemb_params": int(size * 9e5),
-            "flops": int(size * 6e7), "train_loss": values.get("val_loss", 2.5) + 0.1, "val_bpb": 3.47, "steps": 192,
-            "train_tok_s": 15893.7, "tokens_spent": 196608, "latency_ms": size, "latency_cv": 0.088,
-            "latency_noisy": False, "latency_rounds": 1, "peak_mem_mb": size * 40, "peak_mem_source": "estimated",
-            "val_set": "60ad8c50a971e265:512x64", "device": "cpu", "node": "49674bad9cca",
-            "started_at": wall_clock(), "ended_at": wall_clock()}
+def replay(args: argparse.Namespace, url: str, seed: int, trials: int, out: Any) -> None:
+    """One driver's replay at args.rate / args.drivers reports a second; its figures are put on `out`."""
+    from configaformer_search.driver.asking import AskAhead, Drawing
+    from configaformer_search.driver.samplers import make_sampler
+    from configaformer_search.driver.searcher import Driver
+    from configaformer_search.driver.synthetic import synthetic_record
+    from configaformer_search.progress import Progress
+    from configaformer_search.space import load_space
+    from configaformer_search.storage import Heartbeat, StudyStore, open_storage
+
+    space = load_space(args.space)
+    if args.scheduler == "fifo":
+        space.search["scheduler"], space.search["min_tokens"] = "fifo", None
+    store = StudyStore.open(open_storage(url), space.name, space.objectives, make_sampler(space, args.sampler, seed, trials),
+                            space.distributions())
+    driver = Driver(space, store, 256, trials, Progress(trials, 0, list(space.objectives), 0))
+    rate = args.rate / args.drivers
+    checkpoints = sorted(int(c) for c in args.checkpoints.split(",") if int(c) <= trials)
+    own, waits, ended_at, lateness, asking, beats = [], [], [], [], [], []
+    busy: deque[tuple[str, dict, int]] = deque()  # (slot, config, rung it reports next), oldest first
+    slot_ids = iter(range(10**9))
+    rows = []
+
+    def fill() -> None:
+        """Hand every free slot a trial: a slot waits for a suggestion asked ahead, but not for trials to end (when
+        the budget is spoken for, the next report may free one); with nothing in training, it waits for other
+        drivers' trials until the search is done."""
+        while len(busy) < args.slots:
+            slot = f"s{next(slot_ids)}"
+            began = time.perf_counter()
+            while True:
+                answer = driver.next(slot)
+                if isinstance(answer, dict) or answer == "done":
+                    break
+                if busy and not driver.asking_ahead or busy and not driver._room():
+                    return
+                time.sleep(0.001)
+            if answer == "done":
+                return
+            waits.append(time.perf_counter() - began)
+            busy.append((slot, answer, driver.live[slot].rung or 0))
+
+    drawing = Drawing(args.draw_processes, url, args.sampler, seed + 1)
+    with Heartbeat(store, driver.alive_ids), AskAhead(driver, args.ahead, drawing):
+        fill()
+        start, event = time.perf_counter(), 0
+        while busy:
+            event += 1
+            arrival = start + event / rate  # the cluster delivers the next report now
+            time.sleep(max(0.0, arrival - time.perf_counter()))
+            lateness.append(time.perf_counter() - arrival)
+            slot, config, rung = busy.popleft()
+            record = synthetic_record(driver, config["params"], config["key"], rung)
+            began = time.perf_counter()
+            goes_on = driver.reached_rung(slot, record) if driver.last_rung else True
+            if goes_on and rung < driver.last_rung:
+                own.append(time.perf_counter() - began)
+                busy.append((slot, config, rung + 1))
+                continue
+            driver.ended(slot, record)
+            own.append(time.perf_counter() - began)
+            ended_at.append(len(own))
+            asking.append(driver.ahead_seconds)
+            fill()
+            done = driver.state.measured + len(driver.paused)  # ended, or waiting at a rung
+            if checkpoints and done >= checkpoints[0]:
+                checkpoint = checkpoints.pop(0)
+                window = slice(max(0, len(ended_at) - args.window), len(ended_at))
+                first = ended_at[window.start - 1] if window.start else 0
+                driver_ms = sum(own[first:ended_at[-1]]) / (window.stop - window.start) * 1e3
+                began = time.perf_counter()
+                store.heartbeat(driver.alive_ids())
+                beat = time.perf_counter() - began
+                rows.append({"trials": checkpoint, "driver_ms_per_trial": driver_ms,
+                             "slot_wait_ms": statistics.mean(waits[-args.window:]) * 1e3,
+                             "ask_ms": (asking[-1] - asking[window.start]) / max(1, window.stop - window.start) * 1e3,
+                             "backlog": lateness[-1] * rate, "waiting_at_rungs": len(driver.paused),
+                             "heartbeat_ms": beat * 1e3, "alive": len(driver.alive_ids())})
+                print(f"[driver {seed}] " + "  ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+                                                      for k, v in rows[-1].items()), flush=True)
+    out.put({"seed": seed, "rows": rows, "measured": driver.state.measured, "front": len(driver.state.front)})
+    store.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default=str(ROOT / "spaces" / "gpt2.yaml"))
+    parser.add_argument("--scheduler", choices=("fifo", "asha"), default="asha")
     parser.add_argument("--trials", type=int, default=3000)
-    parser.add_argument("--rate", type=float, default=8.5, help="completions a second the cluster delivers")
+    parser.add_argument("--rate", type=float, default=8.5, help="rung reports a second the cluster delivers")
+    parser.add_argument("--slots", type=int, default=64, help="trials in training at once")
     parser.add_argument("--checkpoints", default="100,1000,3000")
     parser.add_argument("--window", type=int, default=50, help="trials averaged at each checkpoint")
     parser.add_argument("--sampler", default="tpe", choices=("tpe", "nsga2", "random"))
-    parser.add_argument("--ahead", type=int, default=4, help="suggestions kept ready by the threads asking ahead (0: none)")
-    parser.add_argument("--draw-processes", type=int, default=0,
-                        help="processes that draw suggestions (search.draw_processes; 0: a thread of the driver)")
+    parser.add_argument("--ahead", type=int, default=4, help="suggestions kept ready by the threads asking ahead")
+    parser.add_argument("--draw-processes", type=int, default=0, help="processes that draw suggestions (0: a thread)")
+    parser.add_argument("--storage", help="the study's URL (default a SQLite file in a temporary folder)")
+    parser.add_argument("--drivers", type=int, default=1, help="drivers sharing the study, each its own process")
+    add_json_argument(parser, "driver_scaling")
     args = parser.parse_args()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    space = load_space(args.space)
-    space.search["trials"] = args.trials
     folder = Path(tempfile.mkdtemp(prefix="driver-scaling-"))
-    url = f"sqlite:///{folder / 'study.db'}"
-    study = open_study(space, open_storage(url, writer=True))
-    study.sampler = make_sampler(space, args.sampler, 0, args.trials)
-    searcher = StudySearcher(space, study, 256, args.trials, Progress(args.trials, 0, list(space.objectives), 0))
+    url = args.storage or f"sqlite:///{folder / 'study.db'}"
+    print(f"{Path(args.space).name}, {args.scheduler}, {args.sampler}, {args.trials} trials, {args.drivers} driver(s), "
+          f"{args.rate:g} reports/s, {args.slots} slots; study {url.split('@')[-1]}", flush=True)
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    processes = [context.Process(target=replay, args=(args, url, seed, args.trials, results)) for seed in range(args.drivers)]
+    for process in processes:
+        process.start()
+    outcomes = [results.get() for _ in processes]
+    for process in processes:
+        process.join()
 
-    checkpoints = sorted(int(c) for c in args.checkpoints.split(","))
-    own, waits, lateness, asking = [], [], [], []
-    print(f"space {space.name}, sampler {args.sampler}, {args.trials} trials arriving at {args.rate:g}/s in real time, "
-          f"{args.ahead} suggestions asked ahead " + (f"by {args.draw_processes} drawing processes" if args.draw_processes
-                                                     else "by a thread") + f"; study {url}")
-    print(f"{'trials':>7} {'driver ms/trial':>16} {'ask ms':>7} {'slot wait ms':>13} {'backlog':>8} {'free asks':>10}")
+    from configaformer_search.review import read_review
 
-    def next_config(trial_id: str) -> dict:
-        """The next suggestion for a freed slot, however long the slot waits for it."""
-        while True:
-            config = searcher.suggest(trial_id)
-            if isinstance(config, dict):
-                return config
-            if config == "FINISHED" or searcher.stop_reason:
-                raise SystemExit(f"the searcher stopped: {searcher.stop_reason or config}")
-            time.sleep(0.001)
-
-    drawing = Drawing(args.draw_processes, url, args.sampler, 1)
-    with AskAhead(searcher, args.ahead, drawing) if args.ahead else contextlib.nullcontext():
-        config = next_config("t0")
-        start = time.perf_counter()
-        for done in range(1, args.trials + 1):
-            arrival = start + done / args.rate  # the cluster finishes the trial in this slot now
-            time.sleep(max(0.0, arrival - time.perf_counter()))
-            lateness.append(time.perf_counter() - arrival)
-            trial_id = f"t{done - 1}"
-            result = tune_result(synthetic_metrics(space.objectives, config["params"], searcher.live[trial_id].key))
+    review = read_review(url)
+    counted = [t for t in review.trials if t.measured]
+    figures = {"drivers": outcomes, "measured": len(counted), "front": len(review.front), "study_trials": len(review.trials)}
+    print(f"study: {len(review.trials)} trials, {len(counted)} measured, {len(review.front)} on the front")
+    if args.storage is None:
+        for command in ("front", "trials"):
             began = time.perf_counter()
-            searcher.on_trial_complete(trial_id, result)
-            own.append(time.perf_counter() - began)
-            asking.append(searcher.ahead_seconds)
-            if done < args.trials:
-                began = time.perf_counter()
-                config = next_config(f"t{done}")
-                waits.append(time.perf_counter() - began)
-            if done in checkpoints:
-                window = slice(max(0, done - args.window), done)
-                free = len(study.get_trials(deepcopy=False)) - done
-                ask = (asking[-1] - asking[window.start]) / (done - 1 - window.start)  # the thread asks about once a trial
-                print(f"{done:>7} {statistics.mean(own[window]) * 1e3:>16.2f} {ask * 1e3:>7.0f} {statistics.mean(waits[window]) * 1e3:>13.1f} "
-                      f"{lateness[-1] * args.rate:>8.1f} {free:>10}", flush=True)
-    done = args.trials
-    complete = study_trials(study, (TrialState.COMPLETE,))
-    print(f"study: {done} trials, {len(complete)} complete, {len(front_trials(study, complete))} on the front")
-
-    for command in ("front", "trials"):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "configaformer_search.cli", command, str(folder)],
-                       stdout=subprocess.DEVNULL, check=True)
-        print(f"configaformer-search {command} at {done} trials: {time.perf_counter() - start:.2f} s")
-    print(f"study file: {(folder / 'study.db').stat().st_size / 2**20:.1f} MiB")
+            subprocess.run([sys.executable, "-m", "configaformer_search.cli", command, str(folder)], stdout=subprocess.DEVNULL,
+                           check=True)
+            figures[f"{command}_s"] = time.perf_counter() - began
+            print(f"configaformer-search {command} at {len(review.trials)} trials: {figures[f'{command}_s']:.2f} s")
+        figures["study_mib"] = (folder / "study.db").stat().st_size / 2**20
+    last = [o["rows"][-1] for o in outcomes if o["rows"]]
+    targets = {"driver_ms_per_trial": target(max(r["driver_ms_per_trial"] for r in last), DRIVER_MS_GOAL, at_least=False),
+               "backlog": target(max(r["backlog"] for r in last), 1.0, at_least=False),
+               "measured_exactly": target(len(counted), args.trials, at_least=True)} if last else {}
+    write_results(f"driver_scaling-{args.scheduler}-{'postgresql' if args.storage else 'sqlite'}-{args.drivers}d",
+                  figures, targets, args.json)
 
 
 if __name__ == "__main__":
