@@ -66,7 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     result = search(args.space, trials=args.trials, tokens=args.tokens, out=args.out, storage=args.storage, address=args.address,
                     gpus_per_trial=args.gpus_per_trial, concurrency=args.concurrency, sampler=args.sampler,
-                    seed=args.seed, fresh=args.fresh, verbosity=0 if args.quiet else 1 + args.verbose)  # SearchOptions
+                    seed=args.seed, fresh=args.fresh, verbosity=0 if args.quiet else 1 + args.verbose,
+                    storage_patience=args.storage_patience)
     if not args.quiet:
         _print_summary(result)
     if result.stopped_by is not None:
@@ -272,7 +273,10 @@ def _parser() -> argparse.ArgumentParser:
                                                   "training tokens (e.g. 2.4e6): a compute budget")
     run.add_argument("--out", help="run folder (default runs/<space name>)")
     run.add_argument("--address", help="join this Ray cluster (e.g. auto, or ray://head:10001) instead of a local Ray")
-    run.add_argument("--storage", help="Optuna storage URL (default sqlite:///<out>/study.db)")
+    run.add_argument("--storage", help="Optuna storage URL, e.g. postgresql+psycopg://user@host/db (default "
+                                       "sqlite:///<out>/study.db); keep passwords out of it (docs/clusters.md)")
+    run.add_argument("--storage-patience", type=float, default=180.0, metavar="SECONDS",
+                     help="how long a running search waits for a database server that went away (default 180)")
     run.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 packs four on a GPU")
     run.add_argument("--concurrency", type=int, help="trials at a time (default: what the cluster fits)")
     run.add_argument("--sampler", choices=("tpe", "nsga2", "random"), help="Optuna sampler (default: the space's)")

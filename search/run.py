@@ -13,6 +13,7 @@ import dataclasses
 import fcntl
 import shutil
 import signal
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class SearchOptions:
     seed: Optional[int] = None
     fresh: bool = False  # delete the space's study and outputs first
     verbosity: int = 1  # 0 quiet, 1 a line per trial, 2 also params and free suggestions
+    storage_patience: float = 180.0  # seconds a running search waits for a database server that went away
 
     def check(self) -> None:
         """Refuse bad values by name, before anything is written."""
@@ -60,6 +62,8 @@ class SearchOptions:
             raise UsageError(f"--gpus-per-trial: expected a fraction such as 0.25 or a count, got {self.gpus_per_trial}")
         if self.concurrency is not None and self.concurrency < 1:
             raise UsageError(f"--concurrency: expected a positive count, got {self.concurrency}")
+        if not self.storage_patience >= 0:
+            raise UsageError(f"--storage-patience: expected seconds >= 0, got {self.storage_patience}")
 
 
 @dataclass
@@ -151,8 +155,10 @@ def _search(space: SearchSpace, store: Any, vocab_size: int, out_dir: Path, budg
     from .driver.tune import search_on_ray
     from .progress import Progress
     from .storage import Heartbeat
+    from .storage.patience import Patience
 
     say = print if options.verbosity > 0 else (lambda *a, **k: None)
+    store.patience = Patience(options.storage_patience, lambda text: print(text, file=sys.stderr, flush=True), store.url)
     seed = space.search["seed"] if options.seed is None else options.seed
     sampler = options.sampler or space.search["sampler"]
     # A resumed search must not replay the first session's random draws: the seed moves with the trial count.

@@ -142,10 +142,15 @@ def stale_trial_ids(query: Query, dialect: str, study_id: int, grace_seconds: fl
 # -- claims: study system attributes that exactly one driver can create ------------------------------------------
 
 def claim(execute: Execute, study_id: int, key: str, value: Any) -> bool:
-    """Create the study system attribute `key` holding `value`, if no one has: True for the one caller that did."""
+    """Create the study system attribute `key` holding `value`, if no one has: True for the one caller that did (and
+    for that caller again, should it retry after losing the connection to its own commit)."""
+    arguments = {"study": study_id, "key": key, "value": _json(value)}
     result = execute("INSERT INTO study_system_attributes (study_id, key, value_json) VALUES (:study, :key, :value) "
-                     "ON CONFLICT (study_id, key) DO NOTHING", {"study": study_id, "key": key, "value": _json(value)})
-    return result.rowcount == 1
+                     "ON CONFLICT (study_id, key) DO NOTHING", arguments)
+    if result.rowcount == 1:
+        return True
+    held = execute("SELECT value_json FROM study_system_attributes WHERE study_id = :study AND key = :key", arguments).fetchall()
+    return bool(held) and held[0][0] == arguments["value"]
 
 
 def update_claim(execute: Execute, study_id: int, key: str, before: Any, after: Any) -> bool:

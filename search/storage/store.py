@@ -12,13 +12,14 @@ import math
 import threading
 import time
 import warnings
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import optuna
 
 from ..errors import SpaceError
 from ..outcome import WITHDRAWN, Outcome, failed, outcome_of
 from . import sql
+from .patience import Patience
 from .records import StoredTrial
 from .urls import redacted
 
@@ -88,6 +89,7 @@ class StudyStore:
         self.name = study.study_name
         self.metric_names = list(study.metric_names or [])
         self.directions = [d.name.lower() for d in study.directions]
+        self.patience = Patience()  # how long calls wait for an unreachable server (a search sets its own)
 
     @classmethod
     def open(cls, storage: optuna.storages.RDBStorage, name: str, objectives: Mapping[str, str],
@@ -137,8 +139,11 @@ class StudyStore:
     def _query(self, text: str, arguments: dict[str, Any]) -> list:
         import sqlalchemy
 
-        with self.storage.engine.connect() as connection:
-            return connection.execute(sqlalchemy.text(text), arguments).fetchall()
+        def query() -> list:
+            with self.storage.engine.connect() as connection:
+                return connection.execute(sqlalchemy.text(text), arguments).fetchall()
+
+        return self.patience.call(query)
 
     def trials(self, first: int = 0, states: Optional[Sequence[str]] = None,
                numbers: Optional[Sequence[int]] = None) -> list[StoredTrial]:
@@ -157,17 +162,20 @@ class StudyStore:
 
     # -- writes --------------------------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sql.Execute]:
+    def _transaction(self, work: Callable[[sql.Execute], Any]) -> Any:
+        """`work(execute)` in one transaction (tried whole again while the server is unreachable)."""
         import sqlalchemy
 
-        with self.storage.engine.begin() as connection:
-            yield lambda text, arguments: connection.execute(sqlalchemy.text(text), arguments)
+        def transaction() -> Any:
+            with self.storage.engine.begin() as connection:
+                return work(lambda text, arguments: connection.execute(sqlalchemy.text(text), arguments))
+
+        return self.patience.call(transaction)
 
     def ask(self) -> tuple[optuna.Trial, int]:
         """A new trial (the sampler's next, or an enqueued one) and its storage id, given a heartbeat at once, so
         that a driver that dies before it settles the trial leaves it to be failed as stale."""
-        trial = self.study.ask()
+        trial = self.patience.call(self.study.ask)
         trial_id = sql.trial_id(self._query, self.study_id, trial.number)
         self.heartbeat([trial_id])
         return trial, trial_id
@@ -178,8 +186,8 @@ class StudyStore:
 
     def write(self, trial_id: int, attrs: Mapping[str, Any]) -> bool:
         """A running trial's user attributes, in one transaction; False when it had finished."""
-        with self._transaction() as execute:
-            return sql.write_trial_attrs(execute, trial_id, {k: _storable(v) for k, v in attrs.items()})
+        attrs = {k: _storable(v) for k, v in attrs.items()}
+        return self._transaction(lambda execute: sql.write_trial_attrs(execute, trial_id, attrs))
 
     def record(self, trial: optuna.Trial, trial_id: int, record: Mapping[str, Any]) -> Outcome:
         """Store a trial's record as user attributes, its constraint values, and tell the study its outcome (the
@@ -192,11 +200,19 @@ class StudyStore:
         if outcome.kind.front and not finite:
             attrs = failed("bad_metric", f"objective values {values} are not all finite numbers", **attrs)
             outcome = outcome_of(attrs)
-        self.write(trial_id, attrs)
-        for key, value in (record.get("constraints") or {}).items():
-            trial.set_constraint(key, float(value))
+        if not self.write(trial_id, attrs):
+            return outcome  # ended already: recorded before a connection was lost, or failed as stale meanwhile
         state = optuna.trial.TrialState[outcome.state]
-        self.study.tell(trial, [float(v) for v in values] if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+
+        def tell() -> None:
+            with warnings.catch_warnings():  # a constraint set before a lost connection is kept as it was
+                warnings.simplefilter("ignore")
+                for key, value in (record.get("constraints") or {}).items():
+                    trial.set_constraint(key, float(value))
+            self.study.tell(trial, [float(v) for v in values] if state == optuna.trial.TrialState.COMPLETE else None,
+                            state=state, skip_if_finished=True)
+
+        self.patience.call(tell)
         return outcome
 
     def withdraw(self, trial: optuna.Trial, trial_id: int, message: str, **attrs: Any) -> None:
@@ -205,11 +221,11 @@ class StudyStore:
 
     def enqueue(self, params: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
         """A trial of these params asked before any new one (Optuna's queue), carrying `attrs`."""
-        self.study.enqueue_trial(dict(params), user_attrs=dict(attrs), skip_if_exists=False)
+        self.patience.call(lambda: self.study.enqueue_trial(dict(params), user_attrs=dict(attrs), skip_if_exists=False))
 
     def set_study_attrs(self, **attrs: Any) -> None:
         for key, value in attrs.items():
-            self.study.set_user_attr(key, value)
+            self.patience.call(lambda: self.study.set_user_attr(key, value))
 
     def interrupt(self, trials: Sequence[tuple[optuna.Trial, int]]) -> None:
         """Trials this driver stops (Ctrl-C, SIGTERM) before they end: failed as interrupted, owed again."""
@@ -228,16 +244,19 @@ class StudyStore:
 
     def heartbeat(self, trial_ids: Sequence[int]) -> None:
         """Record that these trials are alive (one statement for all)."""
-        with self._transaction() as execute:
-            sql.record_heartbeats(execute, list(trial_ids))
+        ids = list(trial_ids)
+        self._transaction(lambda execute: sql.record_heartbeats(execute, ids))
 
     def fail_stale(self) -> list[int]:
         """Running trials whose heartbeat stopped (their driver died) failed, as Optuna's fail_stale_trials does;
-        returns their storage ids. One query when none is stale, which is nearly always."""
+        returns their storage ids. One query when none is stale, which is nearly always. Just after the server came
+        back from an outage no heartbeat is fresh: the other drivers get a grace period to beat again first."""
+        if time.monotonic() - self.patience.recovered_at < GRACE_S:
+            return []
         failed_ids = []
         for trial_id in sql.stale_trial_ids(self._query, self.dialect, self.study_id, GRACE_S):
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                if self.storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL):
+                if self.patience.call(lambda: self.storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)):
                     failed_ids.append(trial_id)
         return failed_ids
 
@@ -245,18 +264,16 @@ class StudyStore:
 
     def claim(self, key: str, value: Any) -> bool:
         """Take the claim `key` (holding `value`) if no one holds it: True for exactly one of several drivers."""
-        with self._transaction() as execute:
-            return sql.claim(execute, self.study_id, key, value)
+        return self._transaction(lambda execute: sql.claim(execute, self.study_id, key, value))
 
     def update_claim(self, key: str, before: Any, after: Any) -> bool:
         """Change a claim's value, if it still holds `before`."""
-        with self._transaction() as execute:
-            return sql.update_claim(execute, self.study_id, key, before, after)
+        return self._transaction(lambda execute: sql.update_claim(execute, self.study_id, key, before, after))
 
     def release(self, claims: Sequence[tuple[str, Any]]) -> None:
         """Delete these (key, value) claims, each only if it still holds that value."""
-        with self._transaction() as execute:
-            sql.release(execute, self.study_id, list(claims))
+        pairs = list(claims)
+        self._transaction(lambda execute: sql.release(execute, self.study_id, pairs))
 
     def close(self) -> None:
         close_storage(self.storage)
