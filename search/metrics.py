@@ -42,6 +42,12 @@ def timed(name: str, description: str, probe: str) -> tuple[Metric, ...]:
 METRICS = {m.name: m for m in (
     Metric("val_loss", "nats/token", "cross-entropy on the space's validation windows after the training budget", TRAINING,
            seeded=True),
+    Metric("val_loss_at_target", "nats/token", "val_loss at train.target_tokens: measured where the config reached it, "
+                                               "else predicted from the study's measurements (its sd beside it)", "predictor"),
+    Metric("target_measured", "", "whether val_loss_at_target was measured at the target rather than predicted",
+           "predictor", key=True),
+    Metric("target_reach", "", "the target as a multiple of the longest budget the config was measured at",
+           "predictor", key=True),
     Metric("val_bpb", "bits/byte", "val_loss in bits per byte, on byte corpora", TRAINING, key=True, seeded=True),
     Metric("train_loss", "nats/token", "the last training batch's loss", TRAINING, seeded=True),
     Metric("train_tok_s", "tokens/s", "training throughput", TRAINING),

@@ -45,6 +45,8 @@ KINDS = _kinds(
     Kind("measured", COMPLETE, counts=True, owed=False, settles=True, description="trained the full budget and measured"),
     Kind("stopped", PRUNED, counts=True, owed=False, settles=True,
          description="stopped at a rung by successive halving: measured there, not at the full budget"),
+    Kind("predicted", COMPLETE, counts=True, owed=False, settles=True,
+         description="stopped at a rung short of the ladder's top; its loss at the target is predicted"),
     Kind("oom", FAIL, counts=True, owed=False, settles=True, description="ran out of memory"),
     Kind("nan_loss", FAIL, counts=True, owed=False, settles=True, description="its loss became NaN or infinite"),
     Kind("diverged", FAIL, counts=True, owed=False, settles=True,
@@ -66,9 +68,9 @@ KINDS = _kinds(
     Kind("withdrawn", FAIL, counts=False, owed=False, settles=False,
          description="asked, but not needed: the budget was taken by then"),
 )
-MEASURED, STOPPED, INTERRUPTED = KINDS["measured"], KINDS["stopped"], KINDS["interrupted"]
-WORKER_DIED, WITHDRAWN, ERROR = KINDS["worker_died"], KINDS["withdrawn"], KINDS["error"]
-STATUS = {MEASURED.name: "ok", STOPPED.name: "stopped"}  # how a kind is stored; every other kind is 'failed'
+MEASURED, STOPPED, PREDICTED = KINDS["measured"], KINDS["stopped"], KINDS["predicted"]
+INTERRUPTED, WORKER_DIED, WITHDRAWN, ERROR = KINDS["interrupted"], KINDS["worker_died"], KINDS["withdrawn"], KINDS["error"]
+STATUS = {MEASURED.name: "ok", STOPPED.name: "stopped", PREDICTED.name: "predicted"}  # every other kind is 'failed'
 
 
 @dataclass(frozen=True)
@@ -110,13 +112,16 @@ def outcome_of(attrs: Mapping[str, Any]) -> Outcome:
         kind = MEASURED
     elif status == STATUS[STOPPED.name]:
         kind = STOPPED
+    elif status == STATUS[PREDICTED.name]:
+        kind = PREDICTED
     else:
         kind = KINDS.get(attrs.get("reason"), ERROR)
     return Outcome(kind, attrs.get("reused_from"))
 
 
 def is_stopped(attrs: Mapping[str, Any]) -> bool:
-    return attrs.get("status") == STATUS[STOPPED.name]
+    """Stopped at a rung short of the full budget (and, with a target, predicted from there)."""
+    return attrs.get("status") in (STATUS[STOPPED.name], STATUS[PREDICTED.name])
 
 
 def is_measured(attrs: Mapping[str, Any]) -> bool:
@@ -129,12 +134,17 @@ def measured(**metrics: Any) -> dict[str, Any]:
     return {"status": STATUS[MEASURED.name], **metrics}
 
 
-def stopped(message: str, **metrics: Any) -> dict[str, Any]:
+def stopped(message: str, /, **metrics: Any) -> dict[str, Any]:
     """The record of a trial that successive halving stopped at a rung."""
     return {**metrics, "status": STATUS[STOPPED.name], "message": message}
 
 
-def failed(kind: str | Kind, message: str, **metrics: Any) -> dict[str, Any]:
+def predicted(message: str, /, **metrics: Any) -> dict[str, Any]:
+    """The record of a trial stopped at a rung whose loss at the target budget is predicted (on the front)."""
+    return {**metrics, "status": STATUS[PREDICTED.name], "message": message}
+
+
+def failed(kind: str | Kind, message: str, /, **metrics: Any) -> dict[str, Any]:
     """The record of a trial that ended without a measurement, for a reason declared in KINDS."""
     name = kind.name if isinstance(kind, Kind) else kind
     if name not in KINDS or name in STATUS:
@@ -154,5 +164,7 @@ def reason(attrs: Mapping[str, Any]) -> str:
         return f"same config as #{attrs['reused_from']}"
     if is_stopped(attrs):
         return f"stopped at rung {attrs.get('rung')}"
+    if attrs.get("status") == STATUS[PREDICTED.name]:
+        return f"predicted from rung {attrs.get('rung')}"
     kind = outcome_of(attrs).kind
     return "" if kind is MEASURED else kind.name

@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Any, Mapping, Sequence
 
 from .metrics import NOTE_METRICS, SD_SUFFIX, with_sd
-from .outcome import MEASURED, STOPPED, outcome_of
+from .outcome import MEASURED, PREDICTED, STOPPED, outcome_of
 
 
 def plural(count: int, noun: str) -> str:
@@ -55,7 +55,7 @@ class Progress:
             return
         self.done += 1
         kind = outcome_of(metrics).kind
-        if kind is STOPPED:
+        if kind in (STOPPED, PREDICTED):
             self.stopped += 1
         elif kind is not MEASURED:
             self.failures[kind.name] += 1
@@ -78,8 +78,9 @@ class Progress:
         self.at_rung[rung] += 1
         verdict = "goes on" if goes_on else "waits"
         self.say(f"[{'r' + str(rung):>{len(str(self.total))}}/{self.total}] #{number:<3} rung {rung} at "
-                 f"{result['tokens_trained']:,} tokens: " + "  ".join(f"{name} {result[name]:.4g}" for name in self.objectives
-                                                                         if name in result) + f"  -> {verdict}")
+                 f"{result['tokens_trained']:,} tokens: " + "  ".join(
+                     f"{name} {with_sd(result[name], result.get(name + SD_SUFFIX))}" for name in self.objectives
+                     if name in result) + f"  -> {verdict}")
 
     def promoted(self, number: int, rung: int) -> None:
         """A trial waiting at a rung now ranks well enough there to go on."""
@@ -106,8 +107,9 @@ class Progress:
 def _outcome(metrics: Mapping[str, Any], objectives: Sequence[str]) -> str:
     """'ok   val_loss 2.3  latency_ms 1.1', 'stop val_loss 2.9 ... (stopped at rung 0 ...)' or 'FAIL reason: message'."""
     kind = outcome_of(metrics).kind
-    if kind is STOPPED:
-        return "stop " + "  ".join(f"{name} {metrics[name]:.4g}" for name in objectives if name in metrics) + \
+    if kind in (STOPPED, PREDICTED):
+        return ("stop " if kind is STOPPED else "pred ") + "  ".join(
+            f"{name} {with_sd(metrics[name], metrics.get(name + SD_SUFFIX))}" for name in objectives if name in metrics) + \
             f"  ({metrics.get('message', 'stopped at a rung')})"
     if kind is MEASURED:
         outcome = "ok   " + "  ".join(f"{name} {with_sd(metrics[name], metrics.get(name + SD_SUFFIX))}"

@@ -5,6 +5,7 @@ and the trials and front as tables."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import json
@@ -23,9 +24,10 @@ from .pareto import ParetoFront, hypervolume, minimised
 from .progress import plural
 from .storage import StoredTrial, StudyView, read_study
 
-PACKAGES = ("configaformer", "torch", "optuna", "ray", "fvcore", "plotly")
+PACKAGES = ("configaformer", "torch", "optuna", "ray", "fvcore", "plotly", "scikit-learn")
+TARGET = "val_loss_at_target"  # a search with train.target_tokens ranks by it
 # User attributes that hold structures rather than scalars (kept as JSON-able values, left out of tables).
-STRUCTURED_ATTRS = ("model_config", "train", "timings", "constraints", "rungs", "seed_results", "promoted")
+STRUCTURED_ATTRS = ("model_config", "train", "timings", "constraints", "rungs", "seed_results", "promoted", "curve", "at")
 TRIAL_NOTES = ("reason", "message", "violations", "reused_from", *NOTE_METRICS)
 
 
@@ -140,12 +142,42 @@ class Review:
                  + (f", {len(failed)} failed ({tally(failed)})" if failed else "")
                  + (f"; {len(free)} refused before training or owed again ({tally(free)})" if free else "")
                  + (f"; {plural(reused, 'repeat')} of a settled config reused its result" if reused else "")]
+        lines += self.ladder_lines()
         if self.front:
             lines.append(f"Pareto front ({plural(len(self.front), 'trial')}):")
         elif complete:
             lines.append(f"Pareto front: empty, every complete trial breaks a constraint (see `configaformer-search "
                          f"trials {out_dir}`)")
         return lines
+
+    def ladder_lines(self) -> list[str]:
+        """The tokens spent at each rung, and, with a target, what the predictor of the loss there is worth."""
+        lines = []
+        if self.rungs:
+            spent = sum(t.metrics.get("tokens_spent") or 0 for t in self.measured)
+            lines.append("rungs: " + ", ".join(f"{r.tokens:,} tokens ({plural(r.reached, 'config')})" for r in self.rungs)
+                         + f"; {spent:,} training tokens in all")
+        predictor = self.study.user_attrs.get("predictor")
+        if not predictor or not predictor.get("fitted"):
+            return lines
+        target, longest = predictor["target_tokens"], predictor["longest_tokens"]
+        measured = sum(bool(t.metrics.get("target_measured")) for t in self.measured)
+        lines.append(f"{TARGET}: the loss at {target:,} tokens, measured for {measured} and predicted for "
+                     f"{len(self.front_candidates()) - measured} configs"
+                     + (f"; predicted {target / longest:.0f}x past the longest measurement ({longest:,} tokens)"
+                        if target > longest else ""))
+        if predictor.get("checked_configs", 0) >= 3 and predictor.get("spearman") == predictor.get("spearman"):
+            lines.append(f"the predictor, checked on {predictor['checked_configs']} configs left out one at a time at "
+                         f"{predictor['checked_at_tokens']:,} tokens: Spearman {predictor['spearman']:.2f}; its 90% intervals "
+                         f"held {predictor['coverage']:.0%} of them (widened {predictor['interval_scale']:.1f}x)")
+        else:
+            lines.append(f"the predictor is unchecked: {predictor.get('checked_configs', 0)} configs were measured past the "
+                         f"brief budget, at least 3 at one budget are needed to check it")
+        return lines
+
+    def front_candidates(self) -> list[TrialRow]:
+        """The trials that may be on the front: complete and feasible."""
+        return [t for t in self.complete if t.feasible]
 
     # -- choosing a winner ---------------------------------------------------------------------------------------
 
@@ -217,8 +249,26 @@ def read_review(url: str) -> Review:
     return build_review(read_study(url))
 
 
+def with_latest_predictions(study: StudyView) -> StudyView:
+    """A search with a target keeps every trial's loss there as it last stood (the predictor learns until the search
+    ends): those values replace the ones each trial was told when it ended."""
+    latest = study.user_attrs.get("predictions") or {}
+    if TARGET not in study.metric_names or not latest:
+        return study
+    index = list(study.metric_names).index(TARGET)
+    trials = []
+    for trial in study.trials:
+        fields = latest.get(str(trial.number))
+        if fields and trial.values is not None:
+            values = (*trial.values[:index], float(fields[TARGET]), *trial.values[index + 1:])
+            trial = dataclasses.replace(trial, values=values, user_attrs={**trial.user_attrs, **fields})
+        trials.append(trial)
+    return dataclasses.replace(study, trials=trials)
+
+
 def build_review(study: StudyView) -> Review:
     """Everything a review shows, from a study read once."""
+    study = with_latest_predictions(study)
     directions, names = list(study.directions), list(study.metric_names) or [f"objective_{i}" for i in range(len(study.directions))]
     objectives = [Objective(n, d.startswith("min"), METRICS[n].unit if n in METRICS else "") for n, d in zip(names, directions)]
     trials = study.trials

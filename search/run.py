@@ -205,6 +205,7 @@ def _search(space: SearchSpace, store: Any, vocab_size: int, out_dir: Path, budg
         except KeyboardInterrupt:
             driver.interrupt()  # owed again, as after a kill, but known now
             raise
+        store.set_study_attrs(**driver.predictions())  # with a target: every trial's loss there, as it now stands
         with contextlib.suppress(OSError):
             checkpoints.rmdir()  # empty once every trial has ended
     measured = _measured(store)

@@ -44,7 +44,8 @@ TRAIN_KEYS = {"tokens": Key(200_000, (int,), check=positive), "batch_size": Key(
               "weight_decay": Key(0.1, (float,), check=_non_negative), "grad_clip": Key(1.0, (float,), check=_non_negative),
               "seed": Key(0, (int,)), "eval_tokens": Key(32_768, (int,), check=positive),
               "eval_seq_len": Key(None, (int, type(None)), check=lambda v: None if v is None or v > 0 else "expected a positive int"),
-              "schedule": Key(None, (str, type(None)), choices=(None, "cosine", "wsd")), "decay": Key(0.2, (float,), check=probability)}
+              "schedule": Key(None, (str, type(None)), choices=(None, "cosine", "wsd")), "decay": Key(0.2, (float,), check=probability),
+              "target_tokens": Key(None, (int, type(None)), check=lambda v: None if v is None or v > 0 else "expected a positive int")}
 SCHEDULERS = ("fifo", "asha")  # every trial trains its full budget; or successive halving over rungs of tokens
 EVAL_KEYS = ("eval_tokens", "eval_seq_len")  # what every trial scores: fixed for the whole space, never searched
 PROBE_KEYS = {"batch_size": Key(1, (int,), check=positive), "seq_len": Key(None, (int, type(None))),
@@ -56,7 +57,9 @@ SEARCH_KEYS = {"trials": Key(24, (int,), check=positive), "sampler": Key("tpe", 
                "population_size": Key(None, (int, type(None))),
                "scheduler": Key("fifo", (str,), choices=SCHEDULERS), "min_tokens": Key(None, (int, type(None))),
                "reduction_factor": Key(3, (int,), check=lambda v: None if v >= 2 else "expected an int >= 2"),
-               "confirm_seeds": Key(0, (int,), check=_non_negative), "draw_processes": Key(0, (int,), check=_non_negative)}
+               "confirm_seeds": Key(0, (int,), check=_non_negative), "draw_processes": Key(0, (int,), check=_non_negative),
+               "max_tokens": Key(None, (int, type(None))), "curve_points": Key(None, (list, type(None)))}
+CURVE_POINTS = [0.25, 0.5]  # with a target: the shares of the first rung measured on the way, for the predictor
 RESOURCE_KEYS = {"cpus_per_trial": Key(1, (float,), check=positive), "gpus_per_trial": Key(0.0, (float,), check=_non_negative),
                  "concurrency": Key(None, (int, type(None)))}
 
@@ -171,11 +174,17 @@ class SearchSpace:
             model.setdefault("input_streams", {INPUT_STREAM: ["B", "L_in"]})
         return model, train
 
+    @property
+    def target(self) -> Optional[int]:
+        """train.target_tokens: the budget the user will train the winner for, or None."""
+        return self.train["target_tokens"]
+
     def rungs(self) -> list[int]:
         """The token budgets a trial is measured at: under scheduler asha min_tokens, times reduction_factor at each
-        rung while that leaves a factor's room below the full budget (train.tokens), then the full budget; under
-        fifo only the full budget."""
-        full = self.train["tokens"]
+        rung while that leaves a factor's room below the full budget, then the full budget; under fifo only the full
+        budget. The full budget is train.tokens, or with a target the ladder's top (search.max_tokens, or the target
+        itself): the ladder then climbs from the brief budget (train.tokens) towards the user's budget."""
+        full = self.search["max_tokens"] if self.target else self.train["tokens"]
         if self.search["scheduler"] != "asha":
             return [full]
         budgets, tokens, factor = [], self.search["min_tokens"], self.search["reduction_factor"]
@@ -183,6 +192,11 @@ class SearchSpace:
             budgets.append(tokens)
             tokens *= factor
         return budgets + [full]
+
+    def curve_points(self) -> list[int]:
+        """Budgets below the first rung where a trial's loss is measured on the way (for the predictor), not ranked."""
+        first = self.rungs()[0]
+        return [int(first * share) for share in self.search["curve_points"] or ()]
 
     def describe_scheduler(self) -> str:
         """The scheduler in a phrase, as the run and validate commands print it and the report shows it."""
@@ -336,6 +350,12 @@ class _Loader:
     def check_fidelity(self, train: dict, search: dict) -> None:
         """The schedule and the rungs of a multi-fidelity search (scheduler asha), which measures each trial at
         several budgets on one run: that takes a warmup-stable-decay schedule and a fixed token budget."""
+        target = train["target_tokens"]
+        if target is not None:
+            self.check_ladder(train, search)
+        elif search["max_tokens"] is not None or search["curve_points"]:
+            raise self.fail("search.max_tokens" if search["max_tokens"] is not None else "search.curve_points",
+                            "only a search with train.target_tokens climbs a ladder past train.tokens")
         asha = search["scheduler"] == "asha"
         if train["schedule"] is None:
             train["schedule"] = "wsd" if asha else "cosine"
@@ -352,11 +372,36 @@ class _Loader:
         tokens = train["tokens"]
         if not isinstance(tokens, int):
             raise self.fail("train.tokens", "must be fixed under search.scheduler asha: the rungs divide it")
+        if target is not None:
+            return
         factor = search["reduction_factor"]
         if search["min_tokens"] is None:
             search["min_tokens"] = tokens // factor ** 2  # three rungs: N, 3N, 9N (with the default factor)
         if not 0 < search["min_tokens"] < tokens:
             raise self.fail("search.min_tokens", f"expected a positive count under train.tokens ({tokens:,}), got {search['min_tokens']}")
+
+    def check_ladder(self, train: dict, search: dict) -> None:
+        """A target budget climbs a ladder of rungs from the brief budget (train.tokens) towards it: successive halving
+        up to search.max_tokens (default the target), with curve points measured below the first rung."""
+        target, tokens = train["target_tokens"], train["tokens"]
+        if not isinstance(tokens, int):
+            raise self.fail("train.tokens", "must be fixed with a target_tokens: the ladder climbs from it")
+        if target <= tokens:
+            raise self.fail("train.target_tokens", f"expected a budget above train.tokens ({tokens:,}), got {target:,}")
+        search["scheduler"] = "asha"
+        if search["min_tokens"] is None:
+            search["min_tokens"] = tokens
+        if search["max_tokens"] is None:
+            search["max_tokens"] = target
+        if not tokens <= search["max_tokens"] <= target:
+            raise self.fail("search.max_tokens", f"expected the ladder's top between train.tokens ({tokens:,}) and "
+                                                 f"train.target_tokens ({target:,}), got {search['max_tokens']:,}")
+        if not search["min_tokens"] <= tokens:
+            raise self.fail("search.min_tokens", f"expected the first rung at or below train.tokens ({tokens:,})")
+        if search["curve_points"] is None:
+            search["curve_points"] = list(CURVE_POINTS)
+        if not all(isinstance(p, (int, float)) and 0 < p < 1 for p in search["curve_points"]):
+            raise self.fail("search.curve_points", f"expected shares of the first rung between 0 and 1, got {search['curve_points']}")
 
     def load(self, raw: Any) -> SearchSpace:
         if not isinstance(raw, Mapping):
@@ -467,6 +512,10 @@ class _Loader:
                 raise self.fail(f"constraints.{metric}", f"expected {{max: number}} and/or {{min: number}}, got {bound!r:.60}")
         search = self.section(raw, "search", SEARCH_KEYS)
         self.check_fidelity(train, search)
+        if train["target_tokens"] is not None and "val_loss" in objectives:  # ranked at the user's budget instead
+            objectives = {("val_loss_at_target" if k == "val_loss" else k): v for k, v in objectives.items()}
+        if "val_loss_at_target" in objectives and train["target_tokens"] is None:
+            raise self.fail("objectives.val_loss_at_target", "needs train.target_tokens: the budget it is predicted at")
         resources = self.section(raw, "resources", RESOURCE_KEYS)
         return SearchSpace(self.path, name, params, model, data, train, probes, dict(objectives),
                            {k: dict(v) for k, v in constraints.items()}, search, resources)

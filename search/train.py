@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
@@ -41,6 +41,7 @@ class Measurement:
     train_tok_s: float
     peak_mem_mb: Optional[float]  # measured on CUDA: the peak of the real training steps
     val_set: str  # fingerprint of the validation windows scored
+    curve: dict[str, float] = field(default_factory=dict)  # val_loss at every budget measured so far (tokens -> loss)
 
     def metrics(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None and k != "peak_mem_mb"}
@@ -118,10 +119,12 @@ def evaluate(model: ConfigaFormer, batches: list, device: torch.device) -> float
 def train(model: ConfigaFormer, corpus: Corpus, cfg: Mapping, device: torch.device,
           rungs: Optional[Sequence[int]] = None, report: Report = lambda measurement: True,
           checkpoint: Callable[[], None] = lambda: None, save: Optional[Callable[[Snapshot], None]] = None,
-          start: Optional[Snapshot] = None, warmup_budget: Optional[int] = None) -> Optional[Measurement]:
+          start: Optional[Snapshot] = None, warmup_budget: Optional[int] = None,
+          points: Sequence[int] = ()) -> Optional[Measurement]:
     """Train on the batches of cfg['seed'] and measure the model at each budget in `rungs` (token counts, the last
     the full budget; default cfg['tokens']), telling `report` each measurement. Returns the full budget's, or None
-    when `report` answered stop. `checkpoint` is called between steps (where a packed trial yields the GPU to a
+    when `report` answered stop. Under warmup-stable-decay, `points` are further budgets (below the first rung)
+    measured on the way without being told: each measurement's `curve` holds every budget measured so far. `checkpoint` is called between steps (where a packed trial yields the GPU to a
     latency probe); `save` is given the stable state at each rung with the rung's measurement; `start` resumes from
     one, telling `report` its measurement again first. Warm-up is a fraction of `warmup_budget` tokens (default
     the first rung), so that a run measured only at its full budget can keep a multi-fidelity trial's schedule.
@@ -129,8 +132,10 @@ def train(model: ConfigaFormer, corpus: Corpus, cfg: Mapping, device: torch.devi
     rungs = list(rungs or [cfg["tokens"]])
     steps_at = budget_steps(rungs, cfg)
     warm = warmup_steps(cfg, budget_steps([warmup_budget or rungs[0]], cfg)[0])
-    branches = {steps - decay_steps(steps, cfg): rung for rung, steps in enumerate(steps_at[:-1])} \
-        if cfg["schedule"] == "wsd" else {}
+    wsd = cfg["schedule"] == "wsd"
+    branches = {steps - decay_steps(steps, cfg): rung for rung, steps in enumerate(steps_at[:-1])} if wsd else {}
+    curve_at = {steps - decay_steps(steps, cfg): (tokens, steps) for tokens, steps in zip(points, budget_steps(points, cfg))
+                if steps < steps_at[0] and steps - decay_steps(steps, cfg) > 0} if wsd else {}
     torch.manual_seed(cfg["seed"])
     model.to(device).train()
     optimizer = make_optimizer(model, cfg["lr"], cfg["weight_decay"])
@@ -140,12 +145,19 @@ def train(model: ConfigaFormer, corpus: Corpus, cfg: Mapping, device: torch.devi
         run.restore(start)
         step, measured = start.step, start.rung
         run.spent_before = start.measurement.tokens_spent
+        run.curve.update(start.measurement.curve)
         if not report(start.measurement):
             return None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # workers are reused: never report an earlier trial's peak
     try:
         while True:
+            if step in curve_at and str(curve_at[step][0]) not in run.curve:  # a curve point: measured, not told
+                tokens, steps = curve_at[step]
+                stable = run.snapshot(step, -1)
+                run.steps(step, steps, steps)
+                run.curve_point(tokens)
+                run.restore(stable)
             rung = branches.get(step)
             if rung is not None and rung > measured:  # a rung's budget: branch a decay off the stable phase
                 stable = run.snapshot(step, rung)
@@ -184,6 +196,7 @@ class _Run:
         self.trained_s, self.trained_steps = 0.0, 0
         self.spent_before = 0  # tokens a resumed run had spent before its snapshot
         self.peak_mb: Optional[float] = None
+        self.curve: dict[str, float] = {}  # val_loss at every budget measured so far
 
     def steps(self, first: int, end: int, budget: int) -> None:
         """Optimizer steps first..end-1 of a run of `budget` steps."""
@@ -227,9 +240,18 @@ class _Run:
                                            f"{uniform:.4g} after {tokens:,} tokens",
                                {"val_loss": val_loss, "val_set": scored.fingerprint, "rung": rung, "tokens_trained": tokens})
         trained = self.trained_steps * cfg["batch_size"] * cfg["seq_len"]
+        self.curve[str(tokens)] = val_loss
         return Measurement(rung, tokens, self.spent_before + trained, steps, val_loss,
                            val_loss / math.log(2) if corpus.is_bytes else None, self.loss.item(),
-                           trained / max(self.trained_s, 1e-9), self.peak_mb, scored.fingerprint)
+                           trained / max(self.trained_s, 1e-9), self.peak_mb, scored.fingerprint, dict(self.curve))
+
+    def curve_point(self, tokens: int) -> None:
+        """The validation loss now, kept on the curve (a loss that is not finite, this early, is left out rather
+        than failing the trial: the rungs judge the run)."""
+        scored = val_set(self.corpus, self.cfg["eval_seq_len"], self.cfg["eval_tokens"])
+        val_loss = evaluate(self.model, scored.batches, self.device)
+        if math.isfinite(val_loss):
+            self.curve[str(tokens)] = val_loss
 
     def snapshot(self, step: int, rung: int) -> Snapshot:
         """The state now, copied to the CPU (so that a GPU's measured peak memory stays the training's own)."""

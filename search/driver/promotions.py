@@ -16,7 +16,7 @@ the top ceil(n / eta) may go on, so that a small search still trains its best co
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -33,6 +33,13 @@ class Promotions:
         self.results: dict[int, dict[str, tuple[list[float], float]]] = {}
         self.promoted: set[tuple[int, str]] = set()
         self._orders: dict[int, list[str]] = {}
+        # How a result is ranked: its values as recorded, or as `adjust` sees them now (a search with a target ranks
+        # by the predicted loss at the target, which changes as the predictor learns).
+        self.adjust: Callable[[str, list[float]], list[float]] = lambda key, values: values
+
+    def invalidate(self) -> None:
+        """Rank every rung again at its next look (the adjusted values changed)."""
+        self._orders.clear()
 
     def learn(self, results: Sequence[RungResult]) -> None:
         """Results recorded in the study (by any driver) join the table; a config recorded at a rung counts once."""
@@ -42,11 +49,12 @@ class Promotions:
                 entries[result.key] = (list(result.values), float(result.penalty))
                 self._orders.pop(result.rung, None)
 
-    def record(self, rung: int, key: str, values: Sequence[float], penalty: float) -> None:
+    def record(self, rung: int, key: str, values: Sequence[float], penalty: float,
+               extra: Optional[dict[str, Any]] = None) -> None:
         """A result measured here: recorded in the study (unless the config has one there) and in the table."""
         if self.store is not None:
-            self.store.claim(f"{RUNG}{rung}:{key}", {"values": list(values), "penalty": float(penalty)})
-        self.learn([RungResult(rung, key, list(values), penalty)])
+            self.store.claim(f"{RUNG}{rung}:{key}", {"values": list(values), "penalty": float(penalty), "extra": extra or {}})
+        self.learn([RungResult(rung, key, list(values), penalty, extra or {})])
 
     def recorded(self, rung: int) -> int:
         return len(self.results.get(rung, {}))
@@ -56,7 +64,8 @@ class Promotions:
         if rung not in self._orders:
             entries = self.results.get(rung, {})
             keys = list(entries)
-            points = minimised([entries[k][0] for k in keys], self.directions) if keys else np.zeros((0, len(self.directions)))
+            points = minimised([self.adjust(k, entries[k][0]) for k in keys], self.directions) if keys \
+                else np.zeros((0, len(self.directions)))
             penalty = np.array([entries[k][1] for k in keys])
             self._orders[rung] = [keys[i] for i in ranked(points, penalty)]
         return self._orders[rung]

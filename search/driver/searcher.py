@@ -27,6 +27,7 @@ from .claims import Claims
 from .promotions import Promotions
 from .state import StudyState
 from .suggestions import NEW, REFUSED, REPEAT, Streak, Suggestion, draw
+from .targets import MEASURED_AS, TARGET, TargetModel
 
 REFRESH_S = 2.0  # how often a driver rereads what the other drivers on its study have done
 WAIT, DONE = "wait", "done"  # what `next` answers when it has no config for a slot: ask again later, or the search is over
@@ -44,8 +45,9 @@ class Running:
 
 
 def rung_entry(record: dict[str, Any], objectives: list[str]) -> Optional[tuple[list[float], float]]:
-    """A record's objective values and constraint violation (0 when feasible), or None when it lacks an objective."""
-    values = [record.get(name) for name in objectives]
+    """A record's objective values as measured at its rung (the target's loss as the rung's val_loss) and its
+    constraint violation (0 when feasible), or None when it lacks an objective."""
+    values = [record.get(MEASURED_AS if name == TARGET else name) for name in objectives]
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
         return None
     penalty = sum(max(0.0, float(v)) for v in (record.get("constraints") or {}).values())
@@ -66,6 +68,11 @@ class Driver:
         self.state = StudyState(store)
         self.claims = Claims(store, self.state, trials)
         self.promotions = Promotions(list(space.objectives.values()), space.search["reduction_factor"], self.last_rung, store)
+        self.targets = TargetModel(space) if space.target else None
+        if self.targets is not None and TARGET in self.objectives:  # climbs by the optimistic end of the target loss
+            index = self.objectives.index(TARGET)
+            self.promotions.adjust = lambda key, values: [*values[:index], self.targets.predict(key).optimistic(),
+                                                          *values[index + 1:]]
         self.live: dict[str, Running] = {}  # slot -> the trial training there
         self.paused: dict[str, Running] = {}  # config key -> its trial waiting at a rung
         self.ready: deque[Suggestion] = deque()  # asked ahead, not yet handed to a slot
@@ -93,6 +100,11 @@ class Driver:
         self.store.fail_stale()
         ended, results = self.state.reread()
         self.promotions.learn(results)
+        if self.targets is not None:
+            for result in results:
+                self.targets.learn(result.key, result.extra)
+            if self.targets.refit():
+                self.promotions.invalidate()
         for key, number in list(self.foreign.items()):
             if number in self.state.ended:
                 self._foreign_ended(key, number)
@@ -282,7 +294,12 @@ class Driver:
             if str(rung) not in rungs:
                 rungs[str(rung)] = {"tokens_trained": record["tokens_trained"], "values": entry[0], "penalty": entry[1]}
                 suggestion.attrs["rungs"] = rungs
-                self.promotions.record(rung, suggestion.key, *entry)
+                extra = self.targets.extra(suggestion.params, record) if self.targets is not None else None
+                self.promotions.record(rung, suggestion.key, *entry, extra)
+                if self.targets is not None:
+                    self.targets.learn(suggestion.key, extra)
+                    if self.targets.refit():
+                        self.promotions.invalidate()
             if rung >= self.last_rung:
                 self.store.write(suggestion.trial_id, {"rungs": rungs})
                 return True
@@ -291,7 +308,8 @@ class Driver:
             self.store.write(suggestion.trial_id, {"rungs": rungs, "promoted": self._promoted(suggestion.key)})
             if goes_on:
                 running.spending = record.get("tokens_spent", 0) + self.budgets[rung + 1] - self.budgets[rung]
-            self.progress.rung(suggestion.number, rung, record, goes_on)
+            shown = {**record, **self.targets.fields(suggestion.key)} if self.targets is not None else record
+            self.progress.rung(suggestion.number, rung, shown, goes_on)
             return goes_on
 
     def ended(self, slot: str, record: Optional[dict[str, Any]]) -> None:
@@ -313,6 +331,11 @@ class Driver:
     def _finish(self, running: Running, record: dict[str, Any]) -> None:
         """Record a trial's outcome, tell the repeats parked for it, and let go of what it no longer needs."""
         suggestion = running.suggestion
+        if self.targets is not None and outcome.is_measured(record):  # its loss at the target, measured or predicted
+            if outcome.is_stopped(record):
+                record = outcome.predicted(f"predicted from rung {record['rung']} ({record['tokens_trained']:,} tokens)",
+                                           **record)
+            record = {**record, **self.targets.fields(suggestion.key)}
         told = self._tell(suggestion, record, trained=True)
         if told.counts:
             self.streak.measured()
@@ -367,6 +390,21 @@ class Driver:
         for key in list(self.paused):
             running = self.paused.pop(key)
             self._finish(running, running.record)
+
+    def predictions(self) -> dict[str, Any]:
+        """With a target: the predictor fitted on everything and checked config by config, and every measured
+        trial's loss at the target as it now stands (the review shows these, not the values told when each ended)."""
+        if self.targets is None:
+            return {}
+        with self.lock:
+            self.refresh(force=True)
+            self.targets.refit(force=True, check=True)
+            by_number = {}
+            for trial in self.store.trials(states=("COMPLETE", "PRUNED")):
+                key = trial.user_attrs.get("config_key")
+                if trial.outcome.counts and key in self.targets.data.points:
+                    by_number[str(trial.number)] = self.targets.fields(key)
+            return {"predictions": by_number, "predictor": self.targets.summary()}
 
     def interrupt(self) -> None:
         """Ctrl-C or SIGTERM: every trial of this driver is recorded as interrupted, its config owed again."""

@@ -26,6 +26,7 @@ class RungResult:
     key: str
     values: list[float]
     penalty: float
+    extra: dict[str, Any] = field(default_factory=dict)  # what else travels with it (the predictor's curve, features)
 
 
 @dataclass
@@ -70,7 +71,7 @@ class StudyState:
         results = []
         for row_id, key, value in rows:
             rung, _, config = key[len(RUNG):].partition(":")
-            results.append(RungResult(int(rung), config, value["values"], value["penalty"]))
+            results.append(RungResult(int(rung), config, value["values"], value["penalty"], value.get("extra") or {}))
             self._rung_row = row_id
         self.reread_places()
         return trials, results

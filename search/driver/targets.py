@@ -1,0 +1,76 @@
+"""The driver's side of the predictor (predictor.py): it learns every config's measured curve and features as rung
+results arrive, from any driver (they travel with the rung table's rows), refits at most every REFIT_S, and gives
+each trial its loss at the target budget: for the record it tells, and, at the optimistic end of its interval, for
+the rank that decides whether it climbs the ladder."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Optional
+
+from ..predictor import Prediction, StudyData, TargetPredictor, config_features
+from ..space import SearchSpace
+
+REFIT_S = 5.0  # past EAGER_CONFIGS configs, the predictor is fitted again at most this often while results arrive
+EAGER_CONFIGS = 50  # up to this many configs, a fit takes milliseconds: every new result gets one
+TARGET, MEASURED_AS = "val_loss_at_target", "val_loss"  # the objective, and what a rung measures of it
+
+
+class TargetModel:
+    """Predictions of val_loss_at_target for the configs of a search with train.target_tokens."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.brief, self.target = space.train["tokens"], space.target
+        self.data = StudyData()
+        self.predictor: Optional[TargetPredictor] = None
+        self._fitted_at, self._changed = -math.inf, False
+
+    def extra(self, params: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+        """What a rung result carries for the predictor: the config's features and its curve so far."""
+        return {"features": config_features(params, record), "curve": record.get("curve") or
+                {str(record["tokens_trained"]): record["val_loss"]}}
+
+    def learn(self, key: str, extra: dict[str, Any]) -> None:
+        if "features" in extra:
+            self.data.add(key, extra["features"], extra.get("curve") or {})
+            self._changed = True
+
+    def refit(self, force: bool = False, check: bool = False) -> bool:
+        """Fit again if anything was learnt since (and REFIT_S has passed, unless forced); True if it did."""
+        if not self.data.points or sum(len(p) for p in self.data.points.values()) < 3:
+            return False
+        eager = len(self.data.points) <= EAGER_CONFIGS
+        if not force and (not self._changed or not eager and time.monotonic() - self._fitted_at < REFIT_S):
+            return False
+        self.predictor = TargetPredictor(self.brief, self.target).fit(self.data, check=check)
+        self._fitted_at, self._changed = time.monotonic(), False
+        return True
+
+    def predict(self, key: str) -> Prediction:
+        """The config's loss at the target; before any fit, its last measurement with an unknown spread."""
+        points = self.data.points.get(key, {})
+        if self.target in points:
+            return Prediction(points[self.target], 0.0, True, self.target)
+        if self.predictor is None or key not in self.data.features:
+            last = max(points, default=0)
+            return Prediction(points.get(last, math.inf), math.inf, False, last)
+        return self.predictor.predict(key)
+
+    def fields(self, key: str) -> dict[str, Any]:
+        """What a trial's record says of its target loss: the value, its sd, measured or not, and how far it reached."""
+        prediction = self.predict(key)
+        return {TARGET: prediction.mean, f"{TARGET}_sd": prediction.sd, "target_measured": prediction.measured,
+                "target_reach": self.target / prediction.last_tokens if prediction.last_tokens else math.inf}
+
+    def summary(self) -> dict[str, Any]:
+        """The final fit's settings and accuracy, as the study keeps them for the review."""
+        predictor = self.predictor
+        if predictor is None:
+            return {"configs": len(self.data.points), "fitted": False}
+        accuracy = predictor.accuracy
+        return {"configs": len(self.data.points), "fitted": True, "alpha": predictor.alpha, "brief_tokens": self.brief,
+                "target_tokens": self.target, "longest_tokens": max(t for p in self.data.points.values() for t in p),
+                **({} if accuracy is None else {"checked_configs": accuracy.configs, "checked_at_tokens": accuracy.tokens,
+                                                "spearman": accuracy.spearman, "coverage": accuracy.coverage,
+                                                "interval_scale": accuracy.scale})}

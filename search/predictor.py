@@ -1,0 +1,204 @@
+"""The validation loss a config would reach at the user's training budget (train.target_tokens), predicted from the
+study's own measurements at every budget, with an uncertainty.
+
+One model for the whole study, so that configs lend each other strength: a Bayesian linear regression (scikit-learn's
+BayesianRidge, its prior and noise fitted to the data) of each measured loss on a power law in the budget,
+L(c, t) = E_c + A_c * (t / t_brief) ** -alpha, with one alpha for the study (chosen by the marginal likelihood),
+and each config's E_c and A_c linear in its features (its searched choices, its size in parameters and FLOPs) plus
+an offset of its own, shrunk towards the shared fit. A config measured only briefly is predicted mostly from configs
+like it that climbed further; one measured at the target is not predicted at all.
+
+How far to trust it is measured on the study itself: each config measured past the brief budget is left out of the
+fit beyond its brief points, predicted at its longest budget, and compared with what it measured there (Spearman over
+those configs, and how often the interval held the truth). The intervals are widened by what that check finds, never
+narrowed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+ALPHAS = tuple(np.round(np.linspace(0.05, 1.0, 20), 3))  # the budget exponents tried
+Z90 = 1.6449  # a two-sided 90% interval is mean +- Z90 sd
+MIN_CHECKED = 3  # configs measured past the brief budget before the predictor's accuracy can be stated
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A config's loss at the target: measured there, or predicted with its sd and how far it reached past."""
+
+    mean: float
+    sd: float
+    measured: bool
+    last_tokens: int  # the longest budget the config was measured at
+
+    def interval(self) -> tuple[float, float]:
+        return self.mean - Z90 * self.sd, self.mean + Z90 * self.sd
+
+    def optimistic(self, z: float = 1.0) -> float:
+        """The low end of the interval: how good the config could still turn out (what promotions rank by)."""
+        return self.mean - z * self.sd
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """How the predictor did on the study's own configs, left out one at a time."""
+
+    configs: int  # configs checked (measured past the brief budget)
+    tokens: int  # the budget they were checked at (the longest with enough configs)
+    spearman: float  # of predicted against measured loss there (nan under MIN_CHECKED configs)
+    coverage: float  # share of the checked configs whose 90% interval held the measured loss
+    scale: float  # how much the intervals were widened so that they cover as they claim
+
+
+@dataclass
+class StudyData:
+    """What the predictor learns from: each config's features and its measured points (tokens -> val_loss)."""
+
+    features: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> {name: number or choice}
+    points: dict[str, dict[int, float]] = field(default_factory=dict)  # key -> {tokens: val_loss}
+
+    def add(self, key: str, features: Mapping[str, Any], points: Mapping[Any, float]) -> None:
+        self.features.setdefault(key, dict(features))
+        self.points.setdefault(key, {}).update({int(t): float(v) for t, v in points.items() if v is not None and math.isfinite(v)})
+
+
+class TargetPredictor:
+    """Fitted on a study's points (StudyData); `predict(key)` for any config it was given."""
+
+    def __init__(self, brief_tokens: int, target_tokens: int) -> None:
+        self.brief, self.target = brief_tokens, target_tokens
+        self.alpha = 0.5
+        self.scale = 1.0
+        self.accuracy: Optional[Accuracy] = None
+        self._model: Any = None
+        self._columns: list[str] = []
+        self._encode: Any = None
+        self._keys: list[str] = []
+
+    # -- the design -------------------------------------------------------------------------------------------------
+
+    def _encoder(self, data: StudyData) -> Any:
+        """Standardised features of a config: numbers as they are (sizes as logarithms), each choice one-hot."""
+        numeric = sorted({n for f in data.features.values() for n, v in f.items() if _number(v)})
+        choices = sorted({(n, str(v)) for f in data.features.values() for n, v in f.items() if not _number(v)})
+        rows = np.array([[_numeric_value(f.get(n)) for n in numeric] + [float(str(f.get(n)) == v) for n, v in choices]
+                         for f in data.features.values()], dtype=float).reshape(len(data.features), -1)
+        mean, std = (rows.mean(axis=0), rows.std(axis=0)) if len(rows) else (0.0, 1.0)
+        std = np.where(std > 0, std, 1.0)
+
+        def encode(features: Mapping[str, Any]) -> np.ndarray:
+            row = np.array([_numeric_value(features.get(n)) for n in numeric] +
+                           [float(str(features.get(n)) == v) for n, v in choices], dtype=float)
+            return np.nan_to_num((row - mean) / std)
+
+        return encode
+
+    def _rows(self, data: StudyData, pairs: Sequence[tuple[str, int]], alpha: float) -> np.ndarray:
+        """The design matrix of (config, tokens) pairs: shared terms, then each config's own offset and slope."""
+        index = {key: i for i, key in enumerate(self._keys)}
+        out = []
+        for key, tokens in pairs:
+            phi = (tokens / self.brief) ** -alpha
+            z = self._encode(data.features[key])
+            own = np.zeros(2 * len(self._keys))
+            if key in index:
+                own[2 * index[key]], own[2 * index[key] + 1] = 1.0, phi
+            out.append(np.concatenate([z, [phi], phi * z, own]))
+        return np.array(out)
+
+    def _fit(self, data: StudyData, leave_out: Optional[str] = None) -> tuple[Any, float]:
+        """The model with the best alpha; `leave_out` keeps only that config's points up to the brief budget."""
+        from sklearn.linear_model import BayesianRidge
+
+        pairs, targets = [], []
+        for key, points in data.points.items():
+            for tokens, loss in points.items():
+                if key == leave_out and tokens > self.brief:
+                    continue
+                pairs.append((key, tokens))
+                targets.append(loss)
+        y = np.array(targets)
+        best = None
+        for alpha in ALPHAS:
+            model = BayesianRidge(compute_score=True, max_iter=500).fit(self._rows(data, pairs, alpha), y)
+            if best is None or model.scores_[-1] > best[0]:
+                best = (model.scores_[-1], model, alpha)
+        return best[1], best[2]
+
+    # -- fitting and predicting ---------------------------------------------------------------------------------
+
+    def fit(self, data: StudyData, check: bool = True) -> TargetPredictor:
+        """Fit on every point of the study; with `check`, also measure its accuracy config by config (Accuracy)."""
+        self._keys = sorted(data.points)
+        self._encode = self._encoder(data)
+        self.data = data
+        self._model, self.alpha = self._fit(data)
+        self.scale = 1.0
+        if check:
+            self.accuracy = self._check(data)
+            self.scale = self.accuracy.scale
+        return self
+
+    def _raw(self, model: Any, alpha: float, data: StudyData, key: str, tokens: int) -> tuple[float, float]:
+        mean, sd = model.predict(self._rows(data, [(key, tokens)], alpha), return_std=True)
+        return float(mean[0]), float(sd[0])
+
+    def predict(self, key: str, tokens: Optional[int] = None) -> Prediction:
+        """The config's loss at `tokens` (default the target): measured where it was, else predicted."""
+        tokens = tokens or self.target
+        points = self.data.points.get(key, {})
+        last = max(points, default=0)
+        if tokens in points:
+            return Prediction(points[tokens], 0.0, True, last)
+        mean, sd = self._raw(self._model, self.alpha, self.data, key, tokens)
+        return Prediction(mean, sd * self.scale, False, last)
+
+    def _check(self, data: StudyData) -> Accuracy:
+        """Leave each config measured past the brief budget out of the fit beyond its brief points, predict its
+        loss at the longest budget that at least MIN_CHECKED configs reached, and compare."""
+        beyond = [t for points in data.points.values() for t in points if t > self.brief]
+        budgets = sorted({t for t in beyond if sum(t in p for p in data.points.values()) >= MIN_CHECKED}, reverse=True)
+        if not budgets:
+            reached = max(beyond, default=self.brief)
+            return Accuracy(sum(any(t > self.brief for t in p) for p in data.points.values()), reached, math.nan,
+                            math.nan, 1.0)
+        budget = budgets[0]
+        checked = [key for key, points in data.points.items() if budget in points]
+        predicted, measured, z = [], [], []
+        for key in checked:
+            model, alpha = self._fit(data, leave_out=key)
+            mean, sd = self._raw(model, alpha, data, key, budget)
+            predicted.append(mean)
+            measured.append(data.points[key][budget])
+            z.append((data.points[key][budget] - mean) / max(sd, 1e-9))
+        z = np.array(z)
+        scale = max(1.0, float(np.sqrt(np.mean(z ** 2))))  # widen only: a sd that undersells the error grows
+        coverage = float(np.mean(np.abs(z) <= Z90 * scale))
+        return Accuracy(len(checked), budget, _spearman(predicted, measured), coverage, scale)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _numeric_value(value: Any) -> float:
+    return float(value) if _number(value) else 0.0
+
+
+def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    from .ranking import spearman
+
+    return spearman(x, y)
+
+
+def config_features(params: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """What the predictor knows of a config before training it: its searched params and its cheap size metrics."""
+    features = {f"param:{k}": v for k, v in params.items()}
+    features.update({f"log_{k}": math.log(metrics[k]) for k in ("nonemb_params", "params", "flops")
+                     if _number(metrics.get(k)) and metrics[k] > 0})  # sizes on a log scale
+    return features

@@ -1,0 +1,137 @@
+"""The loss at the user's budget: the study-level predictor on curves of a known law, the ladder a space with a
+target climbs, and a search over it (synthetic trials, real study) whose front ranks by that loss."""
+
+import math
+
+import numpy as np
+import pytest
+from helpers import write_space
+
+from configaformer_search.predictor import StudyData, TargetPredictor, config_features
+from configaformer_search.ranking import spearman
+from configaformer_search.space import load_space
+
+BRIEF, TARGET = 1000, 16000
+
+
+def law(width: int, depth: int, tokens: int) -> float:
+    """Deeper, wider configs start slower and go further: the brief loss ranks them against the long one."""
+    size = width * depth / 100
+    return 1.5 - 0.12 * size + (0.3 + 0.15 * size) * (tokens / BRIEF) ** -0.5
+
+
+def study(configs, climbed=(), noise=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    data = StudyData()
+    for width, depth in configs:
+        budgets = [250, 500, 1000] + ([4000] if (width, depth) in climbed else [])
+        data.add(f"{width}x{depth}", config_features({"width": width, "depth": depth}, {"nonemb_params": width * width * depth}),
+                 {t: law(width, depth, t) + noise * rng.normal() for t in budgets})
+    return data
+
+
+CONFIGS = [(w, d) for w in (32, 48, 64, 96) for d in (1, 2, 3, 4)]
+
+
+def test_the_predictor_ranks_the_long_budget_where_the_brief_loss_does_not():
+    climbed = CONFIGS[::3]
+    predictor = TargetPredictor(BRIEF, TARGET).fit(study(CONFIGS, climbed, noise=0.003))
+    keys = [f"{w}x{d}" for w, d in CONFIGS]
+    truth = [law(w, d, TARGET) for w, d in CONFIGS]
+    brief = [law(w, d, BRIEF) for w, d in CONFIGS]
+    predicted = [predictor.predict(k).mean for k in keys]
+    assert spearman(brief, truth) < 0.5 < 0.9 < spearman(predicted, truth)
+    accuracy = predictor.accuracy  # checked on the configs that climbed, each left out in turn
+    assert accuracy.configs == len(climbed) and accuracy.tokens == 4000 and accuracy.spearman > 0.8
+    held = [abs(t - predictor.predict(k).mean) <= 1.6449 * predictor.predict(k).sd for k, t in zip(keys, truth)]
+    assert np.mean(held) >= 0.7  # the intervals hold the truth about as often as they claim
+
+
+def test_a_measured_config_is_not_predicted_and_an_unchecked_predictor_says_so():
+    data = study(CONFIGS[:5])
+    data.add("32x1", {}, {TARGET: 1.23})
+    predictor = TargetPredictor(BRIEF, TARGET).fit(data)
+    measured = predictor.predict("32x1")
+    assert measured.measured and measured.mean == 1.23 and measured.sd == 0
+    guessed = predictor.predict("48x1")
+    assert not guessed.measured and guessed.sd > 0 and guessed.last_tokens == 1000
+    assert math.isnan(predictor.accuracy.spearman)  # nothing past the brief budget but one config: unchecked
+
+
+def test_a_target_makes_a_ladder_from_the_brief_budget(tmp_path, capsys):
+    from configaformer_search.cli import main
+
+    text = """
+name: ladder
+data: {source: embedded}
+params: {width: {choice: [32, 48]}}
+model: {dim_model: $width, layers: [{type: FFN}]}
+train: {tokens: 8192, target_tokens: 131072, batch_size: 16, seq_len: 32}
+objectives: {val_loss: min, params: min}
+search: {reduction_factor: 4}
+"""
+    space = load_space(write_space(tmp_path, text))
+    assert space.rungs() == [8192, 32768, 131072] and space.curve_points() == [2048, 4096]
+    assert list(space.objectives) == ["val_loss_at_target", "params"] and space.train["schedule"] == "wsd"
+    capped = load_space(write_space(tmp_path, text.replace("reduction_factor: 4", "reduction_factor: 4, max_tokens: 32768"), "c.yaml"))
+    assert capped.rungs() == [8192, 32768]
+    bad = text.replace("target_tokens: 131072", "target_tokens: 4096")
+    assert main(["validate", str(write_space(tmp_path, bad, "bad.yaml"))]) == 2
+    assert "train.target_tokens: expected a budget above train.tokens (8,192)" in capsys.readouterr().err
+    bad = text.replace("target_tokens: 131072, ", "").replace("reduction_factor: 4", "max_tokens: 32768")
+    assert main(["validate", str(write_space(tmp_path, bad, "bad2.yaml"))]) == 2
+    assert "search.max_tokens: only a search with train.target_tokens" in capsys.readouterr().err
+
+
+LADDER = """
+name: synth
+data: {source: embedded}
+params:
+  width: {choice: [32, 48, 64]}
+  depth: {int: [1, 3]}
+  heads: {choice: [2, 4]}
+model:
+  dim_model: $width
+  position: alibi
+  layers:
+    repeat: $depth
+    each:
+      - {type: Attention, heads: $heads}
+      - {type: FFN, ff_mult: 2}
+train: {tokens: 8192, target_tokens: 131072, batch_size: 16, seq_len: 32, eval_tokens: 1024}
+objectives: {val_loss: min, peak_mem_mb: min}
+search: {trials: 12, sampler: random, reduction_factor: 4, max_tokens: 32768}
+"""
+
+
+def test_a_search_with_a_target_puts_every_measured_config_on_its_front_by_its_loss_there(tmp_path):
+    from configaformer_search.driver.samplers import make_sampler
+    from configaformer_search.driver.searcher import Driver
+    from configaformer_search.driver.synthetic import SyntheticCluster
+    from configaformer_search.progress import Progress
+    from configaformer_search.review import read_review
+    from configaformer_search.storage import StudyStore, open_storage
+
+    space = load_space(write_space(tmp_path, LADDER))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    store = StudyStore.open(open_storage(url), space.name, space.objectives, make_sampler(space, "random", 0, 12),
+                            space.distributions())
+    driver = Driver(space, store, 256, 12, Progress(12, 0, list(space.objectives), 0))
+    SyntheticCluster(driver, slots=2).run()
+    store.set_study_attrs(**driver.predictions())
+    review = read_review(url)
+    counted = review.measured
+    assert len(counted) == 12 and all(t.state == "COMPLETE" for t in counted)  # stopped ones are predicted, not PRUNED
+    kinds = {review.stored(t.number).outcome.kind.name for t in counted}
+    assert kinds == {"measured", "predicted"}
+    for row in counted:  # each told its loss at the target, with its sd, and how far it reached
+        assert row.metrics["target_reach"] in (4.0, 16.0) and row.metrics["val_loss_at_target_sd"] > 0
+        assert not row.metrics["target_measured"]
+    latest = review.study.user_attrs["predictions"]
+    assert {int(n) for n in latest} == {t.number for t in counted}
+    assert [t.values[0] for t in counted] == [latest[str(t.number)]["val_loss_at_target"] for t in counted]
+    summary = "\n".join(review.summary("run"))
+    assert "rungs: 8,192 tokens (12 configs), 32,768 tokens (" in summary
+    assert "val_loss_at_target: the loss at 131,072 tokens, measured for 0 and predicted for 12 configs; " \
+           "predicted 4x past the longest measurement (32,768 tokens)" in summary
+    assert "the predictor, checked on " in summary and "left out one at a time at 32,768 tokens: Spearman" in summary
