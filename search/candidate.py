@@ -140,9 +140,10 @@ def _meta_metrics(model_json: str, vocab_size: int, length: Optional[int], probe
     return tuple(metrics.items())
 
 
-def resolve(space: SearchSpace, params: Mapping[str, Any], vocab_size: int) -> tuple[dict, dict, str]:
-    """Params -> (model config, train config, config key)."""
-    model_config, train = space.resolve(params, vocab_size)
+def resolve(space: SearchSpace, params: Mapping[str, Any], vocab_size: int,
+            model: Optional[dict] = None) -> tuple[dict, dict, str]:
+    """Params (and a baseline's own layer config, if any) -> (model config, train config, config key)."""
+    model_config, train = space.resolve(params, vocab_size, model)
     return model_config, train, config_key(model_config, train)
 
 

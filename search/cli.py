@@ -230,6 +230,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             chosen = review.pick(args.pick)
         elif args.knee:
             chosen = review.knee()
+        elif args.beats:
+            chosen = review.pick_beating(args.beats)
         else:
             chosen = review.pick_default()
     except ValueError as err:
@@ -323,6 +325,8 @@ def _parser() -> argparse.ArgumentParser:
     choice.add_argument("--trial", type=int, help="export this trial number")
     choice.add_argument("--pick", help="best val_loss on the front meeting e.g. 'latency_ms<=2,peak_mem_mb<=300'")
     choice.add_argument("--knee", action="store_true", help="the front trial nearest the ideal point")
+    choice.add_argument("--beats", metavar="BASELINE", help="the lowest-loss front trial at least as good as this "
+                                                            "baseline on every objective")
     export.add_argument("-o", "--output", help="YAML or JSON path (default DIR/best.yaml)")
     export.set_defaults(handler=cmd_export)
     return parser

@@ -75,24 +75,28 @@ STATUS = {MEASURED.name: "ok", STOPPED.name: "stopped", PREDICTED.name: "predict
 
 @dataclass(frozen=True)
 class Outcome:
-    """A finished trial's outcome: its kind, and the trial whose result it reused, if it repeated a settled config."""
+    """A finished trial's outcome: its kind, the trial whose result it reused (if it repeated a settled config), and
+    the baseline it measures (a fixed config of the space, measured like any trial to compare the front with)."""
 
     kind: Kind
     reused_from: Optional[int] = None
+    baseline: Optional[str] = None
 
     @property
     def counts(self) -> bool:
-        return self.kind.counts and self.reused_from is None
+        """Takes a place of the budget: a repeat and a baseline do not."""
+        return self.kind.counts and self.reused_from is None and self.baseline is None
 
     @property
     def state(self) -> str:
-        """The Optuna state it is told as: a repeat that reused a measurement is PRUNED, so that Optuna's own front
-        holds each measured config once while the sampler still sees the repeat's params."""
-        return PRUNED if self.reused_from is not None and self.kind.state == COMPLETE else self.kind.state
+        """The Optuna state it is told as: a repeat that reused a measurement, and a baseline, are PRUNED, so that
+        Optuna's own front holds each searched config once while the sampler still sees their params."""
+        aside = self.reused_from is not None or self.baseline is not None
+        return PRUNED if aside and self.kind.state == COMPLETE else self.kind.state
 
     @property
     def front(self) -> bool:
-        return self.kind.front and self.reused_from is None
+        return self.kind.front and self.reused_from is None and self.baseline is None
 
     @property
     def settles(self) -> bool:
@@ -116,7 +120,7 @@ def outcome_of(attrs: Mapping[str, Any]) -> Outcome:
         kind = PREDICTED
     else:
         kind = KINDS.get(attrs.get("reason"), ERROR)
-    return Outcome(kind, attrs.get("reused_from"))
+    return Outcome(kind, attrs.get("reused_from"), attrs.get("baseline"))
 
 
 def is_stopped(attrs: Mapping[str, Any]) -> bool:
@@ -160,6 +164,8 @@ def reused(result: Mapping[str, Any], number: int) -> dict[str, Any]:
 def reason(attrs: Mapping[str, Any]) -> str:
     """A finished trial's reason in a few words, for tables: the twin it reused, the rung it stopped at, or why it
     failed; '' for a measured trial."""
+    if "baseline" in attrs and outcome_of(attrs).kind.front:
+        return f"baseline {attrs['baseline']}"
     if "reused_from" in attrs:
         return f"same config as #{attrs['reused_from']}"
     if is_stopped(attrs):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .review import Review, staircase
 
-FRONT_COLOR, OTHER_COLOR, INFEASIBLE_COLOR = "#d62728", "#9e9e9e", "#ff9896"
+FRONT_COLOR, OTHER_COLOR, INFEASIBLE_COLOR, BASELINE_COLOR = "#d62728", "#9e9e9e", "#ff9896", "#1f1f1f"
 LABEL_OFFSETS = ((5, 5), (5, -11), (-20, 5), (-20, -11))  # points: where a front member's number goes, in turn
 STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
          "axes.spines.right": False}
@@ -61,6 +61,13 @@ def _front_figure(review: Review, plt):
         axes.plot(xs, ys, color=FRONT_COLOR, lw=1, alpha=0.6, zorder=3, label="front in this pair")
         axes.scatter([t.values[i] for t in front], [t.values[j] for t in front], s=30, c=FRONT_COLOR,
                      edgecolors="white", linewidths=0.6, label="Pareto front", zorder=4)
+        baselines = review.baselines
+        if baselines:
+            axes.scatter([t.values[i] for t in baselines], [t.values[j] for t in baselines], s=90, marker="*",
+                         c=BASELINE_COLOR, label="baseline", zorder=5)
+            for trial in baselines:
+                axes.annotate(trial.baseline, (trial.values[i], trial.values[j]), fontsize=7, zorder=6, xytext=(5, -11),
+                              textcoords="offset points", color=BASELINE_COLOR)
         for k, trial in enumerate(sorted(front, key=lambda t: t.values[i])):  # labels turn round the point,
             axes.annotate(f"#{trial.number}{' ≈' if trial.noise else ''}", (trial.values[i], trial.values[j]),
                           fontsize=7, zorder=5, xytext=LABEL_OFFSETS[k % len(LABEL_OFFSETS)],

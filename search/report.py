@@ -15,7 +15,7 @@ from typing import Any
 from .metrics import with_sd
 from .review import Review, TrialRow, staircase
 
-FRONT_COLOR, OTHER_COLOR, INFEASIBLE_COLOR = "#d62728", "#9e9e9e", "#ff9896"
+from .plots import BASELINE_COLOR, FRONT_COLOR, INFEASIBLE_COLOR, OTHER_COLOR
 SORT_SCRIPT = """
 document.querySelectorAll('table.sortable th').forEach(function (th, column) {
   th.addEventListener('click', function () {
@@ -47,7 +47,8 @@ def _hover(row: TrialRow, review: Review) -> str:
     extra = "<br>".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in row.metrics.items()
                         if k not in {o.name for o in review.objectives} and isinstance(v, (int, float)) and not isinstance(v, bool))
     noise = f"<br><i>{html.escape(row.noise)}</i>" if row.noise else ""
-    return f"<b>trial #{row.number}</b>{' (front)' if row.on_front else ''}{noise}<br>{values}<br><br>{params}<br><br>{extra}"
+    title = f"baseline {html.escape(row.baseline)}" if row.baseline else f"trial #{row.number}"
+    return f"<b>{title}</b>{' (front)' if row.on_front else ''}{noise}<br>{values}<br><br>{params}<br><br>{extra}"
 
 
 def front_figure(review: Review) -> Any:
@@ -83,6 +84,13 @@ def front_figure(review: Review) -> Any:
                 marker={"color": color, "size": 9 if front else 7, "line": {"width": 0.5, "color": "white"}},
                 error_x={"type": "data", "array": [t.sd(objectives[i].name) for t in chosen], "visible": True, "width": 2},
                 error_y={"type": "data", "array": [t.sd(objectives[j].name) for t in chosen], "visible": True, "width": 2},
+                hovertext=[_hover(t, review) for t in chosen], hoverinfo="text"), row=row, col=col)
+        if review.baselines:
+            chosen = review.baselines
+            figure.add_trace(go.Scatter(
+                x=[t.values[i] for t in chosen], y=[t.values[j] for t in chosen], name="baseline", legendgroup="baseline",
+                showlegend=k == 0, mode="markers+text", text=[t.baseline for t in chosen], textposition="bottom right",
+                marker={"color": BASELINE_COLOR, "size": 14, "symbol": "star"},
                 hovertext=[_hover(t, review) for t in chosen], hoverinfo="text"), row=row, col=col)
         figure.update_xaxes(title_text=f"{objectives[i].label}, {objectives[i].better}", row=row, col=col)
         figure.update_yaxes(title_text=f"{objectives[j].label}, {objectives[j].better}", row=row, col=col)
@@ -175,7 +183,7 @@ def write_report(review: Review, path: Path) -> Path:
     """Write the report; the file works offline (plotly.js inlined once, no network script)."""
     from plotly.offline import get_plotlyjs
 
-    sections = [f"<h1>Search '{html.escape(review.name)}'</h1>", _summary(review)]
+    sections = [f"<h1>Search '{html.escape(review.name)}'</h1>", _summary(review), _baselines(review)]
     if review.complete:
         sections += ["<h2>Pareto front</h2>", '<p class="note">Hover a point for its params and every metric; the '
                      "front's members are numbered and joined by its step line in each pair of objectives. Where seeds were "
@@ -205,6 +213,14 @@ def write_report(review: Review, path: Path) -> Path:
 
 def _div(figure: Any, name: str) -> str:
     return f'<div class="plot" id="plot-{html.escape(name)}">' + figure.to_html(full_html=False, include_plotlyjs=False) + "</div>"
+
+
+def _baselines(review: Review) -> str:
+    """What the front holds against each baseline."""
+    if not review.baselines:
+        return ""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in review.baseline_lines())
+    return f"<h2>Baselines</h2><ul id='baselines'>{items}</ul>"
 
 
 def _summary(review: Review) -> str:

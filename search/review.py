@@ -58,6 +58,7 @@ class TrialRow:
     feasible: bool
     on_front: bool
     noise: str = ""  # for a front member: its lead over a trial it dominates is within the seed noise
+    baseline: str = ""  # the baseline it measures, if it is one
 
     def sd(self, objective: str) -> float:
         """The seed-to-seed sd recorded beside an objective's mean (0 where seeds were not confirmed)."""
@@ -142,7 +143,7 @@ class Review:
                  + (f", {len(failed)} failed ({tally(failed)})" if failed else "")
                  + (f"; {len(free)} refused before training or owed again ({tally(free)})" if free else "")
                  + (f"; {plural(reused, 'repeat')} of a settled config reused its result" if reused else "")]
-        lines += self.ladder_lines()
+        lines += self.ladder_lines() + self.baseline_lines()
         if self.front:
             lines.append(f"Pareto front ({plural(len(self.front), 'trial')}):")
         elif complete:
@@ -163,7 +164,7 @@ class Review:
         target, longest = predictor["target_tokens"], predictor["longest_tokens"]
         measured = sum(bool(t.metrics.get("target_measured")) for t in self.measured)
         lines.append(f"{TARGET}: the loss at {target:,} tokens, measured for {measured} and predicted for "
-                     f"{len(self.front_candidates()) - measured} configs"
+                     f"{len(self.complete) - measured} configs"
                      + (f"; predicted {target / longest:.0f}x past the longest measurement ({longest:,} tokens)"
                         if target > longest else ""))
         if predictor.get("checked_configs", 0) >= 3 and predictor.get("spearman") == predictor.get("spearman"):
@@ -175,9 +176,48 @@ class Review:
                          f"brief budget, at least 3 at one budget are needed to check it")
         return lines
 
-    def front_candidates(self) -> list[TrialRow]:
-        """The trials that may be on the front: complete and feasible."""
-        return [t for t in self.complete if t.feasible]
+    @property
+    def baselines(self) -> list[TrialRow]:
+        """The baselines measured, by name."""
+        return sorted((t for t in self.trials if t.baseline and t.values is not None), key=lambda t: t.baseline)
+
+    def beaten_by(self, baseline: TrialRow) -> list[TrialRow]:
+        """The front members that beat a baseline: at least as good on every objective, better on one."""
+        base = minimised([baseline.values], self.directions)[0]
+        return [t for t in self.front if (lambda p: (p <= base).all() and (p < base).any())(minimised([t.values], self.directions)[0])]
+
+    def comparison(self, baseline: TrialRow, member: TrialRow) -> str:
+        """How a front member compares with a baseline, objective by objective: 'val_loss -1.8%, decode_ms 0.62x'."""
+        parts = []
+        for objective, mine, theirs in zip(self.objectives, member.values, baseline.values):
+            if objective.unit.startswith(("nats", "bits")):  # a loss: the difference, in percent
+                parts.append(f"{objective.name} {(mine - theirs) / abs(theirs):+.1%}")
+            else:
+                parts.append(f"{objective.name} {mine / theirs:.2f}x" if theirs else f"{objective.name} {mine:.3g}")
+        return ", ".join(parts)
+
+    def baseline_lines(self) -> list[str]:
+        """For each baseline: which front members beat it and by how much, or that none does."""
+        lines = []
+        for baseline in self.baselines:
+            beaten = sorted(self.beaten_by(baseline), key=lambda t: t.values[0])
+            lines.append(f"baseline {baseline.baseline} (#{baseline.number}): " + (
+                "; ".join(f"#{t.number}: {self.comparison(baseline, t)} of {baseline.baseline}" for t in beaten[:5])
+                + (f"; and {len(beaten) - 5} more" if len(beaten) > 5 else "")
+                if beaten else "no front member beats it on every objective"))
+        return lines
+
+    def pick_beating(self, name: str) -> StoredTrial:
+        """The lowest-loss front member at least as good as baseline `name` on every objective."""
+        found = [b for b in self.baselines if b.baseline == name]
+        if not found:
+            known = ", ".join(b.baseline for b in self.baselines) or "none measured"
+            raise ValueError(f"--beats {name}: no measured baseline of that name (baselines: {known})")
+        base = minimised([found[0].values], self.directions)[0]
+        chosen = [self.stored(t.number) for t in self.front if (minimised([t.values], self.directions)[0] <= base).all()]
+        if not chosen:
+            raise ValueError(f"--beats {name}: no front member is at least as good as baseline {name} on every objective")
+        return fronts.best(chosen, self.names, self.directions)
 
     # -- choosing a winner ---------------------------------------------------------------------------------------
 
@@ -275,14 +315,24 @@ def build_review(study: StudyView) -> Review:
     front = fronts.front_trials(trials, directions)
     members = {t.number for t in front}
     noisy = fronts.leads_within_noise(trials, front, names, directions)
-    rows = [TrialRow(number=t.number, state=t.state, values=t.values, params=dict(t.params),
+    rows = [TrialRow(number=t.number, state=t.state, values=t.values or _baseline_values(t, names), params=dict(t.params),
                      metrics={k: v for k, v in t.user_attrs.items() if k not in STRUCTURED_ATTRS and not isinstance(v, (dict, list))},
                      reason=reason(t.user_attrs) if t.finished else "", measured=t.finished and t.outcome.counts,
-                     feasible=t.feasible, on_front=t.number in members, noise=noisy.get(t.number, ""))
+                     feasible=t.feasible, on_front=t.number in members, noise=noisy.get(t.number, ""),
+                     baseline=t.user_attrs.get("baseline", "") if t.finished and t.outcome.kind.front else "")
             for t in trials]
     complete = any(r.state == "COMPLETE" for r in rows)
     reference = fronts.reference_point(trials, directions) if complete else None
     return Review(study, objectives, rows, reference, settings=_settings(study), rungs=_rungs(trials))
+
+
+def _baseline_values(trial: StoredTrial, names: list[str]) -> Optional[tuple[float, ...]]:
+    """A measured baseline's objective values (it is told as PRUNED, so that Optuna's front holds searched configs
+    alone: its values are in its record)."""
+    if not trial.finished or trial.outcome.baseline is None or not trial.outcome.kind.front:
+        return None
+    values = [trial.user_attrs.get(name) for name in names]
+    return tuple(float(v) for v in values) if all(isinstance(v, (int, float)) for v in values) else None
 
 
 def _rungs(trials: list[StoredTrial]) -> list[Rung]:

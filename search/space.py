@@ -25,7 +25,8 @@ from .metrics import METRICS
 
 KINDS = ("choice", "int", "float", "log")
 DIST_KEYS = set(KINDS) | {"step", "if", "per_layer"}
-SECTIONS = ("name", "data", "params", "model", "train", "probes", "objectives", "constraints", "search", "resources")
+SECTIONS = ("name", "data", "params", "model", "train", "probes", "objectives", "constraints", "search", "resources",
+            "baselines")
 BUILTIN_REFS = ("vocab_size", "seq_len")  # filled from the data and train sections
 INPUT_STREAM = "emb_ids"  # the one input stream of a searched model: token ids
 
@@ -109,6 +110,14 @@ class Param:
             labels = [json.dumps(c) for c in self.choices]
         return labels
 
+    def contains(self, value: Any) -> bool:
+        """Whether `value` is one this parameter can draw."""
+        if self.kind == "choice":
+            return value in list(self.choices)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not self.low <= value <= self.high:
+            return False
+        return not self.step or abs((value - self.low) / self.step - round((value - self.low) / self.step)) < 1e-9
+
     def size(self) -> Optional[int]:
         if self.kind == "choice":
             return len(self.choices)
@@ -117,6 +126,16 @@ class Param:
         if self.step:
             return int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
         return None
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A fixed config measured like any trial, to compare the front with: a value for each searched parameter, or
+    a layer config of its own (`model`, with values for any searched training setting in `params`)."""
+
+    name: str
+    params: dict[str, Any]
+    model: Optional[dict] = None
 
 
 @dataclass
@@ -134,6 +153,7 @@ class SearchSpace:
     constraints: dict[str, dict[str, float]]
     search: dict
     resources: dict
+    baselines: list[Baseline] = field(default_factory=list)
 
     def sample(self, trial: Any) -> dict[str, Any]:
         """Draw every active parameter; per-layer ones once per layer, named 'name[i]'."""
@@ -156,11 +176,12 @@ class SearchSpace:
             return int(_substitute(layers["repeat"], values, None))
         return 0
 
-    def resolve(self, values: Mapping[str, Any], vocab_size: int) -> tuple[dict, dict]:
-        """Params -> (model config, train config), with $refs substituted and per-layer units expanded."""
+    def resolve(self, values: Mapping[str, Any], vocab_size: int, model: Optional[dict] = None) -> tuple[dict, dict]:
+        """Params -> (model config, train config), with $refs substituted and per-layer units expanded; `model`
+        (a baseline's own layer config) in place of the space's."""
         train = {k: _substitute(v, values, None) for k, v in self.train.items()}
         values = {**values, "vocab_size": vocab_size, "seq_len": train["seq_len"]}
-        model = copy.deepcopy(self.model)
+        model = copy.deepcopy(self.model if model is None else model)
         layers = model.get("layers")
         if isinstance(layers, Mapping):
             depth = int(_substitute(layers["repeat"], values, None))
@@ -261,6 +282,13 @@ def _coerce_numbers(node: Any) -> Any:
     if isinstance(node, list):
         return [_coerce_numbers(v) for v in node]
     return node
+
+
+def _label(param: Param, value: Any) -> Any:
+    """A value as Optuna records it for its parameter (a choice's label); a value that is not a choice as it is."""
+    if param.kind == "choice" and value in list(param.choices):
+        return param.labels()[list(param.choices).index(value)]
+    return value
 
 
 def _is_distribution(node: Any) -> bool:
@@ -403,6 +431,44 @@ class _Loader:
         if not all(isinstance(p, (int, float)) and 0 < p < 1 for p in search["curve_points"]):
             raise self.fail("search.curve_points", f"expected shares of the first rung between 0 and 1, got {search['curve_points']}")
 
+    def baselines(self, raw: Any, space: SearchSpace) -> list[Baseline]:
+        """The `baselines:` list: each a name with a value for every searched parameter it uses (each within its
+        distribution, all of them drawn as a fixed trial would be), or a layer config of its own."""
+        from optuna.trial import FixedTrial
+
+        params = space.params
+        if raw is None:
+            return []
+        if not isinstance(raw, list):
+            raise self.fail("baselines", f"expected a list of {{name: ..., params: {{...}}}} or {{name: ..., model: {{...}}}}, got {raw!r:.60}")
+        found: list[Baseline] = []
+        for i, entry in enumerate(raw):
+            where = f"baselines[{i}]"
+            if not isinstance(entry, Mapping) or set(entry) - {"name", "params", "model"}:
+                raise self.fail(where, f"expected name, params and/or model, got {entry!r:.60}")
+            name = entry.get("name")
+            if not isinstance(name, str) or not name.replace("-", "_").isidentifier() or name in [b.name for b in found]:
+                raise self.fail(f"{where}.name", f"expected a simple name of its own (letters, digits, _ or -), got {name!r}")
+            values = entry.get("params") or {}
+            model = entry.get("model")
+            if not isinstance(values, Mapping) or (model is not None and not (isinstance(model, Mapping) and "layers" in model)):
+                raise self.fail(where, "expected params as a mapping and model as a layer config (with 'layers')")
+            for key, value in values.items():
+                param = params.get(key.split("[")[0])
+                if param is None:
+                    raise self.fail(f"{where}.params.{key}", f"names no searched parameter (declared: {', '.join(params)})")
+                if not param.contains(value):
+                    raise self.fail(f"{where}.params.{key}", f"{value!r} is not a value {param.field()} can take")
+            if model is None:  # every active parameter given
+                labels = {k: _label(params[k.split("[")[0]], v) for k, v in values.items()}
+                try:
+                    space.sample(FixedTrial(labels))
+                except (ValueError, KeyError) as err:
+                    raise self.fail(f"{where}.params", f"expected a value for every searched parameter it uses, "
+                                                       f"within its distribution ({str(err).splitlines()[0]})") from None
+            found.append(Baseline(name, dict(values), None if model is None else dict(model)))
+        return found
+
     def load(self, raw: Any) -> SearchSpace:
         if not isinstance(raw, Mapping):
             raise self.fail("(top level)", f"expected a mapping with sections {', '.join(SECTIONS)}, got {type(raw).__name__}")
@@ -517,8 +583,10 @@ class _Loader:
         if "val_loss_at_target" in objectives and train["target_tokens"] is None:
             raise self.fail("objectives.val_loss_at_target", "needs train.target_tokens: the budget it is predicted at")
         resources = self.section(raw, "resources", RESOURCE_KEYS)
-        return SearchSpace(self.path, name, params, model, data, train, probes, dict(objectives),
-                           {k: dict(v) for k, v in constraints.items()}, search, resources)
+        space = SearchSpace(self.path, name, params, model, data, train, probes, dict(objectives),
+                            {k: dict(v) for k, v in constraints.items()}, search, resources)
+        space.baselines = self.baselines(raw.get("baselines"), space)
+        return space
 
 
 def load_space(path: str | Path) -> SearchSpace:

@@ -131,12 +131,13 @@ def seed_summary(measurements: list[Measurement], seeds: list[int]) -> Record:
 
 
 def run(space: SearchSpace, params: Mapping[str, Any], device: Optional[torch.device | str] = None,
-        report: Callable[[Record], bool] = lambda record: True, checkpoints: Optional[str | Path] = None) -> Record:
+        report: Callable[[Record], bool] = lambda record: True, checkpoints: Optional[str | Path] = None,
+        model: Optional[dict] = None) -> Record:
     """Measure one candidate at each of the space's rungs, telling `report` each record; returns the last record:
     measured (the full budget), stopped (report answered stop) or failed (outcome.py). With `checkpoints` (a folder), the
     state at each rung is kept there, and a config found there resumes after its last measured rung. With
     search.confirm_seeds k, the full budget is trained k more times on other seeds and its record reports the
-    means (val_loss_sd beside val_loss)."""
+    means (val_loss_sd beside val_loss). `model`: a baseline's own layer config, in place of the space's."""
     device = _prepared(space, device)
     timer = _Timer()
     metrics: Record = {"device": str(device)}
@@ -144,7 +145,8 @@ def run(space: SearchSpace, params: Mapping[str, Any], device: Optional[torch.de
     try:
         corpus = load_corpus(space.data)
         timer.lap("data_s")
-        candidate = candidates.screen(space, params, corpus.vocab_size)
+        candidate = candidates.screen(space, params, corpus.vocab_size,
+                                      resolved=candidates.resolve(space, params, corpus.vocab_size, model))
         metrics.update(candidate.metrics)
         metrics.update(config_key=candidate.key, model_config=candidate.model_config, train=candidate.train)
         candidates.build(candidate)
@@ -188,7 +190,7 @@ def run(space: SearchSpace, params: Mapping[str, Any], device: Optional[torch.de
             metrics["resumed_at_rung"] = start.rung  # its rungs up to this one were trained by an interrupted trial
         with DeviceGate.of(device).sharing() as yield_device:
             final = train(candidate.model, corpus, candidate.train, device, rungs, measured, yield_device,
-                          save=_saver(folder, candidate.key) if folder else None, start=start)
+                          save=_saver(folder, candidate.key) if folder else None, start=start, points=space.curve_points())
         if final is None:
             return outcome.stopped(f"stopped at rung {metrics['rung']} ({metrics['tokens_trained']:,} tokens)",
                                    **metrics, timings=timer.timings)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from ..storage import StoredTrial, StudyStore
-from .state import CONFIG, PLACE, RESUME, Place, StudyState
+from .state import BASELINE, CONFIG, PLACE, RESUME, Place, StudyState
 from .suggestions import Suggestion
 
 
@@ -82,9 +82,18 @@ class Claims:
         places = [(f"{PLACE}{i}", p.value()) for i, p in self.state.places.items() if p.trial in gone]
         configs = [(CONFIG + t.user_attrs["config_key"], t.number) for t in ended
                    if not t.outcome.settles and t.user_attrs.get("config_key")]
-        if places or configs:
-            self.store.release(places + configs)
+        baselines = [(f"{BASELINE}{t.outcome.baseline}", True) for t in ended  # queued again by the next driver to look
+                     if t.outcome.baseline is not None and not t.outcome.settles]
+        if places or configs or baselines:
+            self.store.release(places + configs + baselines)
             self.state.places = {i: p for i, p in self.state.places.items() if p.trial not in gone}
+
+    def baseline(self, name: str) -> bool:
+        """Claim the queuing of a baseline: True for the one driver that should queue it."""
+        return self.store.claim(f"{BASELINE}{name}", True)
+
+    def release_baseline(self, name: str) -> None:
+        self.store.release([(f"{BASELINE}{name}", True)])
 
     def resume(self, trial: StoredTrial) -> None:
         """Queue an interrupted trial's config to go on from its last rung, with its rung results: once, whichever

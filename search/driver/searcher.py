@@ -87,6 +87,7 @@ class Driver:
         self.lock = threading.RLock()  # the threads asking ahead, the heartbeat and Ray Tune's calls share this object
         self._refreshed = -math.inf
         self.refresh(force=True)
+        self._queue_baselines()
 
     # -- what the study holds ------------------------------------------------------------------------------------
 
@@ -114,6 +115,13 @@ class Driver:
                 self.claims.resume(trial)
         self._refreshed = time.monotonic()
         self.study_seconds += time.perf_counter() - start
+
+    def _queue_baselines(self) -> None:
+        """Each of the space's baselines not measured yet is queued once (whichever driver claims it first), to be
+        asked before any new suggestion; one whose trial ended without a result is queued again."""
+        for baseline in self.space.baselines:
+            if baseline.name not in self.state.baselines and self.claims.baseline(baseline.name):
+                self.store.enqueue(baseline.params, {"baseline": baseline.name})
 
     def _foreign_ended(self, key: str, number: int) -> None:
         """Another driver's trial of a config ended: the repeats waiting here are told its result, or, where it
@@ -243,7 +251,7 @@ class Driver:
                 self.foreign[suggestion.key] = holder
                 self.parked.setdefault(suggestion.key, []).append(suggestion)
             return None
-        if not self.claims.place(suggestion.number):
+        if suggestion.attrs.get("baseline") is None and not self.claims.place(suggestion.number):  # baselines take none
             self.claims.release_config(suggestion)
             self._tell(suggestion, outcome.failed("withdrawn", "another driver took the last of the budget first",
                                                   config_key=suggestion.key))
@@ -256,9 +264,12 @@ class Driver:
         return self._trial_config(suggestion)
 
     def _trial_config(self, suggestion: Suggestion) -> dict[str, Any]:
-        """What a worker gets: the params, the study trial it measures, the config key, where rungs are kept."""
+        """What a worker gets: the params, the study trial it measures, the config key, where rungs are kept, and a
+        baseline's own layer config."""
+        baseline = next((b for b in self.space.baselines if b.name == suggestion.attrs.get("baseline")), None)
         return {"params": suggestion.params, "number": suggestion.number, "key": suggestion.key,
-                "checkpoints": str(self.checkpoints) if self.checkpoints else None}
+                "checkpoints": str(self.checkpoints) if self.checkpoints else None,
+                "model": baseline.model if baseline is not None else None}
 
     def _promote(self, slot: str, draining: bool) -> Optional[dict[str, Any]]:
         """A trial waiting at a rung that now ranks well enough there to go on, handed to the slot to continue from
@@ -290,6 +301,8 @@ class Driver:
             if running is None or entry is None or not outcome.is_measured(record) or "rung" not in record:
                 return True
             rung, suggestion = int(record["rung"]), running.suggestion
+            if suggestion.attrs.get("baseline") is not None:
+                return True  # a baseline is measured at the full budget, and ranked against no one on the way
             rungs = dict(suggestion.attrs.get("rungs") or {})  # a resumed config's earlier rungs among them
             if str(rung) not in rungs:
                 rungs[str(rung)] = {"tokens_trained": record["tokens_trained"], "values": entry[0], "penalty": entry[1]}
@@ -343,6 +356,8 @@ class Driver:
             self.claims.release_place(suggestion.number)
         if not told.settles:
             self.claims.release_config(suggestion)
+            if told.baseline is not None:
+                self.claims.release_baseline(told.baseline)
         died = told.kind is WORKER_DIED
         if self.checkpoints is not None and not died:
             checkpoint_path(self.checkpoints, suggestion.key).unlink(missing_ok=True)
@@ -355,6 +370,8 @@ class Driver:
     def _tell(self, suggestion: Suggestion, record: dict[str, Any], trained: bool = False) -> outcome.Outcome:
         """Record a trial's outcome in the study, take it into account here, and show it: a line for a trial back
         from its worker (`trained`), a count for one that cost no training."""
+        if "baseline" in suggestion.attrs:  # kept off the budget and the front, whatever it measured
+            record = {**record, "baseline": suggestion.attrs["baseline"]}
         told = self.store.record(suggestion.trial, suggestion.trial_id, record)
         self.state.learn_record(suggestion.number, {**suggestion.attrs, **record}, told,
                                 [record.get(name) for name in self.objectives], self._feasible(record))

@@ -18,6 +18,7 @@ PLACE = "cf:place:"  # cf:place:<i> -> {"trial": number, "waiting": rung or None
 CONFIG = "cf:config:"  # cf:config:<key> -> number: the trial that trains (or settled) a config
 RUNG = "cf:rung:"  # cf:rung:<rung>:<key> -> {"values": [...], "penalty": p}: a config's result at a rung
 RESUME = "cf:resume:"  # cf:resume:<number> -> number: the one driver that queued an interrupted trial to go on
+BASELINE = "cf:baseline:"  # cf:baseline:<name> -> true: the one driver that queued a baseline to be measured
 
 
 @dataclass
@@ -49,6 +50,7 @@ class StudyState:
     measured: int = 0  # trials that took a place and ended (the --trials count)
     spent: int = 0  # training tokens the measured trials spent
     places: dict[int, Place] = field(default_factory=dict)
+    baselines: dict[str, int] = field(default_factory=dict)  # baseline name -> the trial that measured it
     open: list[int] = field(default_factory=list)  # numbers of the trials not ended at the last reread
     front: ParetoFront = field(init=False)
     _open_from: int = 0  # every trial numbered below this has ended and been taken into account
@@ -97,6 +99,8 @@ class StudyState:
             self.spent += attrs.get("tokens_spent") or 0
         key = attrs.get("config_key")
         if key is not None and outcome.settles:
-            self.settled[key] = reused(attrs, number)
+            self.settled[key] = reused({k: v for k, v in attrs.items() if k != "baseline"}, number)
+        if outcome.baseline is not None and outcome.settles:
+            self.baselines[outcome.baseline] = number
         if outcome.front and feasible and values is not None and None not in values:
             self.front.add(values)

@@ -42,13 +42,20 @@ def draw(store: StudyStore, space: SearchSpace, vocab_size: int) -> Suggestion:
     device (config errors, cheap constraints). An enqueued trial (a resume, a retry) comes first, with its attrs."""
     from ..candidate import screen  # builds models: kept off the import path of the review commands
 
+    from ..candidate import resolve
+
     trial, trial_id = store.ask()
-    params = space.sample(trial)
-    attrs = dict(trial.user_attrs)  # set by the queue, for a resume or a retry
+    attrs = dict(trial.user_attrs)  # set by the queue, for a resume, a retry or a baseline
+    baseline = next((b for b in space.baselines if b.name == attrs.get("baseline")), None)
+    if baseline is not None and baseline.model is not None:  # its own layer config: only its training settings drawn
+        params = {name: space.params[name.split("[")[0]].suggest(trial, name) for name in baseline.params}
+    else:
+        params = space.sample(trial)
     try:
-        candidate = screen(space, params, vocab_size, quick=True)
+        resolved = resolve(space, params, vocab_size, baseline.model if baseline is not None else None)
+        candidate = screen(space, params, vocab_size, quick=True, resolved=resolved)
     except TrialFailure as failure:
-        return Suggestion(trial, trial_id, params, failure.metrics["config_key"], failure, attrs)
+        return Suggestion(trial, trial_id, params, failure.metrics.get("config_key", ""), failure, attrs)
     return Suggestion(trial, trial_id, params, candidate.key, None, attrs)
 
 

@@ -48,13 +48,14 @@ class TargetModel:
         return True
 
     def predict(self, key: str) -> Prediction:
-        """The config's loss at the target; before any fit, its last measurement with an unknown spread."""
+        """The config's loss at the target; before the first fit (fewer than three points in the study), its last
+        measurement, with no spread to tell."""
         points = self.data.points.get(key, {})
         if self.target in points:
             return Prediction(points[self.target], 0.0, True, self.target)
         if self.predictor is None or key not in self.data.features:
             last = max(points, default=0)
-            return Prediction(points.get(last, math.inf), math.inf, False, last)
+            return Prediction(points.get(last, math.nan), 0.0, False, last)
         return self.predictor.predict(key)
 
     def fields(self, key: str) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def run_trial(config: dict, space: SearchSpace) -> None:
         tune.report(tune_result(record))
         return True  # a trial its scheduler stops never gets here: Ray ends it inside tune.report
 
-    trial_module.run(space, config["params"], device, report, config.get("checkpoints"))
+    trial_module.run(space, config["params"], device, report, config.get("checkpoints"), config.get("model"))
 
 
 class DriverSearcher(Searcher):
