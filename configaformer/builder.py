@@ -260,11 +260,17 @@ class ConfigaFormer(nn.Module):
             print(self._summary)
 
     @classmethod
-    def from_config(cls, config: Union[Mapping[str, Any], str, os.PathLike], **kwargs: Any) -> ConfigaFormer:
-        """Build from an op-level config, a layer config, or a YAML/JSON file holding either."""
+    def from_config(cls, config: Union[Mapping[str, Any], str, os.PathLike],
+                    weights: Optional[Union[str, os.PathLike]] = None, **kwargs: Any) -> ConfigaFormer:
+        """Build from an op-level config, a layer config, or a YAML/JSON file holding either; with `weights`, a
+        state dict saved by torch.save, loaded without running any code from the file (weights_only)."""
         from .io import load_config
         from .layers import compile_layers, is_layer_config
 
+        if weights is not None:
+            model = cls.from_config(config, **kwargs)
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            return model
         source = None
         if isinstance(config, (str, os.PathLike)):
             source = str(config)

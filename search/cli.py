@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 from .errors import UsageError
 from .progress import plural
 
-COMMANDS = ("run", "validate", "calibrate", "front", "trials", "plot", "report", "export")
+COMMANDS = ("run", "validate", "calibrate", "retrain", "front", "trials", "plot", "report", "export")
 
 
 def _format(value: float) -> str:
@@ -105,6 +105,40 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    import signal
+
+    from .console import fitted
+    from .retrain import retrain
+    from .run import stopped_by
+
+    trials = None
+    if args.trials:
+        try:
+            trials = [int(n) for n in args.trials.split(",")]
+        except ValueError:
+            raise UsageError(f"--trials {args.trials}: expected trial numbers such as 3,7,12") from None
+    say = (lambda text: None) if args.quiet else print
+    try:
+        review = retrain(args.dir, args.storage, args.mult, args.seeds, trials, args.address, args.gpus_per_trial,
+                         args.concurrency, say)
+    except KeyboardInterrupt:
+        signum = stopped_by()
+        print(f"configaformer-search: retrain {'terminated' if signum == signal.SIGTERM else 'interrupted'}; the runs that "
+              "ended are kept: run the same command again to resume", file=sys.stderr)
+        return 128 + signum
+    print("\n".join(review.retrain_lines() or ["nothing retrained yet"]))
+    frame = review.front_frame()
+    if not frame.empty:
+        sys.stdout.write(fitted(frame, (*review.names, *_retrained_columns(frame), "noise")))
+    return 0
+
+
+def _retrained_columns(frame) -> list[str]:
+    """The columns of what retrain measured (val_loss@16x), beside the search's objectives."""
+    return [c for c in frame if "@" in c and not c.endswith("_sd")]
+
+
 def _print_summary(result) -> None:
     """What the search measured, what it refused or reused for free, the front, and the files it wrote."""
     from .console import fitted
@@ -167,8 +201,9 @@ def cmd_front(args: argparse.Namespace) -> int:
     from .console import fitted
 
     review = _open_run(args.dir, args.storage)
-    keep = (*review.names, "noise")
-    _emit(review.front_frame(), args.format, args.output, empty="(the front is empty: no trial has finished that meets the constraints)",
+    frame = review.front_frame()
+    keep = (*review.names, *_retrained_columns(frame), "noise")
+    _emit(frame, args.format, args.output, empty="(the front is empty: no trial has finished that meets the constraints)",
           table=None if args.all else lambda frame: fitted(frame, keep))  # what fits a terminal; files keep it all
     return 0
 
@@ -232,6 +267,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             chosen = review.knee()
         elif args.beats:
             chosen = review.pick_beating(args.beats)
+        elif args.retrained:
+            chosen = review.pick_retrained()
         else:
             chosen = review.pick_default()
     except ValueError as err:
@@ -239,8 +276,33 @@ def cmd_export(args: argparse.Namespace) -> int:
     export_trial(review, chosen, output)
     values = ", ".join(f"{n} {v:.4g}" for n, v in zip(review.names, chosen.values))
     print(f"exported trial #{chosen.number} ({values}) to {output}")
-    print(f"rebuild it with ConfigaFormer.from_config({str(output)!r})")
+    if args.weights:
+        weights = _export_weights(review, chosen.number, Path(args.dir), output)
+        print(f"with its weights retrained at {weights[1]:,} tokens: ConfigaFormer.from_config({str(output)!r}, "
+              f"weights={str(weights[0])!r})")
+    else:
+        print(f"rebuild it with ConfigaFormer.from_config({str(output)!r})")
     return 0
+
+
+def _export_weights(review, number: int, folder, output):
+    """Copy the trial's retrained weights (longest budget, first seed) beside its exported config."""
+    import shutil
+
+    from .retrain import weights_path
+
+    by_tokens = review.retrained.get(number)
+    if not by_tokens:
+        raise UsageError(f"--weights: trial #{number} was not retrained, so it has no trained weights; run "
+                         f"`configaformer-search retrain {folder} --trials {number}` first")
+    tokens = max(by_tokens)
+    seed = min(by_tokens[tokens].values)
+    source = weights_path(folder, number, tokens, seed)
+    if not source.is_file():
+        raise UsageError(f"--weights: {source} is missing (retrained on another machine? copy it there)")
+    target = output.with_suffix(".pt")
+    shutil.copyfile(source, target)
+    return target, tokens
 
 
 def _exportable(review, number: int):
@@ -300,6 +362,19 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--quiet", "-q", action="store_true", help="print only the findings")
     calibrate.set_defaults(handler=cmd_calibrate)
 
+    retrain = sub.add_parser("retrain", help="train the front and the baselines again at a longer budget (resumes)")
+    retrain.add_argument("dir", help="run folder")
+    retrain.add_argument("--storage", help="Optuna storage URL, when the study is not the folder's study.db")
+    retrain.add_argument("--mult", type=float, help="the budget, as a multiple of the space's train.tokens "
+                                                    "(default: its target_tokens, else 4)")
+    retrain.add_argument("--seeds", type=int, default=1, help="seeds per config (default 1)")
+    retrain.add_argument("--trials", help="these trial numbers instead of the front and the baselines, e.g. 3,7,12")
+    retrain.add_argument("--address", help="join this Ray cluster instead of a local Ray")
+    retrain.add_argument("--gpus-per-trial", type=float, help="GPU share per run")
+    retrain.add_argument("--concurrency", type=int, help="runs at a time (default: what the cluster fits)")
+    retrain.add_argument("--quiet", "-q", action="store_true", help="print only the findings")
+    retrain.set_defaults(handler=cmd_retrain)
+
     formats = ("table", "csv", "json")
     front = sub.add_parser("front", help="list the Pareto-optimal trials of a run folder")
     trials = sub.add_parser("trials", help="list every trial of a run folder")
@@ -327,6 +402,8 @@ def _parser() -> argparse.ArgumentParser:
     choice.add_argument("--knee", action="store_true", help="the front trial nearest the ideal point")
     choice.add_argument("--beats", metavar="BASELINE", help="the lowest-loss front trial at least as good as this "
                                                             "baseline on every objective")
+    choice.add_argument("--retrained", action="store_true", help="the front trial with the lowest loss after `retrain`")
+    export.add_argument("--weights", action="store_true", help="also write the trial's retrained weights (FILE.pt)")
     export.add_argument("-o", "--output", help="YAML or JSON path (default DIR/best.yaml)")
     export.set_defaults(handler=cmd_export)
     return parser

@@ -25,6 +25,8 @@ class Job:
     seed: int
     budgets: tuple[int, ...]
     warmup_budget: int
+    model: Optional[dict] = None  # a baseline's own layer config
+    weights: Optional[str] = None  # where the trained model's state is saved (a path every worker can reach)
 
 
 def run_job(config: dict[str, Any], space: SearchSpace) -> None:
@@ -37,21 +39,17 @@ def run_job(config: dict[str, Any], space: SearchSpace) -> None:
 
     job = config["job"]
     record = measure_once(space, job["params"], job["seed"], list(job["budgets"]), job["warmup_budget"],
-                          "cuda" if ray.get_gpu_ids() else "cpu")
+                          "cuda" if ray.get_gpu_ids() else "cpu", job.get("model"), job.get("weights"))
     tune.report(tune_result(record))
 
 
-def run_jobs(space: SearchSpace, jobs: Sequence[Job], resources: Resources, on_result: Callable[[Job, dict[str, Any]], None],
-             scratch: Optional[Path] = None) -> None:
-    """Run `jobs` through Ray Tune, at most resources.concurrency at a time, telling `on_result` each record."""
-    from ray import tune
+def _job_searcher(jobs: Sequence[Job], on_result: Callable[[Job, dict[str, Any]], None]) -> Any:
+    """Ray Tune's searcher over a fixed list of jobs, in order; a job whose worker died goes back in the queue once."""
     from ray.tune.search import Searcher
 
-    from .driver.tune import record_of, run_on_ray
+    from .driver.tune import record_of
 
-    class JobSearcher(Searcher):
-        """Hands out the jobs in order; a job whose worker died goes back in the queue once."""
-
+    class Queue(Searcher):
         def __init__(self) -> None:
             super().__init__()
             self.waiting: deque[Job] = deque(jobs)
@@ -64,7 +62,7 @@ def run_jobs(space: SearchSpace, jobs: Sequence[Job], resources: Resources, on_r
             job = self.waiting.popleft()
             self.running[trial_id] = job
             return {"job": {"params": job.params, "seed": job.seed, "budgets": list(job.budgets),
-                            "warmup_budget": job.warmup_budget}}
+                            "warmup_budget": job.warmup_budget, "model": job.model, "weights": job.weights}}
 
         def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
             job = self.running.pop(trial_id)
@@ -78,7 +76,21 @@ def run_jobs(space: SearchSpace, jobs: Sequence[Job], resources: Resources, on_r
         def save_to_dir(self, *args: Any, **kwargs: Any) -> None:
             """Nothing to save: the caller keeps each record as it ends."""
 
-        def __getstate__(self) -> dict[str, Any]:
-            return {}  # Ray Tune pickles its searcher with the experiment; nothing here is restored from it
+        def __reduce__(self) -> tuple:
+            return (_unpicklable, ())  # Ray Tune pickles its searcher with the experiment; nothing is restored from it
 
-    run_on_ray(tune.with_parameters(run_job, space=space), JobSearcher(), resources, scratch)
+    return Queue()
+
+
+def _unpicklable() -> None:
+    """What a pickled job queue unpickles to: nothing (jobs are run once, by the process that made them)."""
+
+
+def run_jobs(space: SearchSpace, jobs: Sequence[Job], resources: Resources, on_result: Callable[[Job, dict[str, Any]], None],
+             scratch: Optional[Path] = None) -> None:
+    """Run `jobs` through Ray Tune, at most resources.concurrency at a time, telling `on_result` each record."""
+    from ray import tune
+
+    from .driver.tune import run_on_ray
+
+    run_on_ray(tune.with_parameters(run_job, space=space), _job_searcher(jobs, on_result), resources, scratch)

@@ -143,12 +143,54 @@ class Review:
                  + (f", {len(failed)} failed ({tally(failed)})" if failed else "")
                  + (f"; {len(free)} refused before training or owed again ({tally(free)})" if free else "")
                  + (f"; {plural(reused, 'repeat')} of a settled config reused its result" if reused else "")]
-        lines += self.ladder_lines() + self.baseline_lines()
+        lines += self.ladder_lines() + self.baseline_lines() + self.retrain_lines()
         if self.front:
             lines.append(f"Pareto front ({plural(len(self.front), 'trial')}):")
         elif complete:
             lines.append(f"Pareto front: empty, every complete trial breaks a constraint (see `configaformer-search "
                          f"trials {out_dir}`)")
+        return lines
+
+    @functools.cached_property
+    def retrained(self) -> dict[int, dict[int, Any]]:
+        """What `retrain` measured: trial number -> tokens -> its seeds' results (retrain.Retrained)."""
+        from .retrain import retrained
+
+        return retrained(self.study.user_attrs)
+
+    def retrain_columns(self) -> dict[int, dict[str, float]]:
+        """Each retrained trial's columns beside the search's: val_loss@16x (mean over seeds) and its sd."""
+        brief = self.study.user_attrs.get("train_tokens") or 1
+        columns: dict[int, dict[str, float]] = {}
+        for number, by_tokens in self.retrained.items():
+            for tokens, result in by_tokens.items():
+                name = f"val_loss@{tokens / brief:g}x"
+                columns.setdefault(number, {}).update({name: result.mean, name + SD_SUFFIX: result.sd})
+        return columns
+
+    def retrain_lines(self) -> list[str]:
+        """For each retrained budget: how the search's ranking agrees with it, and whether the pick held."""
+        from .ranking import spearman
+
+        lines = []
+        brief = self.study.user_attrs.get("train_tokens") or 1
+        budgets = sorted({tokens for by_tokens in self.retrained.values() for tokens in by_tokens})
+        searched = {t.number: t.values[0] for t in self.trials if t.values is not None and not t.baseline}
+        for tokens in budgets:
+            results = {n: r[tokens] for n, r in self.retrained.items() if tokens in r and n in searched}
+            seeds = max(len(r.values) for r in results.values()) if results else 0
+            if len(results) < 2:
+                continue
+            numbers = sorted(results, key=lambda n: results[n].mean)
+            rho = spearman([searched[n] for n in numbers], [results[n].mean for n in numbers])
+            line = (f"retrained at {tokens:,} tokens ({tokens / brief:g}x) on {plural(seeds, 'seed')}: "
+                    f"{plural(len(results), 'config')}; the search's {self.names[0]} ranks them at Spearman {rho:.2f} there")
+            if self.front:
+                pick = self.pick_default().number
+                if pick in results:
+                    place = numbers.index(pick) + 1
+                    line += f"; the pick #{pick} is {_ordinal(place)} of {len(results)} there" + (" (it held)" if place == 1 else "")
+            lines.append(line)
         return lines
 
     def ladder_lines(self) -> list[str]:
@@ -207,6 +249,15 @@ class Review:
                 if beaten else "no front member beats it on every objective"))
         return lines
 
+    def pick_retrained(self) -> StoredTrial:
+        """The retrained front member with the lowest retrained val_loss (at the longest budget retrained)."""
+        front = {t.number for t in self.front}
+        results = [(tokens, r.mean, n) for n, by_tokens in self.retrained.items() if n in front for tokens, r in by_tokens.items()]
+        if not results:
+            raise ValueError("no front member was retrained: run `configaformer-search retrain` first")
+        longest = max(tokens for tokens, _, _ in results)
+        return self.stored(min((mean, n) for tokens, mean, n in results if tokens == longest)[1])
+
     def pick_beating(self, name: str) -> StoredTrial:
         """The lowest-loss front member at least as good as baseline `name` on every objective."""
         found = [b for b in self.baselines if b.baseline == name]
@@ -242,7 +293,7 @@ class Review:
     def trials_frame(self) -> Any:
         """Every trial, one row each: state, objectives, TRIAL_NOTES, measured metrics, params, duration. An objective
         appears once: its told value, or for a failed trial whatever it measured."""
-        rows = []
+        rows, retrained = [], self.retrain_columns()
         for row in self.trials:
             trial = self.stored(row.number)
             told = dict(zip(self.names, trial.values or [None] * len(self.names)))
@@ -250,6 +301,7 @@ class Review:
             if row.reason and trial.state == "FAIL":
                 attrs.setdefault("reason", row.reason)  # failed by a stopped heartbeat: its driver died
             duration = trial.duration
+            attrs.update(retrained.get(trial.number, {}))
             rows.append({"number": trial.number, "state": trial.state,
                          **{name: attrs.get(name) if told[name] is None else told[name] for name in self.names},
                          **{k: v for k, v in attrs.items() if k not in told},
@@ -269,8 +321,8 @@ class Review:
 
     def front_frame(self) -> Any:
         """The front as a table: objectives (with their seed sd where seeds were confirmed), key measurements, whether
-        a lead is within noise, params."""
-        rows = []
+        a lead is within noise, what retrain measured, params."""
+        rows, retrained = [], self.retrain_columns()
         for row in self.front:
             trial = self.stored(row.number)
             entry = {"number": trial.number, **dict(zip(self.names, trial.values))}
@@ -279,6 +331,7 @@ class Review:
             entry.update({k: trial.user_attrs[k] for k in ("seeds", *KEY_COLUMNS) if k in trial.user_attrs})
             if row.noise:
                 entry["noise"] = row.noise
+            entry.update(retrained.get(trial.number, {}))
             entry.update({f"param:{k}": v for k, v in trial.params.items()})
             rows.append(entry)
         return _frame(rows)
@@ -324,6 +377,10 @@ def build_review(study: StudyView) -> Review:
     complete = any(r.state == "COMPLETE" for r in rows)
     reference = fronts.reference_point(trials, directions) if complete else None
     return Review(study, objectives, rows, reference, settings=_settings(study), rungs=_rungs(trials))
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def _baseline_values(trial: StoredTrial, names: list[str]) -> Optional[tuple[float, ...]]:

@@ -79,29 +79,38 @@ def _saver(folder: Path, key: str) -> Callable[[Snapshot], None]:
 
 def train_afresh(candidate: Candidate, corpus: Corpus, seed: int, budgets: list[int], device: torch.device,
                  warmup_budget: Optional[int] = None, checkpoint: Callable[[], None] = lambda: None,
-                 check_causality: bool = False) -> list[Measurement]:
+                 check_causality: bool = False, weights: Optional[Path] = None) -> list[Measurement]:
     """The candidate's config trained from scratch on another seed (its initial weights and its batches), measured
     at each of `budgets` (one run: each budget a decay branch, under a warmup-stable-decay schedule); warm-up as in a
-    run whose first rung is `warmup_budget`."""
+    run whose first rung is `warmup_budget`. With `weights`, the trained model's state is saved there."""
     train_cfg = {**candidate.train, "seed": seed, "tokens": budgets[-1]}
     model = candidates.build(dataclasses.replace(candidate, train=train_cfg, model=None), check_causality)
     seen: list[Measurement] = []
     train(model, corpus, train_cfg, device, budgets, report=lambda m: seen.append(m) or True, checkpoint=checkpoint,
           warmup_budget=warmup_budget)
+    if weights is not None:
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        partial = weights.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, partial)
+        partial.replace(weights)  # whole or not at all
     return seen
 
 
 def measure_once(space: SearchSpace, params: Mapping[str, Any], seed: int, budgets: list[int], warmup_budget: int,
-                 device: Optional[torch.device | str] = None) -> Record:
-    """One config trained once from `seed` and measured at each of `budgets`, with no probes (what calibrate and
-    retrain run): measured, with the last budget's training metrics, the cheap ones and every budget's under `at`
-    (by tokens), or failed with its reason."""
+                 device: Optional[torch.device | str] = None, model: Optional[dict] = None,
+                 weights: Optional[str | Path] = None) -> Record:
+    """One config (`model`: a baseline's own layer config) trained once from `seed` and measured at each of
+    `budgets`, with no probes (what calibrate and retrain run): measured, with the last budget's training metrics,
+    the cheap ones and every budget's under `at` (by tokens), or failed with its reason. With `weights`, the trained
+    model's state is saved there."""
     device = _prepared(space, device)
     started = time.perf_counter()
     try:
         corpus = load_corpus(space.data)
-        candidate = candidates.screen(space, params, corpus.vocab_size)
-        seen = train_afresh(candidate, corpus, seed, budgets, device, warmup_budget, check_causality=True)
+        candidate = candidates.screen(space, params, corpus.vocab_size,
+                                      resolved=candidates.resolve(space, params, corpus.vocab_size, model))
+        seen = train_afresh(candidate, corpus, seed, budgets, device, warmup_budget, check_causality=True,
+                            weights=None if weights is None else Path(weights))
         return outcome.measured(**candidate.metrics, **seen[-1].metrics(), seconds=time.perf_counter() - started,
                                 at={str(m.tokens_trained): m.metrics() for m in seen})
     except TrialFailure as failure:

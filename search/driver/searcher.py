@@ -352,8 +352,10 @@ class Driver:
         told = self._tell(suggestion, record, trained=True)
         if told.counts:
             self.streak.measured()
-        elif told.owed:
+        else:  # owed again, refused in the worker (a leak found at build), or a baseline: no place of the budget
             self.claims.release_place(suggestion.number)
+            if told.kind.refusal:
+                self.streak.refusals[told.kind.name] += 1
         if not told.settles:
             self.claims.release_config(suggestion)
             if told.baseline is not None:

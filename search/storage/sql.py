@@ -36,9 +36,11 @@ def read_trials(query: Query, study_id: int, states: Optional[Iterable[str]] = N
                 numbers: Optional[Sequence[int]] = None) -> list[StoredTrial]:
     """The trials of a study numbered from `first` on (or those in `numbers`; in `states`, if given), by number, with
     one query per table."""
+    if states is not None and not list(states) or numbers is not None and not list(numbers):
+        return []
     where = "study_id = :study AND number >= :first"
     if numbers is not None:
-        where += f" AND number IN ({', '.join(str(int(n)) for n in numbers) or 'NULL'})"
+        where += f" AND number IN ({', '.join(str(int(n)) for n in numbers)})"
     if states is not None:
         where += f" AND state IN ({', '.join(repr(str(s)) for s in sorted(states))})"
     scope = f"trial_id IN (SELECT trial_id FROM trials WHERE {where})"
@@ -112,8 +114,8 @@ Execute = Callable[[str, Any], Any]  # runs SQL with one dict of arguments or a 
 def write_trial_attrs(execute: Execute, trial_id: int, attrs: dict[str, Any]) -> bool:
     """Set a running trial's user attributes in one statement; False (nothing written) when it has finished."""
     running = execute("SELECT 1 FROM trials WHERE trial_id = :trial AND state = 'RUNNING'", {"trial": trial_id}).fetchall()
-    if not running:
-        return False
+    if not running or not attrs:
+        return bool(running)
     execute("INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (:trial, :key, :value) "
             "ON CONFLICT (trial_id, key) DO UPDATE SET value_json = excluded.value_json",
             [{"trial": trial_id, "key": key, "value": json.dumps(value)} for key, value in attrs.items()])

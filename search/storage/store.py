@@ -117,6 +117,11 @@ class StudyStore:
             store.check_distributions(distributions or {}, where)
         return store
 
+    @classmethod
+    def load(cls, storage: optuna.storages.RDBStorage, name: str) -> StudyStore:
+        """The existing study `name`, as it is (a command that adds to a study without searching it)."""
+        return cls(storage, optuna.load_study(study_name=name, storage=storage))
+
     def check_distributions(self, distributions: Mapping[str, Any], where: str) -> None:
         """Optuna refuses a param drawn from another set of choices (or another scale) than the study's earlier
         trials: say which parameter changed, before any trial runs."""

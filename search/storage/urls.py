@@ -29,7 +29,9 @@ def redacted(url: str) -> str:
     try:
         from sqlalchemy.engine import make_url
 
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        secret = {k: "***" for k in parsed.query if k.lower() in ("password", "passwd", "pwd")}
+        return parsed.update_query_dict(secret).render_as_string(hide_password=True)
     except Exception:  # not a URL SQLAlchemy can read: keep the scheme and host, drop whatever could be a secret
         scheme, _, rest = url.partition("://")
         return f"{scheme}://{rest.rpartition('@')[2]}" if rest else "(unreadable storage URL)"
