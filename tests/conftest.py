@@ -14,6 +14,14 @@ def _seeded():
     torch.manual_seed(0)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def study_url(request, tmp_path):
+    """A storage URL for a fresh study: a SQLite file, and a database on the throwaway PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'study.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray instance for the whole session (about 3 s to start)."""

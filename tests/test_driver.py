@@ -2,6 +2,7 @@
 promotions. Several drivers on one study, resumes, dead drivers, exhausted spaces, and the budget they keep."""
 
 import threading
+import time
 
 import pytest
 from helpers import write_space
@@ -71,10 +72,8 @@ def test_asha_completes_at_the_full_budget_and_stops_the_rest_at_rungs(tmp_path)
         assert trial.user_attrs.get("promoted", []) == list(range(trial.user_attrs["rung"]))
 
 
-@pytest.mark.parametrize("scheduler", ["fifo", "asha"])
-def test_two_drivers_on_one_study_end_with_exactly_the_budget(tmp_path, scheduler):
-    text = SPACE if scheduler == "asha" else FIFO
-    drivers = [driver(tmp_path, text, trials=10, seed=seed) for seed in (1, 2)]
+def run_together(drivers, during=None):
+    """Each driver's synthetic search in a thread of its own, `during` (if given) run meanwhile."""
     errors = []
 
     def run(d):
@@ -86,10 +85,19 @@ def test_two_drivers_on_one_study_end_with_exactly_the_budget(tmp_path, schedule
     threads = [threading.Thread(target=run, args=(d,)) for d in drivers]
     for thread in threads:
         thread.start()
+    if during is not None:
+        during()
     for thread in threads:
-        thread.join(timeout=120)
-    assert not errors and not any(t.is_alive() for t in threads)
-    study, counted = finished(f"sqlite:///{tmp_path / 'study.db'}")
+        thread.join(timeout=180)
+    assert not errors and not any(t.is_alive() for t in threads), errors
+
+
+@pytest.mark.parametrize("scheduler", ["fifo", "asha"])
+def test_two_drivers_on_one_study_end_with_exactly_the_budget(tmp_path, scheduler, study_url):
+    text = SPACE if scheduler == "asha" else FIFO
+    drivers = [driver(tmp_path, text, trials=10, seed=seed, url=study_url) for seed in (1, 2)]
+    run_together(drivers)
+    study, counted = finished(study_url)
     assert len(counted) == 10  # together exactly the budget
     keys = [t.user_attrs["config_key"] for t in counted]
     assert len(set(keys)) == len(keys)  # no config trained twice
@@ -137,20 +145,18 @@ def test_an_exhausted_space_under_asha_still_trains_its_best_to_the_full_budget(
     assert not study.in_state("RUNNING")
 
 
-def test_a_dead_drivers_trials_are_failed_by_heartbeat_and_owed_again(tmp_path, monkeypatch):
+def test_a_dead_drivers_trials_are_failed_by_heartbeat_and_owed_again(tmp_path, monkeypatch, study_url):
     from configaformer_search.storage import store
 
-    url = f"sqlite:///{tmp_path / 'study.db'}"
-    dead = driver(tmp_path, FIFO, trials=6)
+    url = study_url
+    dead = driver(tmp_path, FIFO, trials=6, url=url)
     cluster = SyntheticCluster(dead, slots=2)
     cluster.step()  # two trials handed out, then the driver "dies": no more heartbeats, nothing recorded
     held = {p.trial for p in dead.state.places.values()}
     assert len(held) == 2
     monkeypatch.setattr(store, "GRACE_S", 0)
-    import time
-
     time.sleep(1.1)  # older than the grace period, by the database's clock (whole seconds on SQLite)
-    alive = driver(tmp_path, FIFO, trials=6, seed=3)
+    alive = driver(tmp_path, FIFO, trials=6, seed=3, url=url)
     SyntheticCluster(alive, slots=2).run()
     study, counted = finished(url)
     assert len(counted) == 6 and not study.in_state("RUNNING")
@@ -191,3 +197,36 @@ def test_a_token_budget_stops_new_configs(tmp_path):
     SyntheticCluster(d, slots=1).run()
     _, counted = finished(f"sqlite:///{tmp_path / 'study.db'}")
     assert len(counted) == 3 and d.next("later") == DONE
+
+
+def test_drivers_ride_out_a_database_server_that_goes_away(tmp_path, postgres_server, postgres_url):
+    from configaformer_search.storage.patience import Patience
+
+    said = []
+    drivers = [driver(tmp_path, SPACE, trials=10, seed=seed, url=postgres_url) for seed in (1, 2)]
+    for d in drivers:
+        d.store.patience = Patience(120, said.append, d.store.url)
+    run_together(drivers, during=lambda: (time.sleep(1.0), postgres_server.outage(6).result()))
+    study, counted = finished(postgres_url)
+    assert len(counted) == 10 and not study.in_state("RUNNING")  # nothing lost, nothing left running
+    keys = [t.user_attrs["config_key"] for t in counted]
+    assert len(set(keys)) == len(keys)  # nothing trained twice
+    assert not [t for t in study.trials if t.outcome.kind.name == "interrupted"]  # no live trial taken for dead
+    down = [line for line in said if "unreachable" in line]
+    assert 1 <= len(down) <= 2 and all("secret" not in line for line in said)  # said once by each driver at most
+    assert any("is back after" in line for line in said)
+
+
+def test_a_driver_stops_with_one_line_once_its_patience_runs_out(tmp_path, postgres_server, postgres_url):
+    from configaformer_search.storage.faults import storage_fault
+    from configaformer_search.storage.patience import Patience
+
+    d = driver(tmp_path, FIFO, trials=4, url=postgres_url)
+    d.store.patience = Patience(2, lambda text: None, d.store.url)
+    postgres_server.stop()
+    started = time.monotonic()
+    with pytest.raises(Exception) as caught:
+        d.refresh(force=True)
+    assert 2 <= time.monotonic() - started < 30
+    fault = storage_fault(postgres_url, caught.value)
+    assert fault is not None and "the study storage failed" in str(fault) and str(fault).count("\n") == 0

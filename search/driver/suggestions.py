@@ -45,12 +45,13 @@ def draw(store: StudyStore, space: SearchSpace, vocab_size: int) -> Suggestion:
     from ..candidate import resolve
 
     trial, trial_id = store.ask()
-    attrs = dict(trial.user_attrs)  # set by the queue, for a resume, a retry or a baseline
+    attrs = store.patience.call(lambda: dict(trial.user_attrs))  # set by the queue: a resume, a retry, a baseline
     baseline = next((b for b in space.baselines if b.name == attrs.get("baseline")), None)
     if baseline is not None and baseline.model is not None:  # its own layer config: only its training settings drawn
-        params = {name: space.params[name.split("[")[0]].suggest(trial, name) for name in baseline.params}
-    else:
-        params = space.sample(trial)
+        params = store.patience.call(lambda: {name: space.params[name.split("[")[0]].suggest(trial, name)
+                                              for name in baseline.params})
+    else:  # drawn again after a lost connection, the params already stored come back as they were
+        params = store.patience.call(lambda: space.sample(trial))
     try:
         resolved = resolve(space, params, vocab_size, baseline.model if baseline is not None else None)
         candidate = screen(space, params, vocab_size, quick=True, resolved=resolved)

@@ -187,7 +187,7 @@ class StudyStore:
 
     def trial(self, trial_id: int) -> optuna.Trial:
         """A handle on a running trial asked elsewhere (another process), to draw its params or tell it."""
-        return optuna.Trial(self.study, trial_id)
+        return self.patience.call(lambda: optuna.Trial(self.study, trial_id))
 
     def write(self, trial_id: int, attrs: Mapping[str, Any]) -> bool:
         """A running trial's user attributes, in one transaction; False when it had finished."""
