@@ -30,6 +30,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from common import add_json_argument, target, write_results  # noqa: E402
 
+from configaformer_search.choices import SAMPLERS  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER_MS_GOAL = 20.0  # the driver's own work per ended trial, at 3,000 trials
 
@@ -52,7 +54,7 @@ def replay(args: argparse.Namespace, url: str, seed: int, trials: int, out: Any)
     driver = Driver(space, store, 256, trials, Progress(trials, 0, list(space.objectives), 0))
     rate = args.rate / args.drivers
     checkpoints = sorted(int(c) for c in args.checkpoints.split(",") if int(c) <= trials)
-    own, waits, ended_at, lateness, asking, beats = [], [], [], [], [], []
+    own, waits, ended_at, lateness, asking = [], [], [], [], []
     busy: deque[tuple[str, dict, int]] = deque()  # (slot, config, rung it reports next), oldest first
     slot_ids = iter(range(10**9))
     rows = []
@@ -127,7 +129,7 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=64, help="trials in training at once")
     parser.add_argument("--checkpoints", default="100,1000,3000")
     parser.add_argument("--window", type=int, default=50, help="trials averaged at each checkpoint")
-    parser.add_argument("--sampler", default="tpe", choices=("tpe", "nsga2", "random"))
+    parser.add_argument("--sampler", default="tpe", choices=SAMPLERS)
     parser.add_argument("--ahead", type=int, default=4, help="suggestions kept ready by the threads asking ahead")
     parser.add_argument("--draw-processes", type=int, default=0, help="processes that draw suggestions (0: a thread)")
     parser.add_argument("--storage", help="the study's URL (default a SQLite file in a temporary folder)")

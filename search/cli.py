@@ -11,7 +11,6 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from .errors import UsageError
-from .progress import plural
 
 COMMANDS = ("run", "validate", "calibrate", "retrain", "front", "trials", "plot", "report", "export")
 
@@ -343,7 +342,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="how long a running search waits for a database server that went away (default 180)")
     run.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 packs four on a GPU")
     run.add_argument("--concurrency", type=int, help="trials at a time (default: what the cluster fits)")
-    run.add_argument("--sampler", choices=("tpe", "nsga2", "random"), help="Optuna sampler (default: the space's)")
+    run.add_argument("--sampler", choices=SAMPLERS, help="Optuna sampler (default: the space's)")
     run.add_argument("--seed", type=int, help="sampler seed (default: the space's)")
     run.add_argument("--fresh", action="store_true", help="delete this space's study and outputs first")
     run.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")

@@ -4,7 +4,6 @@ target climbs, and a search over it (synthetic trials, real study) whose front r
 import math
 
 import numpy as np
-import pytest
 from helpers import write_space
 
 from configaformer_search.predictor import StudyData, TargetPredictor, config_features

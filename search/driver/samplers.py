@@ -7,7 +7,6 @@ import optuna
 
 from ..space import SearchSpace
 
-SAMPLERS = ("tpe", "nsga2", "random")
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # Optuna logs every study it creates: users see our output only
 
 

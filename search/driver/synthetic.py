@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from .. import outcome
-from .searcher import DONE, WAIT, Driver
+from .searcher import DONE, Driver
 
 
 def synthetic_record(driver: Driver, params: dict[str, Any], key: str, rung: int) -> dict[str, Any]:
