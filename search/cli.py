@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Callable, Optional, Sequence
 
+from .choices import SAMPLERS
 from .errors import UsageError
 
 COMMANDS = ("run", "validate", "calibrate", "retrain", "front", "trials", "plot", "report", "export")
