@@ -48,7 +48,8 @@ EVAL_KEYS = ("eval_tokens", "eval_seq_len")  # what every trial scores: fixed fo
 PROBE_KEYS = {"batch_size": Key(1, (int,), check=positive), "seq_len": Key(None, (int, type(None))),
               "latency_repeats": Key(20, (int,), check=positive), "latency_warmup": Key(3, (int,), check=_non_negative),
               "memory": Key(True, (bool,)), "latency": Key(True, (bool,)),
-              "decode": Key(False, (bool,)), "decode_context": Key(None, (int, type(None)))}
+              "decode": Key(False, (bool,)), "decode_context": Key(None, (int, type(None))),
+              "target": Key(None, (str, type(None))), "threads": Key(1, (int,), check=positive)}
 SEARCH_KEYS = {"trials": Key(24, (int,), check=positive), "sampler": Key("tpe", (str,), choices=SAMPLERS),
                "seed": Key(0, (int,)), "startup_trials": Key(None, (int, type(None))),
                "population_size": Key(None, (int, type(None))),

@@ -27,9 +27,11 @@ class ProbeContext:
 
 class Probe:
     """Measures the metrics declared with `source = name` in search/metrics.py. `enabled` says whether a space
-    asks for it (its probes section, or an objective or constraint on one of its metrics)."""
+    asks for it (its probes section, or an objective or constraint on one of its metrics). A `timing` probe runs
+    where the model will be served (the space's probes.target, when it names one)."""
 
     name: ClassVar[str]
+    timing: ClassVar[bool] = False
 
     @classmethod
     def metrics(cls) -> tuple[str, ...]:

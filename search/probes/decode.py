@@ -18,6 +18,7 @@ class DecodeProbe(Probe):
     prefill_ms (the prompt before those steps), each with its cv, rounds and noisy mark."""
 
     name = "decode"
+    timing = True
 
     def measure(self, context: ProbeContext) -> dict[str, Any]:
         model, device, probes = context.model, context.device, context.probes
@@ -26,7 +27,7 @@ class DecodeProbe(Probe):
         prompt = max(1, length - repeats - warmup)  # the timed steps end at the stated context
         ids = torch.randint(0, context.vocab_size, (batch, length), generator=torch.Generator().manual_seed(0)).to(device)
         caches: list[DecodeCache] = []
-        with timing_on(model, device):
+        with timing_on(model, device, probes["threads"]):
             def prefill_round() -> list[float]:
                 times = [timed(lambda: model.step(ids[:, :prompt], DecodeCache()), device) for _ in range(warmup + repeats)]
                 return times[warmup:]

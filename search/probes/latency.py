@@ -13,10 +13,10 @@ from .timing import Timing, measure, timed, timing_on
 
 
 def measure_latency(model: ConfigaFormer, batch_size: int, seq_len: int, device: torch.device,
-                    repeats: int = 20, warmup: int = 3) -> Timing:
+                    repeats: int = 20, warmup: int = 3, threads: int = 1) -> Timing:
     """The forward pass at [batch_size, seq_len]: `warmup` untimed calls, then the median of `repeats`."""
     ids = torch.zeros(batch_size, seq_len, dtype=torch.long, device=device)
-    with timing_on(model, device):
+    with timing_on(model, device, threads):
         def one_round() -> list[float]:
             times = [timed(lambda: model({"emb_ids": ids}), device) for _ in range(warmup + repeats)]
             return times[warmup:]
@@ -28,8 +28,9 @@ class LatencyProbe(Probe):
     """latency_ms (with latency_cv, latency_rounds, latency_noisy) at the probe batch and length."""
 
     name = "latency"
+    timing = True
 
     def measure(self, context: ProbeContext) -> dict[str, Any]:
         probes = context.probes
         return measure_latency(context.model, probes["batch_size"], probes["seq_len"], context.device,
-                               probes["latency_repeats"], probes["latency_warmup"]).metrics("latency")
+                               probes["latency_repeats"], probes["latency_warmup"], probes["threads"]).metrics("latency")

@@ -1,5 +1,5 @@
 """How every timing probe measures: with the device to itself (the device gate pauses the trials that share it), on
-the CPU single-threaded (the setting that stays steady beside other busy processes), after warm-up, a median over
+the CPU with probes.threads threads (one by default: the setting that stays steady beside other busy processes), after warm-up, a median over
 repeats; a round noisier than MAX_CV is measured again, up to ROUNDS, the steadiest round kept and marked noisy if
 even it stayed over."""
 
@@ -42,22 +42,24 @@ def cv(times: list[float]) -> float:
 
 
 @contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def cpu_threads(count: int) -> Iterator[None]:
+    """Torch's CPU threads set to `count` for the duration."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
-def timing_on(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
-    """The conditions every timing runs in: the device to itself, one CPU thread, inference mode, autocast on CUDA."""
+def timing_on(model: torch.nn.Module, device: torch.device, threads: int = 1) -> Iterator[None]:
+    """The conditions every timing runs in: the device to itself, `threads` CPU threads, inference mode, autocast
+    on CUDA."""
     was_training = model.training
     model.eval()
     try:
-        with DeviceGate.of(device).exclusive(), (single_thread() if device.type == "cpu" else contextlib.nullcontext()), \
+        with DeviceGate.of(device).exclusive(), (cpu_threads(threads) if device.type == "cpu" else contextlib.nullcontext()), \
                 torch.no_grad(), autocast(device):
             yield
     finally:

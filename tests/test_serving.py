@@ -1,0 +1,37 @@
+"""Speed measured where the model will be served: a target node of the Ray cluster (simulated, two nodes on one
+machine) runs every timing probe, one at a time, while trials train on the other node."""
+
+import subprocess
+import sys
+
+import pytest
+from helpers import TINY_SPACE, write_space
+
+from configaformer_search.storage import default_storage, read_study
+
+SERVED = TINY_SPACE.replace("tokens: 49152", "tokens: 8192").replace("eval_tokens: 4096", "eval_tokens: 1024") \
+    .replace("probes: {latency_repeats: 5, latency_warmup: 1}",
+             "probes: {latency_repeats: 5, latency_warmup: 1, decode: true, decode_context: 32, target: serving_cpu}") \
+    .replace("trials: 4", "trials: 3")
+
+
+@pytest.mark.slow
+def test_the_timing_probes_run_on_the_serving_target_node_only(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    target = cluster.add_node(num_cpus=0, resources={"serving_cpu": 1})  # no trial can train there
+    try:
+        cluster.wait_for_nodes()
+        out = tmp_path / "run"
+        done = subprocess.run([sys.executable, "-m", "configaformer_search.cli", "run", str(write_space(tmp_path, SERVED)),
+                               "--out", str(out), "--address", cluster.address], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        trials = [t for t in read_study(default_storage(out)).trials if t.finished and t.outcome.counts]
+        assert len(trials) == 3
+        for trial in trials:
+            attrs = trial.user_attrs
+            assert attrs["timed_on"] == target.node_id[:12] != attrs["node"]  # trained on the head, timed on the target
+            assert attrs["latency_ms"] > 0 and attrs["decode_ms"] > 0 and attrs["prefill_ms"] > 0
+    finally:
+        cluster.shutdown()
