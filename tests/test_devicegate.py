@@ -225,7 +225,7 @@ def test_a_probe_inside_one_trainer_pauses_the_other_trainers(tmp_path, context)
 
 def test_short_work_delays_a_probe_until_it_ends_and_none_starts_during_one(tmp_path, context):
     inside = context.Value("i", 0)
-    worker = _process(context, _short_work, str(tmp_path), inside, 0.6)
+    worker = _process(context, _short_work, str(tmp_path), inside, 1.0)
     wait_until(lambda: inside.value == 1, what="the short work to start")
     started = time.monotonic()
 
