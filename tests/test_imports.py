@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 
-
 WORKER_MODULES = ("configaformer_search.trial", "configaformer_search.train", "configaformer_search.probes",
                   "configaformer_search.data", "configaformer_search.candidate", "configaformer_search.steps",
                   "configaformer_search.devicegate")
