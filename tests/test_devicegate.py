@@ -268,7 +268,7 @@ def test_a_trial_waiting_in_its_report_does_not_hold_the_device(tmp_path, contex
     def report(record):  # what Ray's tune.report does: wait until the driver takes the result
         if not seen:
             asked.set()
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 2
             while not got.value and time.monotonic() < deadline:
                 time.sleep(0.01)
             seen.append(got.value)
