@@ -5,8 +5,10 @@ Two lock files per device and machine make a readers-writer lock that cannot sta
 shared while they train and test 'gate' without blocking at each step (one system call). A probe lets go of its
 own 'use', closes 'gate', then takes 'use' exclusively; each trainer, finding the gate closed, finishes its queued
 work, lets go of 'use' and waits at the gate until the probe is done. Short work (a suggestion drawn by the driver)
-holds 'use' shared for its duration. A process has one gate per device, so that a probe run inside a trial's
-training steps aside for itself rather than waiting on its own lock.
+holds 'use' shared for its duration, and a trainer lets go of 'use' while it waits on its driver (reporting a
+result), so that no probe waits on a trainer that waits on something else. Each thread has its own gate per device
+(its own open lock files, which lock apart from any other's): a probe run inside a trial's training steps aside for
+its own thread rather than waiting on its own lock, and threads of one process exclude each other as processes do.
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ def _device_name(device: torch.device) -> str:
 
 
 class DeviceGate:
-    """`sharing()` for training (yields a per-step checkpoint), `shared()` for a short piece of work, `exclusive()`
-    for a timing probe. One per device in a process: `DeviceGate.of(device)`."""
+    """`sharing()` for training (yields a per-step checkpoint; `aside()` inside it for a wait that does no work),
+    `shared()` for a short piece of work, `exclusive()` for a timing probe. One per device in a thread:
+    `DeviceGate.of(device)`."""
 
-    _gates: ClassVar[dict[str, DeviceGate]] = {}
+    _gates: ClassVar[dict[tuple, DeviceGate]] = {}
     _made = threading.Lock()
 
     def __init__(self, device: torch.device, folder: Path) -> None:
@@ -43,16 +46,16 @@ class DeviceGate:
         name = _device_name(device)
         self._gate = open(folder / f"configaformer-{name}-gate.lock", "a")
         self._use = open(folder / f"configaformer-{name}-use.lock", "a")
-        self._mutex = threading.RLock()  # the threads of this process take turns at the locks
-        self._sharers = 0  # holders of 'use' in this process
+        self._mutex = threading.RLock()
+        self._sharers = 0  # holders of 'use' in this thread (nested work)
 
     @classmethod
     def of(cls, device: torch.device | str, folder: Path | None = None) -> DeviceGate:
-        """This process's gate of `device` (lock files in `folder`, default the temporary folder)."""
+        """This thread's gate of `device` (lock files in `folder`, default the temporary folder)."""
         device = torch.device(device)
         folder = Path(folder or tempfile.gettempdir())
         with cls._made:
-            key = f"{folder}/{_device_name(device)}"
+            key = (str(folder), _device_name(device), os.getpid(), threading.get_ident())
             if key not in cls._gates:
                 cls._gates[key] = cls(device, folder)
             return cls._gates[key]
@@ -112,6 +115,23 @@ class DeviceGate:
             yield checkpoint
         finally:
             self._unshare()
+
+    @contextlib.contextmanager
+    def aside(self) -> Iterator[None]:
+        """Inside `sharing()`: let go of the device for a wait that does no work on it (a trainer reporting to its
+        driver, which may take a while to ask for more), and take it again afterwards, after any probe waiting."""
+        with self._mutex:
+            held = self._sharers > 0
+            if held:
+                self._sync()
+                fcntl.flock(self._use, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            if held:
+                with self._mutex:
+                    self._pass_gate()
+                    fcntl.flock(self._use, fcntl.LOCK_SH)
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:

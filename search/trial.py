@@ -191,7 +191,8 @@ def run(space: SearchSpace, params: Mapping[str, Any], device: Optional[torch.de
             metrics.pop("violations", None)
             if over:  # measured, but infeasible: recorded with its values, kept off the front
                 metrics["violations"] = "; ".join(over)
-            return report(outcome.measured(**metrics, timings=dict(timer.timings)))
+            with DeviceGate.of(device).aside():  # reporting waits on the driver: no probe waits on this trial meanwhile
+                return report(outcome.measured(**metrics, timings=dict(timer.timings)))
 
         folder = Path(checkpoints) if checkpoints and len(rungs) > 1 else None
         start = _load_checkpoint(folder, candidate.key)

@@ -100,17 +100,11 @@ def test_a_whole_trial_with_latency_and_decode_probes_runs_the_gate_on_the_cpu(t
     assert (tmp_path / "configaformer-cpu-gate.lock").is_file()  # the CPU's gate it went through
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: devicegate.py DeviceGate.sharing()'s checkpoint tests the gate "
-                                       "with flock(LOCK_SH | LOCK_NB) on the same open file that exclusive() holds "
-                                       "LOCK_EX on, in another thread of the process: flock converts the probe's "
-                                       "lock and then unlocks it, so a trainer thread never steps aside for a probe "
-                                       "of its own process (exclusive() promises every trainer steps aside)")
 def test_a_trainer_thread_steps_aside_for_a_probe_thread_of_its_process():
-    gate = DeviceGate.of("cpu")
     steps, stop, started = [0], threading.Event(), threading.Event()
 
-    def trainer():
-        with gate.sharing() as checkpoint:
+    def trainer():  # each thread looks its gate up: its own lock files, which lock apart from the other thread's
+        with DeviceGate.of("cpu").sharing() as checkpoint:
             while not stop.is_set():
                 checkpoint()
                 time.sleep(STEP_S)
@@ -123,7 +117,7 @@ def test_a_trainer_thread_steps_aside_for_a_probe_thread_of_its_process():
         started.wait(10)
 
         def probe():
-            with gate.exclusive():
+            with DeviceGate.of("cpu").exclusive():
                 before = steps[0]
                 time.sleep(0.3)
                 return steps[0] - before
@@ -255,11 +249,6 @@ def _probe_when_asked(folder: str, asked, got) -> None:
             got.value = 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: trial.py:189 holds DeviceGate.sharing() ('use', shared) for the whole of train(), the report "
-    "callback included (trial.py:183), which under Ray Tune (driver/tune.py:60, tune.report) blocks until the driver "
-    "asks for the trial's next result; a timing probe of another trial then waits for 'use' with the gate closed, "
-    "and every trainer and draw behind the gate on the machine waits with it (seen live: a search stuck 20 minutes)"))
 def test_a_trial_waiting_in_its_report_does_not_hold_the_device(tmp_path, context):
     asked, got = context.Event(), context.Value("i", 0)
     prober = _process(context, _probe_when_asked, str(tmp_path), asked, got)

@@ -217,11 +217,7 @@ def test_reading_some_trials_picks_what_optuna_would(populated):
         sql.trial_id(db.query, study_id, 17)
 
 
-def test_no_states_read_no_trials(populated, request):
-    if populated.startswith("postgresql"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "product bug: storage/sql.py read_trials writes 'state IN ()' for an empty `states`, which PostgreSQL "
-            "refuses as a syntax error (SQLite reads no trials; an empty `numbers` is handled with NULL)")))
+def test_no_states_read_no_trials(populated):
     db = Database(populated)
     study_id, _ = sql.study_row(db.query, "pinned")
     assert sql.read_trials(db.query, study_id, states=[]) == []
@@ -274,10 +270,6 @@ def test_a_running_trials_attributes_written_at_once_read_back_as_optuna_writes_
         storage.set_trial_user_attr(trial._trial_id, "late", 1)
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: storage/sql.py write_trial_attrs runs its INSERT with an empty "
-                                       "list of rows when `attrs` is empty, which SQLAlchemy refuses ('A value is "
-                                       "required for bind parameter'), where record_heartbeats and release skip an "
-                                       "empty list")
 def test_writing_no_attributes_to_a_running_trial_writes_nothing(url):
     study = optuna.create_study(storage=optuna_storage(url))
     trial = study.ask()
@@ -520,9 +512,6 @@ def test_a_password_given_in_the_query_is_the_login_password(postgres_server):
     engine.dispose()
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: storage/urls.py redacted() keeps a password given as the "
-                                       "?password= query parameter (SQLAlchemy's render_as_string hides only the "
-                                       "URL's own password field), so it is printed and stored in the study")
 def test_a_password_in_the_query_is_hidden_too():
     assert "query-S3cret" not in redacted("postgresql+psycopg://carol@db.example:5432/study?password=query-S3cret")
 
