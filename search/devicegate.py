@@ -18,8 +18,9 @@ import fcntl
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
-from typing import Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 
@@ -40,6 +41,8 @@ class DeviceGate:
 
     _gates: ClassVar[dict[tuple, DeviceGate]] = {}
     _made = threading.Lock()
+    WAIT_S: ClassVar[float] = 120.0  # past this, a wait for the device gives up and goes on: a stuck process
+    # elsewhere on the machine (a probe that hangs, a trainer stopped) slows others' timings, never halts them
 
     def __init__(self, device: torch.device, folder: Path) -> None:
         self.device = device
@@ -68,16 +71,29 @@ class DeviceGate:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def _lock(self, file: Any, mode: int) -> bool:
+        """Take a lock, waiting up to WAIT_S; False when it could not be had in that time."""
+        deadline, pause = time.monotonic() + self.WAIT_S, 0.002
+        while True:
+            try:
+                fcntl.flock(file, mode | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+
     def _pass_gate(self) -> None:
         """Wait while a probe has the gate closed."""
-        fcntl.flock(self._gate, fcntl.LOCK_SH)
-        fcntl.flock(self._gate, fcntl.LOCK_UN)
+        if self._lock(self._gate, fcntl.LOCK_SH):
+            fcntl.flock(self._gate, fcntl.LOCK_UN)
 
     def _share(self) -> None:
         with self._mutex:
             if not self._sharers:
                 self._pass_gate()
-                fcntl.flock(self._use, fcntl.LOCK_SH)
+                self._lock(self._use, fcntl.LOCK_SH)
             self._sharers += 1
 
     def _unshare(self) -> None:
@@ -108,7 +124,7 @@ class DeviceGate:
                 with self._mutex:
                     fcntl.flock(self._use, fcntl.LOCK_UN)
                     self._pass_gate()
-                    fcntl.flock(self._use, fcntl.LOCK_SH)
+                    self._lock(self._use, fcntl.LOCK_SH)
 
         self._share()
         try:
@@ -131,20 +147,24 @@ class DeviceGate:
             if held:
                 with self._mutex:
                     self._pass_gate()
-                    fcntl.flock(self._use, fcntl.LOCK_SH)
+                    self._lock(self._use, fcntl.LOCK_SH)
 
     @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """Have the device to itself: every trainer on it steps aside at its next step, no new work starts."""
+    def exclusive(self) -> Iterator[bool]:
+        """Have the device to itself: every trainer on it steps aside at its next step, no new work starts. Yields
+        whether it did: False when the device could not be had within WAIT_S (the work goes on beside others)."""
         with self._mutex:
             held = self._sharers > 0
-            if held:  # this process trains: step aside first, or the probe would wait on its own lock
+            if held:  # this thread trains: step aside first, or the probe would wait on its own lock
                 self._sync()
                 fcntl.flock(self._use, fcntl.LOCK_UN)
-            fcntl.flock(self._gate, fcntl.LOCK_EX)
-            fcntl.flock(self._use, fcntl.LOCK_EX)
+            gate = self._lock(self._gate, fcntl.LOCK_EX)
+            alone = gate and self._lock(self._use, fcntl.LOCK_EX)
             try:
-                yield
+                yield alone
             finally:
-                fcntl.flock(self._use, fcntl.LOCK_SH if held else fcntl.LOCK_UN)
-                fcntl.flock(self._gate, fcntl.LOCK_UN)
+                fcntl.flock(self._use, fcntl.LOCK_UN)
+                if held:
+                    self._lock(self._use, fcntl.LOCK_SH)
+                if gate:
+                    fcntl.flock(self._gate, fcntl.LOCK_UN)

@@ -36,7 +36,8 @@ def timed(name: str, description: str, probe: str) -> tuple[Metric, ...]:
     return (Metric(f"{name}_ms", "ms", description, probe),
             Metric(f"{name}_cv", "", f"coefficient of variation of the kept {name} round", probe, key=name == "latency"),
             Metric(f"{name}_rounds", "", f"rounds timed before one was steady enough ({name})", probe),
-            Metric(f"{name}_noisy", "", f"the {name} time stayed noisier than the probes accept", probe, key=True, note=True))
+            Metric(f"{name}_noisy", "", f"the {name} time stayed noisier than the probes accept, or was taken beside other "
+                                        f"work (the device could not be had alone in time)", probe, key=True, note=True))
 
 
 METRICS = {m.name: m for m in (

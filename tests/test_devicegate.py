@@ -16,7 +16,7 @@ from helpers import TINY_SPACE, write_space
 from configaformer import ConfigaFormer
 from configaformer_search import trial
 from configaformer_search.devicegate import DeviceGate, _device_name
-from configaformer_search.probes.timing import ROUNDS
+from configaformer_search.probes.timing import ROUNDS, Timing
 from configaformer_search.space import load_space
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -380,3 +380,26 @@ def test_a_trainer_on_the_gpu_in_another_process_steps_aside_for_a_probe(tmp_pat
     finally:
         stop.set()
         trainer.join(30)
+
+
+def test_a_device_held_too_long_elsewhere_is_given_up_on_and_the_timing_marked(tmp_path, monkeypatch):
+    monkeypatch.setattr(DeviceGate, "WAIT_S", 0.3)
+    holder_ready, release = threading.Event(), threading.Event()
+
+    def stuck_probe():  # another thread (its own lock files) that holds the device and does not let go
+        with DeviceGate.of("cpu", tmp_path).exclusive():
+            holder_ready.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=stuck_probe, daemon=True)
+    thread.start()
+    holder_ready.wait(10)
+    try:
+        started = time.monotonic()
+        with DeviceGate.of("cpu", tmp_path).exclusive() as alone:
+            waited = time.monotonic() - started
+        assert alone is False and 0.25 < waited < 5  # gave up after WAIT_S and went on
+        assert Timing(1.0, 0.01, 1, alone=False).noisy and not Timing(1.0, 0.01, 1).noisy
+    finally:
+        release.set()
+        thread.join(10)

@@ -27,7 +27,7 @@ class DecodeProbe(Probe):
         prompt = max(1, length - repeats - warmup)  # the timed steps end at the stated context
         ids = torch.randint(0, context.vocab_size, (batch, length), generator=torch.Generator().manual_seed(0)).to(device)
         caches: list[DecodeCache] = []
-        with timing_on(model, device, probes["threads"]):
+        with timing_on(model, device, probes["threads"]) as alone:
             def prefill_round() -> list[float]:
                 times = [timed(lambda: model.step(ids[:, :prompt], DecodeCache()), device) for _ in range(warmup + repeats)]
                 return times[warmup:]
@@ -39,5 +39,5 @@ class DecodeProbe(Probe):
                 caches.append(cache)
                 return times[warmup:]
 
-            prefill, decode = measure(prefill_round), measure(decode_round)
+            prefill, decode = measure(prefill_round, alone), measure(decode_round, alone)
         return {"kv_cache_mb": caches[-1].nbytes() / 2**20, **decode.metrics("decode"), **prefill.metrics("prefill")}

@@ -16,12 +16,12 @@ def measure_latency(model: ConfigaFormer, batch_size: int, seq_len: int, device:
                     repeats: int = 20, warmup: int = 3, threads: int = 1) -> Timing:
     """The forward pass at [batch_size, seq_len]: `warmup` untimed calls, then the median of `repeats`."""
     ids = torch.zeros(batch_size, seq_len, dtype=torch.long, device=device)
-    with timing_on(model, device, threads):
+    with timing_on(model, device, threads) as alone:
         def one_round() -> list[float]:
             times = [timed(lambda: model({"emb_ids": ids}), device) for _ in range(warmup + repeats)]
             return times[warmup:]
 
-        return measure(one_round)
+        return measure(one_round, alone)
 
 
 class LatencyProbe(Probe):

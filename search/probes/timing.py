@@ -27,10 +27,11 @@ class Timing:
     median_ms: float
     cv: float
     rounds: int
+    alone: bool = True  # whether the device was to itself (False: it could not be had in time; others ran beside)
 
     @property
     def noisy(self) -> bool:
-        return self.cv > MAX_CV
+        return self.cv > MAX_CV or not self.alone
 
     def metrics(self, name: str) -> dict[str, float | int | bool]:
         """As a probe reports it: 'decode_ms', 'decode_cv', 'decode_rounds', 'decode_noisy' for name 'decode'."""
@@ -53,15 +54,15 @@ def cpu_threads(count: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def timing_on(model: torch.nn.Module, device: torch.device, threads: int = 1) -> Iterator[None]:
+def timing_on(model: torch.nn.Module, device: torch.device, threads: int = 1) -> Iterator[bool]:
     """The conditions every timing runs in: the device to itself, `threads` CPU threads, inference mode, autocast
-    on CUDA."""
+    on CUDA. Yields whether the device was had alone."""
     was_training = model.training
     model.eval()
     try:
-        with DeviceGate.of(device).exclusive(), (cpu_threads(threads) if device.type == "cpu" else contextlib.nullcontext()), \
-                torch.no_grad(), autocast(device):
-            yield
+        with DeviceGate.of(device).exclusive() as alone, \
+                (cpu_threads(threads) if device.type == "cpu" else contextlib.nullcontext()), torch.no_grad(), autocast(device):
+            yield alone
     finally:
         model.train(was_training)
 
@@ -76,10 +77,10 @@ def timed(call: Callable[[], object], device: torch.device) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def measure(round_of_times: Callable[[], list[float]]) -> Timing:
+def measure(round_of_times: Callable[[], list[float]], alone: bool = True) -> Timing:
     """Rounds of timings (each already past its warm-up) until one is steady or ROUNDS are spent."""
     rounds: list[list[float]] = []
     while len(rounds) < ROUNDS and (not rounds or cv(rounds[-1]) > MAX_CV):
         rounds.append(round_of_times())
     steadiest = min(rounds, key=cv)
-    return Timing(statistics.median(steadiest), cv(steadiest), len(rounds))
+    return Timing(statistics.median(steadiest), cv(steadiest), len(rounds), alone)
