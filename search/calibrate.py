@@ -112,8 +112,9 @@ class Calibration:
 
     @property
     def rungs(self) -> list[int]:
-        """Successive halving's rungs, which the first seed's run measures on the way (one budget under fifo)."""
-        return self.space.rungs()
+        """Successive halving's rungs up to the budget, which the first seed's run measures on the way (one under
+        fifo, and with a target, whose ladder starts at the budget)."""
+        return [r for r in self.space.rungs() if r <= self.space.train["tokens"]]
 
     def config_runs(self, config: Config) -> tuple[Run, Run, Run]:
         """A config's runs: the first seed at the budget (at each rung), the second seed, the longer run."""
@@ -270,7 +271,7 @@ def calibrate(space: SearchSpace, configs: int = 12, mult: int = 4, out: Optiona
         raise UsageError(f"--configs: expected at least 3 configs to rank, got {configs}")
     if mult < 2:
         raise UsageError(f"--mult: expected a whole multiple of the budget of 2 or more, got {mult}")
-    out = Path(out or Path("runs") / f"{space.name}-calibrate")
+    out = Path(out or Path("runs") / f"{space.name}-calibrate").resolve()
     check_address(address)
     corpus = load_corpus(space.data)
     calibration = Calibration(space, sample_configs(space, corpus.vocab_size, configs), mult, out)

@@ -273,11 +273,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             chosen = review.pick_default()
     except ValueError as err:
         raise UsageError(f"{args.dir}: {err}") from None
+    weights = _export_weights(review, chosen.number, Path(args.dir), output) if args.weights else None
     export_trial(review, chosen, output)
     values = ", ".join(f"{n} {v:.4g}" for n, v in zip(review.names, chosen.values))
     print(f"exported trial #{chosen.number} ({values}) to {output}")
-    if args.weights:
-        weights = _export_weights(review, chosen.number, Path(args.dir), output)
+    if weights is not None:
         print(f"with its weights retrained at {weights[1]:,} tokens: ConfigaFormer.from_config({str(output)!r}, "
               f"weights={str(weights[0])!r})")
     else:
@@ -286,7 +286,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_weights(review, number: int, folder, output):
-    """Copy the trial's retrained weights (longest budget, first seed) beside its exported config."""
+    """Copy the trial's retrained weights (longest budget, first seed) beside its exported config; refuses before
+    anything is written when there are none."""
     import shutil
 
     from .retrain import weights_path

@@ -20,8 +20,8 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's console output stays o
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/JSON/TensorBoard files
 os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C stops the search at once (see run.py)
 
-RAY_LOG = "ray.log"  # Ray's and Ray Tune's messages, in the run folder
-RAY_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.air", "ray.data")
+RAY_LOG = "ray.log"  # Ray's and Ray Tune's messages, and the search's own warnings, in the run folder
+RAY_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.air", "ray.data", "configaformer_search")
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,9 @@ def _logs_to(path: Optional[Path]) -> Iterator[None]:
     for name in RAY_LOGGERS:
         logger = logging.getLogger(name)
         saved.append((logger, list(logger.handlers), logger.propagate))
-        logger.handlers = [handler] if name == "ray" else []
-        logger.propagate = name != "ray"  # children reach the file through "ray"
+        top = "." not in name
+        logger.handlers = [handler] if top else []
+        logger.propagate = not top  # children reach the file through their top logger
     try:
         yield
     finally:

@@ -36,9 +36,6 @@ class Prediction:
     measured: bool
     last_tokens: int  # the longest budget the config was measured at
 
-    def interval(self) -> tuple[float, float]:
-        return self.mean - Z90 * self.sd, self.mean + Z90 * self.sd
-
     def optimistic(self, z: float = 1.0) -> float:
         """The low end of the interval: how good the config could still turn out (what promotions rank by)."""
         return self.mean - z * self.sd

@@ -179,6 +179,20 @@ def rungs_table(review: Review) -> str:
             f"<th>went on or completed</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
+def retrain_table(review: Review) -> str:
+    """Each retrained config: the search's value and what each longer budget measured (mean ± sd over seeds)."""
+    columns = review.retrain_columns()
+    names = sorted({c for cols in columns.values() for c in cols if not c.endswith("_sd")})
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in ("#", review.names[0], *names))
+    rows = []
+    for t in review.trials:
+        if t.number in columns:
+            cells = [_cell(t.number), _cell(t.values[0] if t.values else None)]
+            cells += [_cell(columns[t.number].get(n), columns[t.number].get(n + "_sd", 0.0)) for n in names]
+            rows.append(f"<tr>{''.join(cells)}</tr>")
+    return f'<table class="sortable" id="retrained"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
 def write_report(review: Review, path: Path) -> Path:
     """Write the report; the file works offline (plotly.js inlined once, no network script)."""
     from plotly.offline import get_plotlyjs
@@ -199,9 +213,18 @@ def write_report(review: Review, path: Path) -> Path:
     else:
         sections.append('<p class="note">No trial has completed yet: nothing to plot.</p>')
     if review.rungs:
+        front_rule = ("Every measured config is on the front by its loss at the target: measured where it climbed "
+                      "that far, predicted otherwise (± one sd)." if "predictor" in review.study.user_attrs else
+                      "Only configs that trained the full budget are on the front.")
+        ladder = "".join(f"<li>{html.escape(line)}</li>" for line in review.ladder_lines())
         sections += ["<h2>Rungs</h2>", '<p class="note">Successive halving: at each rung a config goes on when it ranks in '
-                     "the best share of the results recorded there (non-dominated sorting, then an epsilon-net). Only "
-                     "configs that trained the full budget are on the front.</p>", rungs_table(review)]
+                     f"the best share of the results recorded there (non-dominated sorting, then an epsilon-net). {front_rule}"
+                     f"</p><ul>{ladder}</ul>", rungs_table(review)]
+    if review.retrained:
+        sections += ["<h2>Retrained</h2>", '<p class="note">What <code>configaformer-search retrain</code> measured: each '
+                     "config trained again from scratch at a longer budget, beside the search's own value.</p>",
+                     "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in review.retrain_lines()) + "</ul>",
+                     retrain_table(review)]
     sections += ["<h2>Trials</h2>", '<p class="note">Click a header to sort.</p>', trials_table(review),
                  "<h2>Settings</h2>", _settings_table(review)]
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(review.name)}</title>"

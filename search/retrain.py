@@ -47,8 +47,9 @@ def retrained(attrs: dict[str, Any]) -> dict[int, dict[int, Retrained]]:
     """The study's retraining results: trial number -> tokens -> what its seeds measured."""
     found: dict[tuple[int, int], dict[int, float]] = {}
     for key, record in attrs.items():
-        if key.startswith(PREFIX) and isinstance(record, dict) and record.get("status") == "ok":
-            number, tokens, seed = (int(part) for part in key[len(PREFIX):].split(":"))
+        parts = key[len(PREFIX):].split(":") if key.startswith(PREFIX) else []
+        if len(parts) == 3 and all(p.isdigit() for p in parts) and isinstance(record, dict) and record.get("status") == "ok":
+            number, tokens, seed = (int(part) for part in parts)
             found.setdefault((number, tokens), {})[seed] = float(record["val_loss"])
     out: dict[int, dict[int, Retrained]] = {}
     for (number, tokens), values in found.items():
@@ -73,7 +74,7 @@ def retrain(out_dir: Path, storage: Optional[str] = None, mult: Optional[float] 
     from .storage import STUDY_FILE, default_storage
     from .storage.faults import storage_call
 
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # the weights are written by workers, which run in folders of their own
     if storage is None and not (out_dir / STUDY_FILE).is_file():
         raise UsageError(f"{out_dir}: not a run folder (no {STUDY_FILE})")
     url = storage or default_storage(out_dir)

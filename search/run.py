@@ -97,7 +97,7 @@ def search(space: Union[SearchSpace, str, Path], options: Optional[SearchOptions
     options.check()
     space = space if isinstance(space, SearchSpace) else load_space(space)
     budget = space.search["trials"] if options.trials is None else options.trials
-    out_dir = Path(options.out or Path("runs") / space.name)
+    out_dir = Path(options.out or Path("runs") / space.name).resolve()  # Ray runs each trial in a folder of its own
     check_address(options.address)
     corpus = load_corpus(space.data)
     check_buildable(space, corpus.vocab_size)  # a space that builds nothing is refused before a folder exists
@@ -201,7 +201,7 @@ def _search(space: SearchSpace, store: Any, vocab_size: int, out_dir: Path, budg
         drawing = Drawing(space.search["draw_processes"], store.storage.url, sampler, seed + trials_so_far + 1)
         try:
             with Heartbeat(store, driver.alive_ids), AskAhead(driver, max(1, min(4, resources.concurrency // 2)), drawing):
-                search_on_ray(driver, resources, out_dir / TUNE_SCRATCH)
+                search_on_ray(driver, resources, out_dir / TUNE_SCRATCH, shared=not owns_study)
         except KeyboardInterrupt:
             driver.interrupt()  # owed again, as after a kill, but known now
             raise
@@ -213,9 +213,9 @@ def _search(space: SearchSpace, store: Any, vocab_size: int, out_dir: Path, budg
         say(f"stopped early: the sampler proposed only settled configs {MAX_REPEATS} times in a row "
             f"(the space looks exhausted at {plural(measured, 'measured trial')})")
     elif driver.stop_reason == "refused":
-        reason, count = driver.streak.refusals.most_common(1)[0]
-        return (f"stopped: the last {sum(driver.streak.refusals.values())} candidates were all refused before training, "
-                f"{count} of them for {reason}; see `configaformer-search trials {out_dir}`")
+        total, reason, count = driver.refusals
+        return (f"stopped: the last {total} candidates were all refused before training, {count} of them for "
+                f"{reason}; see `configaformer-search trials {out_dir}`")
     return None
 
 

@@ -226,8 +226,7 @@ class _Run:
     def measure(self, rung: int, steps: int) -> Measurement:
         """The validation loss now, after `steps` steps; a loss above the uniform guess is a diverged run."""
         cfg, corpus = self.cfg, self.corpus
-        if self.peak_mb is None and self.device.type == "cuda":  # the training steps' peak, before any evaluation
-            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        self._keep_peak()
         scored = val_set(corpus, cfg["eval_seq_len"], cfg["eval_tokens"])
         val_loss = evaluate(self.model, scored.batches, self.device)
         tokens = steps * cfg["batch_size"] * cfg["seq_len"]
@@ -248,10 +247,16 @@ class _Run:
     def curve_point(self, tokens: int) -> None:
         """The validation loss now, kept on the curve (a loss that is not finite, this early, is left out rather
         than failing the trial: the rungs judge the run)."""
+        self._keep_peak()
         scored = val_set(self.corpus, self.cfg["eval_seq_len"], self.cfg["eval_tokens"])
         val_loss = evaluate(self.model, scored.batches, self.device)
         if math.isfinite(val_loss):
             self.curve[str(tokens)] = val_loss
+
+    def _keep_peak(self) -> None:
+        """The training steps' peak memory, read before the first evaluation adds its own."""
+        if self.peak_mb is None and self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
 
     def snapshot(self, step: int, rung: int) -> Snapshot:
         """The state now, copied to the CPU (so that a GPU's measured peak memory stays the training's own)."""

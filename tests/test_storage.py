@@ -288,8 +288,11 @@ def test_heartbeats_and_stale_trials_agree_with_optunas_own(url):
     db = Database(url)
     study_id = study._study_id
 
+    long_ago = datetime.datetime(2000, 1, 1)  # no trial without a heartbeat started before: Optuna's rule alone
+
     def stale() -> tuple[list[int], list[int]]:
-        return sorted(sql.stale_trial_ids(db.query, db.dialect, study_id, grace)), sorted(storage._get_stale_trial_ids(study_id))
+        return sorted(sql.stale_trial_ids(db.query, db.dialect, study_id, grace, long_ago)), \
+            sorted(storage._get_stale_trial_ids(study_id))
 
     started = time.monotonic()
     storage.record_heartbeat(by_optuna._trial_id)
@@ -308,8 +311,10 @@ def test_heartbeats_and_stale_trials_agree_with_optunas_own(url):
     storage.record_heartbeat(by_us._trial_id)  # Optuna's updates ours
     assert stale() == ([again._trial_id], [again._trial_id])
     assert sorted(storage._get_stale_trial_ids(other._study_id)) == \
-           sorted(sql.stale_trial_ids(db.query, db.dialect, other._study_id, grace)) == [theirs._trial_id]
+           sorted(sql.stale_trial_ids(db.query, db.dialect, other._study_id, grace, long_ago)) == [theirs._trial_id]
     assert unbeaten._trial_id not in stale()[0]
+    later = datetime.datetime.now() + datetime.timedelta(days=1)  # a trial that never beat, asked long enough ago
+    assert unbeaten._trial_id in sql.stale_trial_ids(db.query, db.dialect, study_id, grace, later)
 
 
 def optuna_system_attrs(url: str, study_id: int) -> dict:

@@ -6,6 +6,7 @@ A draw waits while a timing probe on this machine has the device gate closed, so
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -42,7 +43,8 @@ class AskAhead:
             from .drawers import DrawingProcess
 
             self._processes = [DrawingProcess(self.drawing.url, driver.store.name, driver.space, self.drawing.sampler,
-                                              self.drawing.seed + i, driver.trials, driver.vocab_size)
+                                              self.drawing.seed + i, driver.trials, driver.vocab_size,
+                                              driver.store.patience.seconds)
                                for i in range(self.drawing.processes)]
             drawers = [functools.partial(process.draw, driver.store) for process in self._processes]
         else:
@@ -73,6 +75,7 @@ class AskAhead:
                 if not asked:
                     self._stop.wait(0.05)
         except Exception:
+            logging.getLogger(__name__).warning("a thread asking ahead stopped; the driver asks itself", exc_info=True)
             with self.driver.lock:
                 self._running -= 1
                 if not self._running:

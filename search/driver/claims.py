@@ -10,6 +10,7 @@ sees its trials fail.
 
 from __future__ import annotations
 
+import uuid
 from typing import Optional, Sequence
 
 from ..storage import StoredTrial, StudyStore
@@ -22,22 +23,24 @@ class Claims:
 
     def __init__(self, store: StudyStore, state: StudyState, trials: int) -> None:
         self.store, self.state, self.trials = store, state, trials
+        self.me = {"by": uuid.uuid4().hex}  # this driver, in the claims only one driver may take
 
     def config(self, suggestion: Suggestion) -> Optional[int]:
         """Claim the suggestion's config for it; None when it now holds it, else the number of the trial that trains
         or settled it. A claim held by a trial that ended without settling the config is freed and taken."""
         key = CONFIG + suggestion.key
-        for _ in range(2):
+        while True:
             if self.store.claim(key, suggestion.number):
                 return None
             holder = self._holder(key)
             if holder is None:
                 continue  # freed meanwhile: try again
             ended = self.state.ended.get(holder)
+            if ended is None:
+                ended = next((t.outcome for t in self.store.trials(numbers=[holder]) if t.finished), None)
             if ended is None or ended.settles:
                 return holder
             self.store.release([(key, holder)])
-        return self._holder(key)
 
     def _holder(self, key: str) -> Optional[int]:
         rows = [value for _, found, value in self.store.claims(key) if found == key]
@@ -82,23 +85,26 @@ class Claims:
         places = [(f"{PLACE}{i}", p.value()) for i, p in self.state.places.items() if p.trial in gone]
         configs = [(CONFIG + t.user_attrs["config_key"], t.number) for t in ended
                    if not t.outcome.settles and t.user_attrs.get("config_key")]
-        baselines = [(f"{BASELINE}{t.outcome.baseline}", True) for t in ended  # queued again by the next driver to look
-                     if t.outcome.baseline is not None and not t.outcome.settles]
-        if places or configs or baselines:
-            self.store.release(places + configs + baselines)
+        if places or configs:
+            self.store.release(places + configs)
+        for trial in ended:  # queued again by the next driver to look
+            if trial.outcome.baseline is not None and not trial.outcome.settles:
+                self.release_baseline(trial.outcome.baseline)
             self.state.places = {i: p for i, p in self.state.places.items() if p.trial not in gone}
 
     def baseline(self, name: str) -> bool:
         """Claim the queuing of a baseline: True for the one driver that should queue it."""
-        return self.store.claim(f"{BASELINE}{name}", True)
+        return self.store.claim(f"{BASELINE}{name}", self.me)
 
     def release_baseline(self, name: str) -> None:
-        self.store.release([(f"{BASELINE}{name}", True)])
+        """Let a baseline be queued again (its trial ended without a result), whoever queued it."""
+        key = f"{BASELINE}{name}"
+        self.store.release([(key, value) for _, found, value in self.store.claims(key) if found == key])
 
     def resume(self, trial: StoredTrial) -> None:
         """Queue an interrupted trial's config to go on from its last rung, with its rung results: once, whichever
         driver sees it first."""
-        if self.store.claim(f"{RESUME}{trial.number}", trial.number):
+        if self.store.claim(f"{RESUME}{trial.number}", self.me):
             attrs = trial.user_attrs
             self.store.enqueue(trial.params, {"resumes": trial.number, "rungs": attrs["rungs"],
                                               "promoted": attrs.get("promoted", [])})

@@ -27,10 +27,10 @@ class DrawingProcess:
     """One process that asks the sampler and screens a suggestion each time `draw` is called."""
 
     def __init__(self, url: str, study_name: str, space: SearchSpace, sampler: str, seed: int, budget: int,
-                 vocab_size: int) -> None:
+                 vocab_size: int, patience: float = 0.0) -> None:
         context = multiprocessing.get_context("spawn")  # no copy of the driver's threads, locks or Ray state
         self._connection, child = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child, url, study_name, space, sampler, seed, budget, vocab_size),
+        self._process = context.Process(target=_serve, args=(child, url, study_name, space, sampler, seed, budget, vocab_size, patience),
                                         name=f"configaformer-draw-{seed}", daemon=True)
         self._process.start()
         child.close()
@@ -59,9 +59,10 @@ class DrawingProcess:
 
 
 def _serve(connection: Any, url: str, study_name: str, space: SearchSpace, sampler: str, seed: int, budget: int,
-           vocab_size: int) -> None:
+           vocab_size: int, patience: float) -> None:
     """The process's loop: a suggestion drawn for each request, until told to stop or the driver is gone."""
     from ..storage import StudyStore, open_storage
+    from ..storage.patience import Patience
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C at the terminal is the driver's to handle: it closes us
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -70,6 +71,7 @@ def _serve(connection: Any, url: str, study_name: str, space: SearchSpace, sampl
         storage = open_storage(url)
         study = optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(space, sampler, seed, budget))
         store = StudyStore(storage, study)
+        store.patience = Patience(patience)  # an outage is waited out here too, quietly (the driver says so)
         while connection.recv():
             drawn = draw(store, space, vocab_size)
             connection.send((drawn.trial_id, drawn.params, drawn.key, drawn.refusal, drawn.attrs))

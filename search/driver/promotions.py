@@ -36,10 +36,11 @@ class Promotions:
         # How a result is ranked: its values as recorded, or as `adjust` sees them now (a search with a target ranks
         # by the predicted loss at the target, which changes as the predictor learns).
         self.adjust: Callable[[str, list[float]], list[float]] = lambda key, values: values
+        self._stale = False
 
     def invalidate(self) -> None:
-        """Rank every rung again at its next look (the adjusted values changed)."""
-        self._orders.clear()
+        """Rank every rung again at its next look (the adjusted values changed); safe from another thread."""
+        self._stale = True
 
     def learn(self, results: Sequence[RungResult]) -> None:
         """Results recorded in the study (by any driver) join the table; a config recorded at a rung counts once."""
@@ -61,6 +62,8 @@ class Promotions:
 
     def order(self, rung: int) -> list[str]:
         """The keys recorded at a rung, best first (computed again once the rung records another result)."""
+        if self._stale:
+            self._orders, self._stale = {}, False
         if rung not in self._orders:
             entries = self.results.get(rung, {})
             keys = list(entries)

@@ -31,7 +31,6 @@ from .targets import MEASURED_AS, TARGET, TargetModel
 
 REFRESH_S = 2.0  # how often a driver rereads what the other drivers on its study have done
 WAIT, DONE = "wait", "done"  # what `next` answers when it has no config for a slot: ask again later, or the search is over
-CONSTRAINT_PREFIX = "constraint/"  # how a reported result carries each constraint value (<= 0 when met)
 
 
 @dataclass
@@ -68,7 +67,7 @@ class Driver:
         self.state = StudyState(store)
         self.claims = Claims(store, self.state, trials)
         self.promotions = Promotions(list(space.objectives.values()), space.search["reduction_factor"], self.last_rung, store)
-        self.targets = TargetModel(space) if space.target else None
+        self.targets = TargetModel(space, self.promotions.invalidate) if space.target else None
         if self.targets is not None and TARGET in self.objectives:  # climbs by the optimistic end of the target loss
             index = self.objectives.index(TARGET)
             self.promotions.adjust = lambda key, values: [*values[:index], self.targets.predict(key).optimistic(),
@@ -79,6 +78,8 @@ class Driver:
         self.parked: dict[str, list[Suggestion]] = {}  # config key -> repeats waiting for its result
         self.foreign: dict[str, int] = {}  # config key -> the number of another driver's trial training it
         self.drawing = 0  # suggestions being drawn ahead right now
+        self._alive: list[int] = []  # the last list of this driver's running trials given to the heartbeat
+        self.refusals: Optional[tuple[int, str, int]] = None  # when it stopped for refusals: how many, the commonest
         self.depth, self.asking_ahead = 1, False  # how many suggestions to keep ready, and whether a thread does it
         self.streak = Streak()
         self.stop_reason: Optional[str] = None  # 'exhausted' or 'refused'
@@ -104,8 +105,7 @@ class Driver:
         if self.targets is not None:
             for result in results:
                 self.targets.learn(result.key, result.extra)
-            if self.targets.refit():
-                self.promotions.invalidate()
+            self.targets.refit()
         for key, number in list(self.foreign.items()):
             if number in self.state.ended:
                 self._foreign_ended(key, number)
@@ -139,9 +139,14 @@ class Driver:
                     *self.ready, *(s for waiting in self.parked.values() for s in waiting)]
 
     def alive_ids(self) -> list[int]:
-        """Storage ids of this driver's running trials (for the heartbeat; a trial being drawn got one when asked)."""
-        with self.lock:
-            return [s.trial_id for s in self.mine()]
+        """Storage ids of this driver's running trials, for the heartbeat (a trial being drawn got one when asked).
+        Should the driver be busy for a while, the last list it gave: a heartbeat never waits on the driver."""
+        if self.lock.acquire(timeout=1.0):
+            try:
+                self._alive = [s.trial_id for s in self.mine()]
+            finally:
+                self.lock.release()
+        return list(self._alive)
 
     # -- the budget ----------------------------------------------------------------------------------------------
 
@@ -184,7 +189,7 @@ class Driver:
     def _next(self, slot: str) -> dict[str, Any] | str:
         self.refresh()
         if self.stop_reason is None and self.streak.too_many_refusals():
-            self.stop_reason = "refused"
+            self._stop("refused")
         if self._tokens_left():
             promoted = self._promote(slot, draining=False)
             if promoted is not None:
@@ -209,7 +214,15 @@ class Driver:
         if promoted is not None:
             return promoted
         self._release_paused()
-        return WAIT if self.parked or self._others_open() else DONE  # repeats here wait for other drivers' results
+        waiting = self.parked or self.drawing or self._others_open()  # repeats here wait for other drivers' results
+        return WAIT if waiting else DONE
+
+    def _stop(self, reason: str) -> None:
+        """No new config will be asked for: the space looks exhausted, or its candidates are all refused."""
+        self.stop_reason = reason
+        if reason == "refused":
+            commonest, count = self.streak.refusals.most_common(1)[0]
+            self.refusals = (sum(self.streak.refusals.values()), commonest, count)
 
     def _ask(self) -> Optional[Suggestion]:
         """Draw and settle suggestions until one is new; None when the search should stop asking (stop_reason)."""
@@ -220,7 +233,7 @@ class Driver:
             if what == NEW:
                 return suggestion
             if stop is not None:
-                self.stop_reason = stop
+                self._stop(stop)
                 return None
 
     def _settle(self, suggestion: Suggestion) -> str:
@@ -243,6 +256,8 @@ class Driver:
     def _start(self, slot: str, suggestion: Suggestion) -> Optional[dict[str, Any]]:
         """Claim the config and a place for the suggestion and hand it to the slot; None when another trial has the
         config (the suggestion waits for its result) or no place is left (it is withdrawn)."""
+        if not self.store.write(suggestion.trial_id, {"config_key": suggestion.key}):
+            return None  # failed as stale while it waited to be handed out: another driver owes its config now
         holder = self.claims.config(suggestion)
         if holder is not None:
             if holder in self.state.ended:  # it settled the config: reuse its result
@@ -301,8 +316,10 @@ class Driver:
             if running is None or entry is None or not outcome.is_measured(record) or "rung" not in record:
                 return True
             rung, suggestion = int(record["rung"]), running.suggestion
-            if suggestion.attrs.get("baseline") is not None:
-                return True  # a baseline is measured at the full budget, and ranked against no one on the way
+            if suggestion.attrs.get("baseline") is not None:  # measured at the full budget, ranked against no one
+                if self.targets is not None:  # its curve, for its own loss at the target
+                    self.targets.learn(suggestion.key, self.targets.extra(suggestion.params, record))
+                return True
             rungs = dict(suggestion.attrs.get("rungs") or {})  # a resumed config's earlier rungs among them
             if str(rung) not in rungs:
                 rungs[str(rung)] = {"tokens_trained": record["tokens_trained"], "values": entry[0], "penalty": entry[1]}
@@ -311,8 +328,7 @@ class Driver:
                 self.promotions.record(rung, suggestion.key, *entry, extra)
                 if self.targets is not None:
                     self.targets.learn(suggestion.key, extra)
-                    if self.targets.refit():
-                        self.promotions.invalidate()
+                    self.targets.refit()
             if rung >= self.last_rung:
                 self.store.write(suggestion.trial_id, {"rungs": rungs})
                 return True
@@ -372,6 +388,7 @@ class Driver:
     def _tell(self, suggestion: Suggestion, record: dict[str, Any], trained: bool = False) -> outcome.Outcome:
         """Record a trial's outcome in the study, take it into account here, and show it: a line for a trial back
         from its worker (`trained`), a count for one that cost no training."""
+        record = {"config_key": suggestion.key, **record}  # every outcome names its config
         if "baseline" in suggestion.attrs:  # kept off the budget and the front, whatever it measured
             record = {**record, "baseline": suggestion.attrs["baseline"]}
         told = self.store.record(suggestion.trial, suggestion.trial_id, record)
@@ -394,7 +411,8 @@ class Driver:
         if retry_of is not None:
             return outcome.failed("worker_died_twice",
                                   f"its worker died, as the worker of trial #{retry_of} with the same config did")
-        self.store.enqueue(suggestion.params, {"retry_of": suggestion.number})
+        kept = {k: v for k, v in suggestion.attrs.items() if k in ("baseline", "rungs", "promoted", "resumes")}
+        self.store.enqueue(suggestion.params, {**kept, "retry_of": suggestion.number})
         return outcome.failed(WORKER_DIED, "its worker process died (killed, crashed or its node lost); the config is run again")
 
     def _release_ready(self) -> None:
@@ -450,9 +468,12 @@ class Driver:
         with self.lock:
             what = self._settle(suggestion)
             stop = self.streak.count(what, suggestion)
-            if what == NEW:
+            if what == NEW and self._room(len(self.ready)):
                 self.ready.append(suggestion)
+            elif what == NEW:  # the budget was taken while it was drawn
+                self._tell(suggestion, outcome.failed("withdrawn", "asked ahead, and not needed any more",
+                                                      config_key=suggestion.key))
             elif stop is not None:
-                self.stop_reason = stop
+                self._stop(stop)
             self.ahead_seconds += time.perf_counter() - start
         return True

@@ -17,8 +17,9 @@ from ..storage import StoredTrial, StudyStore
 PLACE = "cf:place:"  # cf:place:<i> -> {"trial": number, "waiting": rung or None}: the i-th place of the --trials budget
 CONFIG = "cf:config:"  # cf:config:<key> -> number: the trial that trains (or settled) a config
 RUNG = "cf:rung:"  # cf:rung:<rung>:<key> -> {"values": [...], "penalty": p}: a config's result at a rung
-RESUME = "cf:resume:"  # cf:resume:<number> -> number: the one driver that queued an interrupted trial to go on
-BASELINE = "cf:baseline:"  # cf:baseline:<name> -> true: the one driver that queued a baseline to be measured
+RESUME = "cf:resume:"  # cf:resume:<number> -> {"by": driver}: the one driver that queued an interrupted trial
+BASELINE = "cf:baseline:"  # cf:baseline:<name> -> {"by": driver}: the one driver that queued a baseline
+RUNG_LOOKBACK = 1000  # rung-result rows reread behind the last one seen
 
 
 @dataclass
@@ -67,14 +68,17 @@ class StudyState:
         trials = self.store.trials(numbers=ended) if ended else []
         for trial in trials:
             self.learn(trial)
-        self.open = [number for number, state in states if number not in self.ended]
-        self._open_from = min(self.open, default=states[-1][0] + 1 if states else self._open_from)
-        rows = self.store.claims(RUNG, self._rung_row)
+        self.open = [number for number, state in states if state == "RUNNING" and number not in self.ended]
+        waiting = [number for number, state in states if state == "WAITING"]  # queued, not asked: a later driver's
+        self._open_from = min(self.open + waiting, default=states[-1][0] + 1 if states else self._open_from)
+        # Row ids can become visible out of order on a server with concurrent writers: look back a little each time
+        # (a result read twice is taken once).
+        rows = self.store.claims(RUNG, max(0, self._rung_row - RUNG_LOOKBACK))
         results = []
         for row_id, key, value in rows:
             rung, _, config = key[len(RUNG):].partition(":")
             results.append(RungResult(int(rung), config, value["values"], value["penalty"], value.get("extra") or {}))
-            self._rung_row = row_id
+            self._rung_row = max(self._rung_row, row_id)
         self.reread_places()
         return trials, results
 

@@ -1,13 +1,15 @@
 """The driver's side of the predictor (predictor.py): it learns every config's measured curve and features as rung
-results arrive, from any driver (they travel with the rung table's rows), refits at most every REFIT_S, and gives
-each trial its loss at the target budget: for the record it tells, and, at the optimistic end of its interval, for
-the rank that decides whether it climbs the ladder."""
+results arrive, from any driver (they travel with the rung table's rows), refits in a thread of its own (so that the
+driver is never held up by a fit), and gives each trial its loss at the target budget: for the record it tells, and,
+at the optimistic end of its interval, for the rank that decides whether it climbs the ladder."""
 
 from __future__ import annotations
 
+import copy
 import math
+import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..predictor import Prediction, StudyData, TargetPredictor, config_features
 from ..space import SearchSpace
@@ -20,11 +22,14 @@ TARGET, MEASURED_AS = "val_loss_at_target", "val_loss"  # the objective, and wha
 class TargetModel:
     """Predictions of val_loss_at_target for the configs of a search with train.target_tokens."""
 
-    def __init__(self, space: SearchSpace) -> None:
+    def __init__(self, space: SearchSpace, refitted: Callable[[], None] = lambda: None) -> None:
         self.brief, self.target = space.train["tokens"], space.target
         self.data = StudyData()
         self.predictor: Optional[TargetPredictor] = None
+        self.refitted = refitted  # told when a fit in the background has replaced the predictor
         self._fitted_at, self._changed = -math.inf, False
+        self._fitting: Optional[threading.Thread] = None
+        self._scale = 1.0  # how much the last check widened the intervals: kept until the next check
 
     def extra(self, params: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
         """What a rung result carries for the predictor: the config's features and its curve so far."""
@@ -33,19 +38,38 @@ class TargetModel:
 
     def learn(self, key: str, extra: dict[str, Any]) -> None:
         if "features" in extra:
+            before = dict(self.data.points.get(key, {}))
             self.data.add(key, extra["features"], extra.get("curve") or {})
-            self._changed = True
+            self._changed = self._changed or self.data.points[key] != before
 
-    def refit(self, force: bool = False, check: bool = False) -> bool:
-        """Fit again if anything was learnt since (and REFIT_S has passed, unless forced); True if it did."""
+    def refit(self, force: bool = False, check: bool = False) -> None:
+        """Fit again if anything new was learnt (and REFIT_S has passed, past EAGER_CONFIGS configs): in the
+        background, unless `force`d (the end of a search, which waits for the fit and checks it)."""
         if not self.data.points or sum(len(p) for p in self.data.points.values()) < 3:
-            return False
+            return
+        if force:
+            if self._fitting is not None:
+                self._fitting.join()
+            self._fit(copy.deepcopy(self.data), check)
+            return
         eager = len(self.data.points) <= EAGER_CONFIGS
-        if not force and (not self._changed or not eager and time.monotonic() - self._fitted_at < REFIT_S):
-            return False
-        self.predictor = TargetPredictor(self.brief, self.target).fit(self.data, check=check)
-        self._fitted_at, self._changed = time.monotonic(), False
-        return True
+        busy = self._fitting is not None and self._fitting.is_alive()
+        if busy or not self._changed or not eager and time.monotonic() - self._fitted_at < REFIT_S:
+            return
+        self._changed, self._fitted_at = False, time.monotonic()
+        self._fitting = threading.Thread(target=self._fit, args=(copy.deepcopy(self.data), False),
+                                         name="configaformer-predictor", daemon=True)
+        self._fitting.start()
+
+    def _fit(self, data: StudyData, check: bool) -> None:
+        predictor = TargetPredictor(self.brief, self.target).fit(data, check=check)
+        if check:
+            self._scale = predictor.scale
+        else:
+            predictor.scale = self._scale
+        predictor.data = self.data  # predictions read the points learnt since the fit too
+        self.predictor = predictor
+        self.refitted()
 
     def predict(self, key: str) -> Prediction:
         """The config's loss at the target; before the first fit (fewer than three points in the study), its last

@@ -107,10 +107,12 @@ class RungScheduler(FIFOScheduler):
 
 
 def run_on_ray(trainable: Callable, searcher: Searcher, resources: Resources, scratch: Optional[Path] = None,
-               scheduler: Optional[TrialScheduler] = None) -> None:
+               scheduler: Optional[TrialScheduler] = None, reuse: bool = True) -> None:
     """Run trials of `trainable` (a function of its config, reporting with tune.report) through Ray Tune, as many at
     once as `resources` say, until `searcher` is finished. Tune keeps its records in `scratch` (a temporary folder
-    if None; a killed run's left there are cleared first), deleted afterwards."""
+    if None; a killed run's left there are cleared first), deleted afterwards. `reuse` keeps each worker process
+    for the next trial (it imports torch once), holding its share of the cluster while it waits: not when other
+    drivers share the cluster, whose trials would wait for it."""
     if scratch is None:
         scratch = Path(tempfile.mkdtemp(prefix="configaformer-tune-"))
     else:
@@ -118,7 +120,7 @@ def run_on_ray(trainable: Callable, searcher: Searcher, resources: Resources, sc
     try:
         tuner = tune.Tuner(
             tune.with_resources(trainable, resources.request()),
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1, reuse_actors=True,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1, reuse_actors=reuse,
                                         max_concurrent_trials=resources.concurrency),
             run_config=tune.RunConfig(storage_path=str(scratch.resolve()), name="trials", verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=0)))
@@ -127,7 +129,8 @@ def run_on_ray(trainable: Callable, searcher: Searcher, resources: Resources, sc
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def search_on_ray(driver: Driver, resources: Resources, scratch: Optional[Path] = None) -> None:
-    """Run the driver's search through Ray Tune."""
+def search_on_ray(driver: Driver, resources: Resources, scratch: Optional[Path] = None, shared: bool = False) -> None:
+    """Run the driver's search through Ray Tune (`shared`: other drivers may run on the same cluster)."""
     scheduler = RungScheduler(driver) if driver.last_rung else None
-    run_on_ray(tune.with_parameters(run_trial, space=driver.space), DriverSearcher(driver), resources, scratch, scheduler)
+    run_on_ray(tune.with_parameters(run_trial, space=driver.space), DriverSearcher(driver), resources, scratch, scheduler,
+               reuse=not shared)

@@ -130,15 +130,24 @@ def record_heartbeats(execute: Execute, trial_ids: Sequence[int]) -> None:
                 [{"trial": i} for i in trial_ids])
 
 
-def stale_trial_ids(query: Query, dialect: str, study_id: int, grace_seconds: float) -> list[int]:
+def stale_trial_ids(query: Query, dialect: str, study_id: int, grace_seconds: float,
+                    started_before: datetime.datetime) -> list[int]:
     """Running trials whose heartbeat is older than the grace period, by the database's clock (as Optuna's own
-    check, in one query instead of one object per running trial)."""
+    check, in one query instead of one object per running trial); and running trials that never got a heartbeat
+    (their driver died between asking and beating) started before `started_before` (the writer's own clock, as
+    Optuna records a trial's start)."""
     cutoff = ("datetime('now', :offset)" if dialect == "sqlite"
               else "LOCALTIMESTAMP - (:seconds * INTERVAL '1 second')")
-    return [row[0] for row in query(
+    arguments = {"study": study_id, "offset": f"-{int(grace_seconds)} seconds", "seconds": grace_seconds,
+                 "started": started_before}
+    beaten = [row[0] for row in query(
         "SELECT t.trial_id FROM trials t JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
-        f"WHERE t.study_id = :study AND t.state = 'RUNNING' AND h.heartbeat < {cutoff}",
-        {"study": study_id, "offset": f"-{int(grace_seconds)} seconds", "seconds": grace_seconds})]
+        f"WHERE t.study_id = :study AND t.state = 'RUNNING' AND h.heartbeat < {cutoff}", arguments)]
+    never = [row[0] for row in query(
+        "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+        "WHERE t.study_id = :study AND t.state = 'RUNNING' AND h.trial_id IS NULL AND t.datetime_start < :started",
+        arguments)]
+    return beaten + never
 
 
 # -- claims: study system attributes that exactly one driver can create ------------------------------------------

@@ -8,6 +8,8 @@ plain SQL (sql.py), which Optuna's public API would do one row, one object or on
 from __future__ import annotations
 
 import contextlib
+import datetime
+import logging
 import math
 import threading
 import time
@@ -17,7 +19,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import optuna
 
 from ..errors import SpaceError
-from ..outcome import WITHDRAWN, Outcome, failed, outcome_of
+from ..outcome import Outcome, failed, outcome_of
 from . import sql
 from .patience import Patience
 from .records import StoredTrial
@@ -205,8 +207,9 @@ class StudyStore:
         if outcome.kind.front and not finite:
             attrs = failed("bad_metric", f"objective values {values} are not all finite numbers", **attrs)
             outcome = outcome_of(attrs)
-        if not self.write(trial_id, attrs):
-            return outcome  # ended already: recorded before a connection was lost, or failed as stale meanwhile
+        if not self.write(trial_id, attrs):  # ended already: told before a connection was lost, or failed as stale
+            stored = self.trials(numbers=[trial.number])
+            return stored[0].outcome if stored else outcome
         state = optuna.trial.TrialState[outcome.state]
 
         def tell() -> None:
@@ -219,10 +222,6 @@ class StudyStore:
 
         self.patience.call(tell)
         return outcome
-
-    def withdraw(self, trial: optuna.Trial, trial_id: int, message: str, **attrs: Any) -> None:
-        """Record a trial that will not be measured: the budget was taken by then."""
-        self.record(trial, trial_id, failed(WITHDRAWN, message, **attrs))
 
     def enqueue(self, params: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
         """A trial of these params asked before any new one (Optuna's queue), carrying `attrs`."""
@@ -238,12 +237,14 @@ class StudyStore:
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 self.record(trial, trial_id, failed("interrupted", "stopped before it ended"))
 
-    def fail_running(self, numbers: Optional[set[int]] = None) -> int:
-        """Every trial left RUNNING (or those numbered in `numbers`) failed as interrupted: what a search resuming in
-        its own folder does with a killed search's trials, which no live driver can hold."""
-        running = [t for t in self.trials(states=("RUNNING",)) if numbers is None or t.number in numbers]
-        self.interrupt([(self.trial(t.trial_id), t.trial_id) for t in running])
-        return len(running)
+    def fail_running(self) -> int:
+        """Every trial left RUNNING ended: what a search resuming in its own folder does with a killed search's
+        trials, which no live driver can hold (failed as interrupted, or told the outcome they had recorded)."""
+        running = self.trials(states=("RUNNING",))
+        interrupted = [t for t in running if "status" not in t.user_attrs]
+        self._end_left([t for t in running if "status" in t.user_attrs], {t.trial_id for t in running})
+        self.interrupt([(self.trial(t.trial_id), t.trial_id) for t in interrupted])
+        return len(interrupted)
 
     # -- liveness ------------------------------------------------------------------------------------------------
 
@@ -253,17 +254,31 @@ class StudyStore:
         self._transaction(lambda execute: sql.record_heartbeats(execute, ids))
 
     def fail_stale(self) -> list[int]:
-        """Running trials whose heartbeat stopped (their driver died) failed, as Optuna's fail_stale_trials does;
-        returns their storage ids. One query when none is stale, which is nearly always. Just after the server came
-        back from an outage no heartbeat is fresh: the other drivers get a grace period to beat again first."""
-        if time.monotonic() - self.patience.recovered_at < GRACE_S:
+        """Running trials whose heartbeat stopped (their driver died) ended, as Optuna's fail_stale_trials does:
+        failed (interrupted), or told the outcome they had recorded when their driver died between recording it and
+        telling it. Returns their storage ids; one query when none is stale, which is nearly always. Just after the
+        server came back from an outage no heartbeat is fresh: the other drivers get a grace period to beat again
+        first (the check after the query, which may itself have waited out the outage)."""
+        started_before = datetime.datetime.now() - datetime.timedelta(seconds=4 * GRACE_S)  # clocks of other machines
+        stale = sql.stale_trial_ids(self._query, self.dialect, self.study_id, GRACE_S, started_before)
+        if not stale or time.monotonic() - self.patience.recovered_at < GRACE_S:
             return []
-        failed_ids = []
-        for trial_id in sql.stale_trial_ids(self._query, self.dialect, self.study_id, GRACE_S):
-            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                if self.patience.call(lambda: self.storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)):
-                    failed_ids.append(trial_id)
-        return failed_ids
+        return self._end_left(self.trials(states=("RUNNING",), numbers=None), set(stale))
+
+    def _end_left(self, running: Sequence[StoredTrial], ids: set[int]) -> list[int]:
+        """End trials left running by a driver that is gone: each is told the outcome it recorded, if it recorded
+        one, else failed (interrupted, owed again)."""
+        ended = []
+        for trial in running:
+            if trial.trial_id not in ids:
+                continue
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+                if "status" in trial.user_attrs:  # recorded, not told: a kill between the two
+                    self.record(self.trial(trial.trial_id), trial.trial_id, trial.user_attrs)
+                else:
+                    self.patience.call(lambda: self.storage.set_trial_state_values(trial.trial_id, optuna.trial.TrialState.FAIL))
+                ended.append(trial.trial_id)
+        return ended
 
     # -- claims --------------------------------------------------------------------------------------------------
 
@@ -319,4 +334,4 @@ class Heartbeat:
             try:
                 self.store.heartbeat(self.alive())
             except Exception:  # the storage is away for a moment: the next beat tries again
-                pass
+                logging.getLogger(__name__).warning("a heartbeat could not be recorded", exc_info=True)
