@@ -86,3 +86,27 @@ def test_a_password_in_the_storage_url_is_never_printed_logged_or_written(ray_lo
     for secret in (password, "s3cr3t", "p%40ss"):
         assert not any(secret in text for text in seen), secret
     assert "alice:***@" in done.stdout  # the run says which study, without the password
+
+
+@pytest.mark.slow
+def test_the_cluster_recipe_runs_as_written(tmp_path, postgres_server):
+    """docs/clusters.md's recipe, pasted into bash as a user would, against the throwaway server and a Ray of its own."""
+    import re
+    import socket
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    page = (root / "docs" / "clusters.md").read_text()
+    recipe = re.search(r"# recipe: begin\n(.*?)# recipe: end", page, re.S).group(1)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        ray_port = free.getsockname()[1]
+    space = write_space(tmp_path, TINY_SPACE.replace("tokens: 49152", "tokens: 8192").replace("trials: 4", "trials: 3"))
+    env = {**os.environ, "PGHOST": postgres_server.host, "PGPORT": str(postgres_server.port), "PGUSER": "postgres",
+           "SPACE": str(space), "RAY_PORT": str(ray_port), "RUNS": str(tmp_path / "runs"), "DB": "recipe",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_TMPDIR": str(tmp_path / "ray")}
+    done = subprocess.run(["bash", "-c", recipe], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:] + "".join(
+        p.read_text()[-1500:] for p in (tmp_path / "runs").glob("*.log"))
+    measured = counted(postgres_server.url("recipe"))
+    assert len(measured) == 3 and "val_loss" in done.stdout  # the two drivers measured the budget together; the front
