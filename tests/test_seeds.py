@@ -8,28 +8,30 @@ import optuna
 import pytest
 from helpers import TINY_SPACE, write_space
 
-from configaformer_search import trial
+from configaformer_search import outcome, trial
 from configaformer_search.cli import main
-from configaformer_search.front import front_frame, leads_within_noise
+from configaformer_search.front import front_trials, leads_within_noise
 from configaformer_search.ranking import kendall, noise_band, paired_sd, spearman
 from configaformer_search.review import build_review
 from configaformer_search.space import load_space
-from configaformer_search.study import default_storage, open_study, record
+from configaformer_search.storage import StudyStore, default_storage, open_storage, read_study
 
 PARAMS = {"width": 32, "heads": 2, "position": "alibi"}
-CONFIRMED = TINY_SPACE.replace("search: {trials: 4, sampler: random}", "search: {trials: 4, sampler: random, confirm_seeds: 2}")
+FAST = TINY_SPACE.replace("tokens: 49152", "tokens: 8192").replace("eval_tokens: 4096", "eval_tokens: 1024")
+CONFIRMED = FAST.replace("search: {trials: 4, sampler: random}", "search: {trials: 4, sampler: random, confirm_seeds: 2}")
 
 
 def test_a_confirmed_trial_reports_the_mean_and_sd_of_independent_seeds(tmp_path):
     space = load_space(write_space(tmp_path, CONFIRMED))
     confirmed = trial.run(space, PARAMS, device="cpu")
-    plain = trial.run(load_space(write_space(tmp_path, TINY_SPACE, "plain.yaml")), PARAMS, device="cpu")
+    plain = trial.run(load_space(write_space(tmp_path, FAST, "plain.yaml")), PARAMS, device="cpu")
     assert confirmed["status"] == "ok" and confirmed["seeds"] == 3
     seeds = confirmed["seed_results"]
     assert list(seeds) == ["0", "1", "2"]
     assert seeds["0"] == plain["val_loss"]  # the trial's own seed, as an unconfirmed trial measures it
     tokens = space.train["tokens"]
-    assert seeds["1"] == trial.measure_once(space, PARAMS, 1, tokens, tokens, "cpu")["val_loss"]  # a run of its own
+    again = trial.measure_once(space, PARAMS, 1, [tokens], tokens, "cpu")
+    assert seeds["1"] == again["val_loss"] and list(again["at"]) == [str(tokens)]  # a run of its own
     assert len(set(seeds.values())) == 3  # other weights, other batches: other losses
     assert confirmed["val_loss"] == pytest.approx(statistics.fmean(seeds.values()))
     assert confirmed["val_loss_sd"] == pytest.approx(statistics.stdev(seeds.values()))
@@ -46,27 +48,36 @@ def test_a_space_refuses_a_negative_seed_count(tmp_path, capsys):
 
 
 def confirmed_study(tmp_path, trials):
-    """A study whose trials were recorded through the project's own path, each with made-up means and sds."""
+    """A study whose trials were recorded through the project's own path, each with made-up means and sds; read
+    back as the review reads it."""
     space = load_space(write_space(tmp_path, TINY_SPACE.replace("latency_ms: min}", "}")))
-    study = open_study(space, default_storage(tmp_path), optuna.samplers.RandomSampler(seed=0))
+    url = default_storage(tmp_path)
+    store = StudyStore.open(open_storage(url), space.name, space.objectives, optuna.samplers.RandomSampler(seed=0))
     for loss, memory, sd in trials:
-        asked = study.ask()
+        asked, trial_id = store.ask()
         space.sample(asked)
-        record(study, asked, {"status": "ok", "val_loss": loss, "val_loss_sd": sd, "seeds": 2, "peak_mem_mb": memory,
-                              "config_key": f"{loss}-{memory}"})
-    return study
+        store.record(asked, trial_id, outcome.measured(val_loss=loss, val_loss_sd=sd, seeds=2, peak_mem_mb=memory,
+                                                       config_key=f"{loss}-{memory}"))
+    store.close()
+    return read_study(url)
+
+
+def noise_notes(study):
+    names, directions = list(study.metric_names), list(study.directions)
+    return leads_within_noise(study.trials, front_trials(study.trials, directions), names, directions)
 
 
 def test_a_front_member_whose_lead_is_within_the_noise_is_marked(tmp_path, capsys):
     # Seed sd 0.02 pooled over the trials: two means of 2 seeds differ by noise up to 2 * 0.02 * sqrt(1/2 + 1/2).
     study = confirmed_study(tmp_path, [(2.50, 10, 0.02), (2.51, 12, 0.02),   # #0 leads #1 by 0.01: noise
                                        (2.40, 20, 0.02), (2.60, 25, 0.02)])  # #2 leads #3 by 0.2: a real lead
-    notes = leads_within_noise(study)
+    notes = noise_notes(study)
     assert set(notes) == {0}
     assert notes[0] == "lead over #1 within noise (val_loss 0.01 < 0.04)"
-    frame = front_frame(study)
-    assert list(frame.index) == [0, 2] and frame.loc[0, "val_loss_sd"] == 0.02 and frame.loc[0, "seeds"] == 2
     review = build_review(study)
+    frame = review.front_frame()
+    assert list(frame.index) == [0, 2] and frame.loc[0, "val_loss_sd"] == 0.02 and frame.loc[0, "seeds"] == 2
+    assert frame.loc[0, "noise"] == notes[0] and frame.loc[2, "noise"] != frame.loc[2, "noise"]  # NaN: no note for #2
     assert [(t.number, bool(t.noise)) for t in review.front] == [(0, True), (2, False)]
     assert review.front[0].sd("val_loss") == 0.02 and review.front[0].sd("peak_mem_mb") == 0.0
 
@@ -86,7 +97,8 @@ def test_the_front_table_shows_means_with_their_sd(tmp_path, capsys):
 
 def test_without_confirmed_seeds_nothing_is_marked(tmp_path):
     study = confirmed_study(tmp_path, [(2.50, 10, None), (2.51, 12, None)])
-    assert leads_within_noise(study) == {}
+    assert noise_notes(study) == {}
+    assert not any(t.noise for t in build_review(study).front)
 
 
 def test_rank_statistics_match_hand_counts():

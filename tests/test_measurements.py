@@ -11,10 +11,15 @@ from configaformer_search import trial
 from configaformer_search.cli import main
 from configaformer_search.data import embedded_corpus, near_copy_share
 from configaformer_search.space import load_space
-from configaformer_search.study import default_storage, load_existing, measured
+from configaformer_search.storage import default_storage, read_study
 
 FAST = TINY_SPACE.replace("tokens: 49152", "tokens: 8192").replace("eval_tokens: 4096", "eval_tokens: 1024")
 PARAMS = {"width": 32, "heads": 2, "position": "rope", "dim_rope": 8}
+
+
+def measured(study):
+    """The trials that took a place of the --trials budget and ended."""
+    return [t for t in study.trials if t.finished and t.outcome.counts]
 
 
 def test_a_typo_in_a_layer_key_is_refused_before_any_trial(tmp_path, capsys):
@@ -38,6 +43,14 @@ def test_leaky_candidates_are_refused_before_training(tmp_path, capsys):
     assert "refused before training (leaks_future): not causal" in capsys.readouterr().out
 
 
+WORKER_REFUSALS_KEEP_PLACES = (
+    "product bug, search/driver/searcher.py:319 (Driver._finish): a trial refused in its worker (leaks_future is found "
+    "when the real model is built, after the driver's quick screen) counts for nothing, yet keeps its place of the "
+    "--trials budget (only an owed outcome releases it), so the search ends short of its budget")
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason=WORKER_REFUSALS_KEEP_PLACES, strict=True)
 def test_a_search_of_leaky_and_impossible_candidates_ends_with_its_budget_measured(ray_local, tmp_path, capsys):
     # Half the draws are not causal, and heads 3 divides neither width: neither kind uses up the budget.
     text = FAST.replace("{choice: [2, 4]}", "{choice: [2, 3]}").replace("  position: $position\n",
@@ -46,24 +59,36 @@ def test_a_search_of_leaky_and_impossible_candidates_ends_with_its_budget_measur
     out = tmp_path / "run"
     assert main(["run", str(write_space(tmp_path, text)), "--trials", "3", "--out", str(out), "--sampler", "random",
                  "--seed", "3"]) == 0
-    study = load_existing(default_storage(out))
+    study = read_study(default_storage(out))
     counted = measured(study)
     assert len(counted) == 3 and all(t.params["causal"] is True and t.params["heads"] == 2 for t in counted)
-    reasons = {t.user_attrs.get("reason") for t in study.trials if t.state.name == "FAIL"}
+    assert all(t.state == "COMPLETE" for t in counted)
+    refused = [t for t in study.trials if t.state == "FAIL"]
+    reasons = {t.outcome.kind.name for t in refused}
     assert reasons <= {"leaks_future", "rejected"} and "leaks_future" in reasons
+    assert all(t.outcome.kind.refusal and "train_s" not in t.user_attrs.get("timings", {}) for t in refused)  # never trained
+    assert not study.in_state("RUNNING")
     assert "[3/3]" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+@pytest.mark.xfail(reason=WORKER_REFUSALS_KEEP_PLACES + "; and Driver._finish (searcher.py:317) tells the refusal "
+                   "streak nothing of a refusal made in the worker, so 'the last N candidates were all refused' is never said",
+                   strict=True)
 def test_a_search_that_only_draws_leaky_candidates_stops_and_says_why(ray_local, tmp_path, capsys, monkeypatch):
-    from configaformer_search import study as study_module
+    from configaformer_search.driver import suggestions
 
-    monkeypatch.setattr(study_module, "MAX_REFUSALS", 3)
+    monkeypatch.setattr(suggestions, "MAX_REFUSALS", 3)
     text = FAST.replace("  position: $position\n", "  position: $position\n  causal: false\n")
     out = tmp_path / "run"
     assert main(["run", str(write_space(tmp_path, text)), "--trials", "2", "--out", str(out), "--concurrency", "1"]) == 1
     err = capsys.readouterr().err
     assert re.search(r"the last (\d+) candidates were all refused before training, \1 of them for leaks_future", err)
     assert "no config was trained and measured" in err
+    study = read_study(default_storage(out))
+    assert not measured(study) and len(study.trials) >= 3 and not study.in_state("RUNNING")
+    kinds = [t.outcome.kind.name for t in study.trials if t.outcome.reused_from is None]
+    assert kinds.count("leaks_future") >= 3 and set(kinds) <= {"leaks_future", "withdrawn"}  # withdrawn: asked ahead
 
 
 def test_every_trial_scores_the_same_validation_windows_whatever_its_seq_len(tmp_path):
@@ -98,14 +123,18 @@ def test_the_embedded_split_keeps_near_copies_on_one_side():
 
 
 def test_noisy_latency_is_marked_on_the_progress_line():
+    from configaformer_search.outcome import measured as measured_record
+    from configaformer_search.probes.timing import MAX_CV, Timing
     from configaformer_search.progress import Progress
 
     lines = []
     progress = Progress(2, 0, ["val_loss", "latency_ms"])
     progress.say = lines.append
-    metrics = {"status": "ok", "val_loss": 2.5, "latency_ms": 1.0, "latency_cv": 0.8, "latency_noisy": True}
-    progress.finished(3, {}, metrics, 1)
-    assert "latency noisy: cv 0.80" in lines[0]
+    noisy, steady = Timing(1.0, 0.8, 3), Timing(1.0, MAX_CV / 2, 1)
+    assert noisy.noisy and not steady.noisy
+    progress.finished(3, {}, measured_record(val_loss=2.5, **noisy.metrics("latency")), 1)  # as the latency probe reports it
+    progress.finished(4, {}, measured_record(val_loss=2.5, **steady.metrics("latency")), 1)
+    assert "latency noisy: cv 0.80" in lines[0] and "noisy" not in lines[2]
 
 
 @pytest.mark.parametrize("relative_pos, leaks", [(-1, False), (1, True)])
