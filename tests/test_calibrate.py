@@ -6,7 +6,6 @@ import contextlib
 import io
 import json
 import math
-import pickle
 
 import pandas as pd
 import pytest
@@ -36,14 +35,6 @@ train: {tokens: 16384, batch_size: 16, seq_len: 32, lr: 1e-2, eval_tokens: 4096}
 objectives: {val_loss: min, peak_mem_mb: min}
 search: {seed: 3}
 """
-# Every calibration that trains fails today (a traceback, exit 1): Ray Tune's Tuner pickles its search algorithm, and
-# jobs.run_jobs's JobSearcher (search/jobs.py:52) is a class local to the call whose methods close over on_result;
-# cloudpickle pickles such a class by value, closures included, and calibrate's on_result (calibrate.py:244) closes
-# over calibration.jsonl open for appending (calibrate.py:240). JobSearcher.__getstate__ covers only the instance.
-PICKLES_ITS_LOG = pytest.mark.xfail(
-    reason="product bug: calibrate raises PicklingError ('Cannot pickle files that are not opened for reading: a'): "
-           "Ray Tune pickles jobs.py's local JobSearcher class by value with its on_result closure, which holds "
-           "calibrate.py's open calibration.jsonl", raises=pickle.PicklingError, strict=True)
 ASHA = SPACE.replace("search: {seed: 3}", "search: {seed: 5, scheduler: asha, min_tokens: 4096}")  # rungs 4,096 / 16,384
 
 
@@ -69,7 +60,6 @@ def calibrated(tmp_path_factory, ray_local):
 
 
 @pytest.mark.slow
-@PICKLES_ITS_LOG
 def test_calibrate_trains_two_seeds_and_a_longer_budget_on_a_third_and_reports_agreement(calibrated):
     space_path, out, code, _ = calibrated
     assert code == 0
@@ -102,7 +92,6 @@ def test_calibrate_trains_two_seeds_and_a_longer_budget_on_a_third_and_reports_a
 
 
 @pytest.mark.slow
-@PICKLES_ITS_LOG
 def test_calibrate_prints_its_findings_and_a_verdict(calibrated):
     _, _, _, printed = calibrated
     assert "calibrating 'cal': 4 configs x (2 seeds at 16,384 tokens + 1 at 2x, 32,768, on a third seed) = 12 runs" in printed
@@ -118,7 +107,6 @@ def test_calibrate_prints_its_findings_and_a_verdict(calibrated):
 
 
 @pytest.mark.slow
-@PICKLES_ITS_LOG
 def test_calibrate_of_an_asha_space_reports_how_the_first_rung_ranks(tmp_path, ray_local, capsys):
     space_path = write_space(tmp_path, ASHA)
     out = tmp_path / "out"
@@ -150,7 +138,6 @@ def test_calibrate_of_an_asha_space_reports_how_the_first_rung_ranks(tmp_path, r
 
 
 @pytest.mark.slow
-@PICKLES_ITS_LOG
 def test_calibrate_resumes_and_trains_only_what_is_missing(calibrated, capsys):
     space, out, _, _ = calibrated
     before = (out / "calibration.csv").read_text()

@@ -43,14 +43,8 @@ def test_leaky_candidates_are_refused_before_training(tmp_path, capsys):
     assert "refused before training (leaks_future): not causal" in capsys.readouterr().out
 
 
-WORKER_REFUSALS_KEEP_PLACES = (
-    "product bug, search/driver/searcher.py:319 (Driver._finish): a trial refused in its worker (leaks_future is found "
-    "when the real model is built, after the driver's quick screen) counts for nothing, yet keeps its place of the "
-    "--trials budget (only an owed outcome releases it), so the search ends short of its budget")
-
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason=WORKER_REFUSALS_KEEP_PLACES, strict=True)
 def test_a_search_of_leaky_and_impossible_candidates_ends_with_its_budget_measured(ray_local, tmp_path, capsys):
     # Half the draws are not causal, and heads 3 divides neither width: neither kind uses up the budget.
     text = FAST.replace("{choice: [2, 4]}", "{choice: [2, 3]}").replace("  position: $position\n",
@@ -72,9 +66,6 @@ def test_a_search_of_leaky_and_impossible_candidates_ends_with_its_budget_measur
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason=WORKER_REFUSALS_KEEP_PLACES + "; and Driver._finish (searcher.py:317) tells the refusal "
-                   "streak nothing of a refusal made in the worker, so 'the last N candidates were all refused' is never said",
-                   strict=True)
 def test_a_search_that_only_draws_leaky_candidates_stops_and_says_why(ray_local, tmp_path, capsys, monkeypatch):
     from configaformer_search.driver import suggestions
 

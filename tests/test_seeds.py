@@ -83,7 +83,7 @@ def test_a_front_member_whose_lead_is_within_the_noise_is_marked(tmp_path, capsy
 
 
 def test_the_front_table_shows_means_with_their_sd(tmp_path, capsys):
-    study = confirmed_study(tmp_path, [(2.50, 10, 0.02), (2.51, 12, 0.03), (2.40, 20, 0.01)])
+    confirmed_study(tmp_path, [(2.50, 10, 0.02), (2.51, 12, 0.03), (2.40, 20, 0.01)])
     assert main(["front", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "2.5 ± 0.02" in out and "2.4 ± 0.01" in out and "lead over #1 within noise" in out
