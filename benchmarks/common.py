@@ -87,7 +87,7 @@ def write_results(name: str, figures: dict[str, Any], targets: Optional[dict[str
                 "python": platform.python_version(), "versions": versions,
                 "targets": targets or {}, "figures": figures}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(document, indent=1, default=str) + "\n")
+    out.write_text(json.dumps(_plain(document), indent=1, default=str) + "\n")
     print(f"wrote {out}")
     return out
 
@@ -158,6 +158,17 @@ def drive(space: Any, url: str, trials: int, resources: Any, sampler: str = "ran
     finally:
         store.close()
     return driver
+
+
+def _plain(value: Any) -> Any:
+    """JSON as the standard has it: a NaN or infinite float (a figure with too few points) becomes null."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _cores() -> int:
