@@ -87,9 +87,88 @@ def write_results(name: str, figures: dict[str, Any], targets: Optional[dict[str
                 "python": platform.python_version(), "versions": versions,
                 "targets": targets or {}, "figures": figures}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(document, indent=1, default=str) + "\n")
+    out.write_text(json.dumps(_plain(document), indent=1, default=str) + "\n")
     print(f"wrote {out}")
     return out
+
+
+def brief_space(path: str | Path, work: Path, scheduler: Optional[str] = None, baselines: bool = False) -> Path:
+    """The space at `path` searched at its brief budget, written to `work`: without train.target_tokens and the ladder
+    that climbs towards it (search.max_tokens, search.curve_points), so that every config trains train.tokens (or
+    its rungs under asha) and is ranked by its val_loss there; its baselines left out unless `baselines`;
+    search.scheduler set when given. What the benchmarks that time or compare trials at one budget search."""
+    import yaml
+
+    raw = yaml.safe_load(Path(path).read_text())
+    raw.setdefault("train", {}).pop("target_tokens", None)
+    search = raw.setdefault("search", {})
+    for key in ("max_tokens", "curve_points"):
+        search.pop(key, None)
+    if scheduler is not None:
+        search["scheduler"] = scheduler
+    if not baselines:
+        raw.pop("baselines", None)
+    objectives = raw.get("objectives") or {}
+    if "val_loss_at_target" in objectives:
+        raw["objectives"] = {("val_loss" if k == "val_loss_at_target" else k): v for k, v in objectives.items()}
+    out = Path(work) / f"{Path(path).stem}-brief{'-' + scheduler if scheduler else ''}.yaml"
+    out.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return out
+
+
+def drive(space: Any, url: str, trials: int, resources: Any, sampler: str = "random", seed: int = 0,
+          scratch: Optional[Path] = None) -> Any:
+    """Run `trials` measured configs of `space` into a study at `url` as a search does (the driver, its heartbeat and
+    a thread asking ahead, through Ray Tune with `resources`); Ray must be running. Returns the driver: its
+    `study_seconds` (the study and the sampler, in the calls a free slot waits for) and `recording_seconds` (recording
+    rung results and outcomes) are its work on the critical path; `ahead_seconds` its thread's, beside the trials."""
+    from configaformer_search.data import load_corpus
+    from configaformer_search.driver.asking import AskAhead, Drawing
+    from configaformer_search.driver.samplers import make_sampler
+    from configaformer_search.driver.searcher import Driver
+    from configaformer_search.driver.tune import search_on_ray
+    from configaformer_search.progress import Progress
+    from configaformer_search.storage import Heartbeat, StudyStore, open_storage
+
+    class TimedDriver(Driver):
+        recording_seconds = 0.0
+
+        def reached_rung(self, slot: str, record: dict) -> bool:
+            start = time.perf_counter()
+            try:
+                return super().reached_rung(slot, record)
+            finally:
+                self.recording_seconds += time.perf_counter() - start
+
+        def ended(self, slot: str, record: Optional[dict]) -> None:
+            start = time.perf_counter()
+            try:
+                super().ended(slot, record)
+            finally:
+                self.recording_seconds += time.perf_counter() - start
+
+    store = StudyStore.open(open_storage(url), space.name, space.objectives, make_sampler(space, sampler, seed, trials),
+                            space.distributions())
+    try:
+        vocab = load_corpus(space.data).vocab_size
+        driver = TimedDriver(space, store, vocab, trials, Progress(trials, 0, list(space.objectives), verbosity=0))
+        with Heartbeat(store, driver.alive_ids), \
+                AskAhead(driver, max(1, min(4, resources.concurrency // 2)), Drawing(0, url, sampler, seed + 1)):
+            search_on_ray(driver, resources, scratch)
+    finally:
+        store.close()
+    return driver
+
+
+def _plain(value: Any) -> Any:
+    """JSON as the standard has it: a NaN or infinite float (a figure with too few points) becomes null."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _cores() -> int:

@@ -11,6 +11,10 @@ spread (max/min), so that a drift of the machine falls on every model alike. bf1
 Modes: eager, compile (torch.compile's default), cudagraphs (its reduce-overhead mode: CUDA graphs, which a
 launch-bound search-scale model needs).
 
+Targets, for each shape and mode run: (a) and (b) at least 0.97x of (c)'s tokens per second and 1.05x of (d)'s (when
+x-transformers is installed), their peak memory at most 1.05x of (c)'s (on CUDA, where it is measured), and no graph
+breaks in a compiled (a). The README quotes them at GPT-2 small.
+
     python benchmarks/model_throughput.py                      # both shapes on CUDA; the search shape on a CPU
     python benchmarks/model_throughput.py --shapes gpt2 --modes eager
 """
@@ -30,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import device_name, median, print_table, timed  # noqa: E402
+from common import add_json_argument, device_name, median, print_table, target, timed, write_results  # noqa: E402
 
 from configaformer import ConfigaFormer  # noqa: E402
 from configaformer_search.probes import LogitsOnly  # noqa: E402
@@ -40,6 +44,7 @@ SHAPES = {  # name: (width, depth, heads, seq_len, batch, vocab)
     "search": (256, 4, 4, 256, 32, 256),  # a byte-level model of 3.3M parameters, as the search trains
 }
 ROPE = 16
+VS_REFERENCE_GOAL, VS_XTRANSFORMERS_GOAL, MEMORY_GOAL = 0.97, 1.05, 1.05  # (a), (b) against (c) and (d)
 
 
 # ---- (c) the reference: a GPT written by hand, the way nanoGPT does, with the same rope as the library -------
@@ -224,18 +229,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20 if cuda else 3, help="timed steps per model in each round")
     parser.add_argument("--rounds", type=int, default=5 if cuda else 3, help="rounds taking the models in turn")
     parser.add_argument("--batch", type=int, help="override the shape's batch size (e.g. for a small CPU)")
+    add_json_argument(parser, "model_throughput")
     args = parser.parse_args()
     device = torch.device("cuda" if cuda else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
     print(f"device: {device_name(device)}; torch {torch.__version__}; {'bf16 autocast' if cuda else 'fp32'}")
-    rows = []
+    rows, figures, targets = [], [], {}
     for shape_name in args.shapes.split(","):
         shape = SHAPES[shape_name]
         if args.batch:
             shape = shape[:4] + (args.batch, shape[5])
         width, depth, heads, seq, batch, vocab = shape
+        breaks = graph_breaks(shape, device)
+        targets[f"{shape_name}/graph_breaks"] = target(breaks, 0, at_least=False)
         print(f"\nshape {shape_name}: width {width}, depth {depth}, heads {heads}, seq {seq}, batch {batch}, vocab {vocab}; "
-              f"graph breaks in a compiled (a): {graph_breaks(shape, device)}")
+              f"graph breaks in a compiled (a): {breaks}")
         for mode in args.modes.split(","):
             models = {name: seeded(build, name, width, depth, heads, seq, vocab) for name in args.models.split(",")}
             for name in [n for n, m in models.items() if m is None]:
@@ -259,8 +267,28 @@ def main() -> None:
                 if "d_xtransformers" in results and name != "d_xtransformers":
                     row["vs (d)"] = f"{r['tok_s'] / results['d_xtransformers']['tok_s']:.3f}"
                 rows.append(row)
+                figures.append({"shape": shape_name, "mode": mode, "model": name, **r,
+                                "vs_reference": r["tok_s"] / reference["tok_s"] if reference else None,
+                                "vs_xtransformers": r["tok_s"] / results["d_xtransformers"]["tok_s"]
+                                if "d_xtransformers" in results else None,
+                                "mem_vs_reference": r["peak_mb"] / reference["peak_mb"]
+                                if reference and not math.isnan(r["peak_mb"]) else None})
+                if name not in ("a_ops", "b_layers"):
+                    continue
+                figure = figures[-1]
+                if figure["vs_reference"] is not None:
+                    targets[f"{shape_name}/{mode}/{name} vs c_reference"] = target(figure["vs_reference"], VS_REFERENCE_GOAL)
+                if figure["vs_xtransformers"] is not None:
+                    targets[f"{shape_name}/{mode}/{name} vs d_xtransformers"] = target(figure["vs_xtransformers"],
+                                                                                      VS_XTRANSFORMERS_GOAL)
+                if figure["mem_vs_reference"] is not None:
+                    targets[f"{shape_name}/{mode}/{name} memory vs c_reference"] = target(figure["mem_vs_reference"],
+                                                                                         MEMORY_GOAL, at_least=False)
     print()
     print_table(rows, ["shape", "mode", "model", "params", "tokens/s", "spread", "vs (c)", "vs (d)", "peak MiB", "mem vs (c)", "MFU"])
+    missed = [name for name, t in targets.items() if not t["met"]]
+    print(f"targets: {len(targets) - len(missed)} of {len(targets)} met" + (f"; not met: {', '.join(missed)}" if missed else ""))
+    write_results("model_throughput", {"steps": args.steps, "rounds": args.rounds, "rows": figures}, targets, args.json, device)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """Hypervolume after N trials for the tpe, nsga2 and random samplers on a space (small.yaml), over several seeds,
 on a CPU; random also at 2N. Target: the default sampler at N reaches random's hypervolume at 2N.
 
-Trials run through the real pipeline (configaformer_search.trial.run) without Ray. Each distinct config is
+The space is searched at its brief budget (its train.target_tokens, ladder and baselines left out): every config
+trains train.tokens and is ranked by its val_loss there. Each study is the search's own (a StudyStore in a SQLite
+file, the space's sampler sized to N, suggestions drawn and screened as the driver draws them), and trials run one at
+a time through the real pipeline (configaformer_search.trial.run) without Ray. Each distinct config is
 measured once and shared by every study (a manager dict), so samplers are compared on the same measurements.
 As in a search, a suggestion that repeats a config measured earlier in the same study is told its result and does
 not count: N is the number of configs each study measured. All hypervolumes use one reference point: the worst
@@ -22,44 +25,72 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import print_table  # noqa: E402
+from common import add_json_argument, brief_space, print_table, target, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+GOAL = 1.0  # the default sampler's hypervolume at N against random's at 2N
 
 
 def run_study(job: tuple) -> tuple:
     """One (sampler, seed) study of `count` measured configs; returns each one's objective values in order (None
     for a failed or infeasible one)."""
-    import optuna
-
+    from configaformer_search import outcome
     from configaformer_search import trial as trial_module
+    from configaformer_search.data import load_corpus
+    from configaformer_search.driver.samplers import make_sampler
+    from configaformer_search.driver.suggestions import NEW, REFUSED, REPEAT, Streak, draw
     from configaformer_search.space import load_space
-    from configaformer_search.study import Asked, Streak, ask_new, make_sampler, open_study, record
+    from configaformer_search.storage import StudyStore, open_storage
 
-    space_path, sampler_name, seed, count, budget, cache, overrides = job
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space_path, sampler_name, seed, count, budget, cache, overrides, folder = job
     space = load_space(space_path)
     space.search.update({k: v for k, v in overrides.items() if v is not None})
-    study = open_study(space, None, make_sampler(space, sampler_name, seed, budget))  # in memory
+    url = f"sqlite:///{Path(folder) / f'{sampler_name}-{seed}.db'}"
+    store = StudyStore.open(open_storage(url), space.name, space.objectives, make_sampler(space, sampler_name, seed, budget),
+                            space.distributions())
+    vocab = load_corpus(space.data).vocab_size
     values, own = [], {}  # own: this study's measurements, which its repeats reuse as in a search
     streak = Streak()
-    while len(values) < count:
-        asked = ask_new(study, space, 256, own, lambda number, metrics: None, {}, streak)
-        if not isinstance(asked, Asked):
-            break  # the space is exhausted, or holds nothing but refusals
-        trial, params, key = asked.trial, asked.params, asked.key
-        if key not in cache:
-            cache[key] = trial_module.run(space, params, device="cpu")
-        metrics = cache[key]
-        state = record(study, trial, metrics)
-        own[key] = dict(metrics, reused_from=trial.number)
-        feasible = all(v <= 0 for v in (metrics.get("constraints") or {}).values())
-        values.append([metrics[name] for name in space.objectives] if state.name == "COMPLETE" and feasible else None)
-    return sampler_name, seed, values, [d.name.lower() for d in study.directions]
+    try:
+        while len(values) < count:
+            suggestion = draw(store, space, vocab)
+            if suggestion.refusal is not None:  # refused by the screen: recorded, costs nothing
+                failure = suggestion.refusal
+                store.record(suggestion.trial, suggestion.trial_id, outcome.failed(failure.kind, failure.message, **failure.metrics))
+                what = REFUSED
+            elif suggestion.key in own:  # a repeat of a config this study measured: told its result, not counted
+                record, number = own[suggestion.key]
+                store.record(suggestion.trial, suggestion.trial_id, outcome.reused(record, number))
+                what = REPEAT
+            else:
+                if suggestion.key not in cache:
+                    cache[suggestion.key] = trial_module.run(space, suggestion.params, device="cpu")
+                record = cache[suggestion.key]
+                told = store.record(suggestion.trial, suggestion.trial_id, record)
+                if told.settles:
+                    own[suggestion.key] = (record, suggestion.number)
+                feasible = all(v <= 0 for v in (record.get("constraints") or {}).values())
+                values.append([record[name] for name in space.objectives] if told.state == "COMPLETE" and feasible else None)
+                what = NEW
+            if streak.count(what, suggestion) is not None:
+                break  # the space is exhausted, or holds nothing but refusals
+            if what == NEW:
+                streak.measured()
+    finally:
+        store.close()
+    return sampler_name, seed, values, list(store.directions)
+
+
+def hypervolume_of(points: list[list[float]], reference: list[float], directions: list[str]) -> float:
+    """The hypervolume of objective vectors (in their own directions) up to `reference`."""
+    from configaformer_search.pareto import hypervolume, minimised
+
+    return hypervolume(minimised(points, directions), minimised([reference], directions)[0])
 
 
 def main() -> None:
-    from configaformer_search.front import hypervolume_of
+    import tempfile
+
     from configaformer_search.space import load_space
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,16 +102,19 @@ def main() -> None:
                         "can be compared without measuring again")
     parser.add_argument("--startup-trials", type=int, help="override TPE's startup trials")
     parser.add_argument("--population-size", type=int, help="override NSGA-II's population")
+    add_json_argument(parser, "search_efficiency")
     args = parser.parse_args()
     overrides = {"startup_trials": args.startup_trials, "population_size": args.population_size}
-    space = load_space(args.space)
+    folder = Path(tempfile.mkdtemp(prefix="search-efficiency-"))
+    space_path = str(brief_space(args.space, folder))
+    space = load_space(space_path)
     n = args.trials or space.search["trials"]
     start = time.perf_counter()
     cache_path = Path(args.cache) if args.cache else None
     known = json.loads(cache_path.read_text()) if cache_path and cache_path.exists() else {}
     with multiprocessing.Manager() as manager:
         cache = manager.dict(known)
-        jobs = [(args.space, name, seed, n * (2 if name == "random" else 1), n, cache, overrides)
+        jobs = [(space_path, name, seed, n * (2 if name == "random" else 1), n, cache, overrides, str(folder))
                 for seed in range(args.seeds) for name in ("random", "tpe", "nsga2")]
         with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
             results = pool.map(run_study, jobs, chunksize=1)
@@ -89,6 +123,8 @@ def main() -> None:
             cache_path.write_text(json.dumps(dict(cache)))
     directions = results[0][3]
     every = [p for _, _, values, _ in results for p in values if p is not None]
+    if not every:
+        raise SystemExit(f"no study measured a feasible config: see {folder}")
     reference = [max(p[i] for p in every) * 1.1 if d == "minimize" else min(p[i] for p in every) * 0.9
                  for i, d in enumerate(directions)]
     table: dict = {}
@@ -96,15 +132,23 @@ def main() -> None:
         table.setdefault((name, n), []).append(hypervolume_of([p for p in values[:n] if p], reference, directions))
         if name == "random":
             table.setdefault((name, 2 * n), []).append(hypervolume_of([p for p in values if p], reference, directions))
-    target = statistics.mean(table[("random", 2 * n)])
+    random_2n = statistics.mean(table[("random", 2 * n)])
+    ratio = lambda v: statistics.mean(v) / random_2n if random_2n else float("nan")  # noqa: E731
     rows = [{"sampler": name, "trials": count, "hypervolume (mean)": f"{statistics.mean(v):.4g}",
              "std": f"{statistics.pstdev(v):.3g}", "per seed": ", ".join(f"{x:.3g}" for x in v),
-             "vs random at 2N": f"{statistics.mean(v) / target:.2f}"} for (name, count), v in table.items()]
+             "vs random at 2N": f"{ratio(v):.2f}"} for (name, count), v in table.items()]
     settings = ", ".join(f"{k} {v}" for k, v in overrides.items() if v is not None) or "defaults"
     print(f"space {Path(args.space).name} ({settings}): N = {n}, {args.seeds} seeds, {measured} new configs measured in "
           f"{time.perf_counter() - start:.0f} s; objectives {', '.join(space.objectives)}; "
           f"reference point {', '.join(f'{r:.4g}' for r in reference)}")
     print_table(rows, list(rows[0]))
+    default = space.search["sampler"]
+    figures = {"space": Path(args.space).name, "n": n, "seeds": args.seeds, "settings": settings, "measured": measured,
+               "seconds": time.perf_counter() - start, "reference": reference,
+               "rows": [{"sampler": name, "trials": count, "hypervolume": statistics.mean(v), "std": statistics.pstdev(v),
+                         "per_seed": v, "vs_random_2n": ratio(v)} for (name, count), v in table.items()]}
+    targets = {f"{default}_at_n_vs_random_at_2n": target(ratio(table[(default, n)]), GOAL)} if (default, n) in table else {}
+    write_results("search_efficiency", figures, targets, args.json)
 
 
 if __name__ == "__main__":
