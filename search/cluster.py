@@ -58,7 +58,7 @@ def ray_session(address: Optional[str], log_folder: Optional[Path] = None) -> It
     if not ray.is_initialized():
         sigterm = signal.getsignal(signal.SIGTERM)
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                      configure_logging=True)
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise UsageError(f"--address {address}: cannot join the Ray cluster ({str(err).splitlines()[0]})") from None

@@ -168,9 +168,9 @@ def reason(attrs: Mapping[str, Any]) -> str:
         return f"baseline {attrs['baseline']}"
     if "reused_from" in attrs:
         return f"same config as #{attrs['reused_from']}"
-    if is_stopped(attrs):
-        return f"stopped at rung {attrs.get('rung')}"
     if attrs.get("status") == STATUS[PREDICTED.name]:
         return f"predicted from rung {attrs.get('rung')}"
+    if is_stopped(attrs):
+        return f"stopped at rung {attrs.get('rung')}"
     kind = outcome_of(attrs).kind
     return "" if kind is MEASURED else kind.name

@@ -13,6 +13,7 @@ from configaformer_search.storage import StudyStore, open_storage, read_study
 DECLARED = {
     "measured": ("COMPLETE", True, False, True),
     "stopped": ("PRUNED", True, False, True),
+    "predicted": ("COMPLETE", True, False, True),
     "oom": ("FAIL", True, False, True),
     "nan_loss": ("FAIL", True, False, True),
     "diverged": ("FAIL", True, False, True),
@@ -29,12 +30,17 @@ DECLARED = {
 REFUSALS = {"rejected", "constraint", "leaks_future"}
 
 
+MEASUREMENTS = ("measured", "stopped", "predicted")  # the kinds that are not failures
+
+
 def record_of(name: str, **metrics) -> dict:
     """The record a trial of this kind stores, made by the constructor its writers use."""
     if name == "measured":
         return measured(**metrics)
     if name == "stopped":
         return stopped("stopped at rung 0", rung=0, **metrics)
+    if name == "predicted":
+        return outcome.predicted("predicted from rung 0", rung=0, **metrics)
     return failed(name, f"ended as {name}", **metrics)
 
 
@@ -53,12 +59,17 @@ def test_every_kind_round_trips_through_its_attributes_with_its_declared_rules(n
     assert got.front == (state == "COMPLETE") == got.kind.front
     assert got.kind.refusal == (name in REFUSALS)  # cost nothing, and refused again the same way
     assert record["val_loss"] == 2.5  # the metrics measured before the end are kept beside the outcome
-    assert is_measured(record) == (name in ("measured", "stopped")) and is_stopped(record) == (name == "stopped")
-    expected_status = {"measured": "ok", "stopped": "stopped"}.get(name, "failed")
+    assert is_measured(record) == (name in MEASUREMENTS) and is_stopped(record) == (name in ("stopped", "predicted"))
+    expected_status = {"measured": "ok", "stopped": "stopped", "predicted": "predicted"}.get(name, "failed")
     assert record["status"] == expected_status
     if expected_status == "failed":
         assert record["reason"] == name and record["message"] == f"ended as {name}" and reason(record) == name
     assert outcome_of(reused(record, 7)).kind is KINDS[name]
+
+
+def test_a_stopped_trial_says_its_rung_and_a_predicted_one_says_it_was_predicted():
+    assert reason(record_of("stopped")) == "stopped at rung 0"
+    assert reason(record_of("predicted")) == "predicted from rung 0"
 
 
 def test_a_trial_with_no_status_was_interrupted_by_its_drivers_death():
@@ -74,12 +85,12 @@ def test_a_repeat_that_reused_a_result_never_counts_settles_or_joins_the_front(n
     assert reason(reused(record_of(name), 3)) == "same config as #3"
 
 
-@pytest.mark.parametrize("unknown", ["nope", "measured", "stopped", "OOM", ""])
+@pytest.mark.parametrize("unknown", ["nope", "measured", "stopped", "predicted", "OOM", ""])
 def test_unknown_failure_kinds_are_refused_by_name(unknown):
     with pytest.raises(ValueError, match=f"unknown failure kind {unknown!r}; declared: .*nan_loss") as info:
         failed(unknown, "whatever")
     offered = str(info.value).split("declared: ")[1].split(", ")
-    assert sorted(offered) == sorted(n for n in DECLARED if n not in ("measured", "stopped"))  # failure kinds only
+    assert sorted(offered) == sorted(n for n in DECLARED if n not in MEASUREMENTS)  # failure kinds only
 
 
 def test_a_kind_object_is_taken_by_its_name():

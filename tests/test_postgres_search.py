@@ -92,7 +92,9 @@ def test_a_password_in_the_storage_url_is_never_printed_logged_or_written(ray_lo
 def test_the_cluster_recipe_runs_as_written(tmp_path, postgres_server):
     """docs/clusters.md's recipe, pasted into bash as a user would, against the throwaway server and a Ray of its own."""
     import re
+    import shutil
     import socket
+    import tempfile
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
@@ -102,11 +104,21 @@ def test_the_cluster_recipe_runs_as_written(tmp_path, postgres_server):
         free.bind(("127.0.0.1", 0))
         ray_port = free.getsockname()[1]
     space = write_space(tmp_path, TINY_SPACE.replace("tokens: 49152", "tokens: 8192").replace("trials: 4", "trials: 3"))
+    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    home = tmp_path / "home"  # a fresh machine's: no Ray token yet
+    home.mkdir()
     env = {**os.environ, "PGHOST": postgres_server.host, "PGPORT": str(postgres_server.port), "PGUSER": "postgres",
            "SPACE": str(space), "RAY_PORT": str(ray_port), "RUNS": str(tmp_path / "runs"), "DB": "recipe",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_TMPDIR": str(tmp_path / "ray")}
-    done = subprocess.run(["bash", "-c", recipe], cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:] + "".join(
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_TMPDIR": ray_tmp, "HOME": str(home)}
+    recipe_run = subprocess.Popen(["bash", "-c", recipe], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, start_new_session=True)
+    try:
+        stdout, stderr = recipe_run.communicate(timeout=300)
+    finally:  # a recipe that hangs takes its Ray head and drivers with it
+        if recipe_run.poll() is None:
+            os.killpg(recipe_run.pid, signal.SIGKILL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert recipe_run.returncode == 0, (stdout + stderr)[-3000:] + "".join(
         p.read_text()[-1500:] for p in (tmp_path / "runs").glob("*.log"))
     measured = counted(postgres_server.url("recipe"))
-    assert len(measured) == 3 and "val_loss" in done.stdout  # the two drivers measured the budget together; the front
+    assert len(measured) == 3 and "val_loss" in stdout  # the two drivers measured the budget together; the front

@@ -28,6 +28,7 @@ def test_the_timing_probes_run_on_the_serving_target_node_only(tmp_path):
                                "--out", str(out), "--address", cluster.address], capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         trials = [t for t in read_study(default_storage(out)).trials if t.finished and t.outcome.counts]
+        assert [t.outcome.kind.name for t in trials] == ["measured"] * 3, [t.user_attrs.get("message") for t in trials]
         assert len(trials) == 3
         for trial in trials:
             attrs = trial.user_attrs

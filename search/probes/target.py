@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..devicegate import DeviceGate
 from .base import ProbeContext
 
 
@@ -17,8 +18,10 @@ def time_on_target(space: Any, context: ProbeContext) -> dict[str, Any]:
     import ray
 
     state = {k: v.detach().cpu() for k, v in context.model.state_dict().items()}
-    task = ray.remote(_timed_here).options(num_cpus=0, resources={space.probes["target"]: 1})
-    return ray.get(task.remote(space, context.model_config, state, context.train, context.vocab_size))
+    # "DEFAULT": outside the trial's placement group, which Ray Tune has its child tasks inherit
+    task = ray.remote(_timed_here).options(num_cpus=0, resources={space.probes["target"]: 1}, scheduling_strategy="DEFAULT")
+    with DeviceGate.of(context.device).aside():  # a wait that does no work here: a target on this machine may time
+        return ray.get(task.remote(space, context.model_config, state, context.train, context.vocab_size))
 
 
 def _timed_here(space: Any, model_config: dict, state: dict, train: dict, vocab_size: int) -> dict[str, Any]:
