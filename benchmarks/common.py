@@ -1,19 +1,21 @@
-"""Shared helpers for the benchmark scripts: device, timing, printing a table, and the JSON results file every
+"""Shared helpers for the benchmark scripts: device, timing, printing a table, the JSON results file every
 benchmark writes (benchmarks/results/NAME-DEVICE.json: its figures, targets, date, machine, command and versions),
-from which the performance page is written."""
+from which the performance page is written, variants of a space, hypervolumes, and driving a search's trials."""
 
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import math
 import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -68,8 +70,8 @@ def target(value: float, goal: float, at_least: bool = True) -> dict[str, Any]:
             "rule": ">=" if at_least else "<="}
 
 
-def write_results(name: str, figures: dict[str, Any], targets: Optional[dict[str, dict]] = None,
-                  path: Optional[str] = None, device: Optional[torch.device] = None) -> Path:
+def write_results(name: str, figures: dict[str, Any], targets: dict[str, dict] | None = None,
+                  path: str | None = None, device: torch.device | None = None) -> Path:
     """Write a benchmark's figures with what makes them reproducible; returns the file."""
     device = device or torch.device("cpu")
     slug = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device).lower().replace(" ", "-")
@@ -92,7 +94,7 @@ def write_results(name: str, figures: dict[str, Any], targets: Optional[dict[str
     return out
 
 
-def brief_space(path: str | Path, work: Path, scheduler: Optional[str] = None, baselines: bool = False) -> Path:
+def brief_space(path: str | Path, work: Path, scheduler: str | None = None, baselines: bool = False) -> Path:
     """The space at `path` searched at its brief budget, written to `work`: without train.target_tokens and the ladder
     that climbs towards it (search.max_tokens, search.curve_points), so that every config trains train.tokens (or
     its rungs under asha) and is ranked by its val_loss there; its baselines left out unless `baselines`;
@@ -116,8 +118,43 @@ def brief_space(path: str | Path, work: Path, scheduler: Optional[str] = None, b
     return out
 
 
+def variant(space: str | Path, settings: Sequence[str], work: Path) -> Path:
+    """The space at `space` with each SECTION.KEY=VALUE of `settings` applied (values read as YAML), written to `work`
+    as a space file of its own; the space itself when there are none."""
+    import yaml
+
+    if not settings:
+        return Path(space)
+    raw = yaml.safe_load(Path(space).read_text())
+    for setting in settings:
+        path, _, value = setting.partition("=")
+        section, _, key = path.partition(".")
+        raw.setdefault(section, {})[key] = yaml.safe_load(value)
+    out = Path(work) / f"{Path(space).stem}-variant.yaml"
+    out.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return out
+
+
+def hypervolume_of(points: Sequence[Sequence[float]], reference: Sequence[float], directions: Sequence[str]) -> float:
+    """The hypervolume of objective vectors (in their own directions: 'minimize'/'maximize' or 'min'/'max') up to
+    `reference`; 0 for no points."""
+    from configaformer_search.pareto import hypervolume, minimised
+
+    if not len(points):
+        return 0.0
+    return hypervolume(minimised(points, directions), minimised([reference], directions)[0])
+
+
+def reference_of(points: Sequence[Sequence[float]], directions: Sequence[str], margin: float = 0.1) -> list[float]:
+    """One reference point for comparing hypervolumes: the worst value of each objective over `points`, pushed out
+    by `margin` of itself."""
+    worst = [max(p[i] for p in points) if d.startswith("min") else min(p[i] for p in points)
+             for i, d in enumerate(directions)]
+    return [w + margin * abs(w) if d.startswith("min") else w - margin * abs(w) for w, d in zip(worst, directions)]
+
+
 def drive(space: Any, url: str, trials: int, resources: Any, sampler: str = "random", seed: int = 0,
-          scratch: Optional[Path] = None) -> Any:
+          scratch: Path | None = None) -> Any:
     """Run `trials` measured configs of `space` into a study at `url` as a search does (the driver, its heartbeat and
     a thread asking ahead, through Ray Tune with `resources`); Ray must be running. Returns the driver: its
     `study_seconds` (the study and the sampler, in the calls a free slot waits for) and `recording_seconds` (recording
@@ -140,7 +177,7 @@ def drive(space: Any, url: str, trials: int, resources: Any, sampler: str = "ran
             finally:
                 self.recording_seconds += time.perf_counter() - start
 
-        def ended(self, slot: str, record: Optional[dict]) -> None:
+        def ended(self, slot: str, record: dict | None) -> None:
             start = time.perf_counter()
             try:
                 super().ended(slot, record)
@@ -163,7 +200,7 @@ def drive(space: Any, url: str, trials: int, resources: Any, sampler: str = "ran
 def _plain(value: Any) -> Any:
     """JSON as the standard has it: a NaN or infinite float (a figure with too few points) becomes null."""
     if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
+        return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

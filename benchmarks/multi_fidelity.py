@@ -1,24 +1,29 @@
 """Multi-fidelity search against full-budget search, at equal training tokens, on a CPU (small.yaml by default).
 
-For each seed, three searches through the real pipeline (`configaformer_search.search`, Ray, the study):
-  asha    successive halving (scheduler asha), TPE, with a token budget (`--tokens`) of N full-budget trials
-          (`--trials N`); trials promoted while it runs out finish, so it overshoots a little;
-  tpe     the full budget for every config (scheduler fifo), TPE, as many configs as spend what asha spent;
+The space is searched at its brief budget (its train.target_tokens, ladder and baselines left out: every config's
+full budget is train.tokens). For each seed, three searches through the public API (`configaformer_search.search`:
+its run folder, study, driver and Ray Tune), in one Ray session:
+  asha    successive halving (scheduler asha, rungs up to train.tokens), TPE, with a token budget (`--tokens` of the
+          search) of N full-budget trials (`--trials N`); trials promoted while it runs out finish, so it
+          spends more than that;
+  tpe     the full budget for every config (scheduler fifo), TPE, as many configs as spend what asha really spent;
   random  the same with random sampling.
-Then every config on any final front (COMPLETE, feasible, non-dominated) is trained again at `--mult` times the
-space's budget (once, shared by the methods that found it), and each front is scored the same way: the hypervolume
-of its members' retrained val_loss with their recorded memory and latency, against one reference point for all (the
-worst of each objective over every retrained member, plus 10%). Prints configs evaluated, tokens spent, front sizes
-and hypervolumes per method and seed, and the ratios asha/tpe.
+Each scheduler trains with its own default schedule (asha warmup-stable-decay, fifo cosine), as a search gets them.
+Then every config on any final front (COMPLETE, feasible, non-dominated) is trained again from scratch at `--mult`
+times train.tokens (once, shared by the methods that found it; the full-budget recipe, on the space's training
+seed, through the search's Ray trial runner as calibrate and retrain run it), and each front is scored the same way:
+the hypervolume of its members' retrained val_loss with their recorded memory and latency, against one reference
+point for all (the worst of each objective over every retrained member, plus 10%). Prints configs evaluated, tokens
+spent, front sizes, hypervolumes and wall times per method and seed, and the ratios asha/tpe.
 
     python benchmarks/multi_fidelity.py                       # small.yaml, N = 12, 3 seeds, retrained at 4x
     python benchmarks/multi_fidelity.py --seeds 1 --trials 6  # a quick look
+    python benchmarks/multi_fidelity.py --quick               # a smoke run: toy budgets, 1 seed, N = 2, asha and tpe
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -26,54 +31,72 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import print_table  # noqa: E402
+from common import (
+    add_json_argument,
+    brief_space,
+    hypervolume_of,
+    print_table,
+    reference_of,
+    target,
+    variant,
+    write_results,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = {"tpe": ("fifo", "tpe"), "random": ("fifo", "random"), "asha": ("asha", "tpe")}  # scheduler, sampler
-
-
-def space_text(path: Path, scheduler: str) -> str:
-    """The space's YAML with its search.scheduler set."""
-    import yaml
-
-    raw = yaml.safe_load(path.read_text())
-    raw.setdefault("search", {})["scheduler"] = scheduler
-    return yaml.safe_dump(raw, sort_keys=False)
+CONFIGS_PER_TOKEN_GOAL, HYPERVOLUME_GOAL = 3.0, 1.0  # asha against tpe
+# --quick: the space cut to toy models at a toy budget (32 steps of 8 x 64; asha's rungs at 2, 8 and 32 steps), short
+# validation and latency probes; one seed, N = 2, retrained at 2x, without the random search. A smoke run of the
+# whole path, not figures to compare.
+QUICK_SETTINGS = ["params.width={choice: [64, 96]}", "params.depth={int: [1, 2]}", "train.tokens=16384",
+                  "train.batch_size=8", "train.eval_tokens=2048", "probes.latency_repeats=3", "probes.latency_warmup=1"]
 
 
 def run_search(space_path: Path, method: str, seed: int, trials: int, tokens: int | None, work: Path) -> dict:
-    """One search; returns its measured trials' count, tokens spent and front (config params and objectives)."""
+    """One search; returns its measured trials' count, tokens spent, wall time and front (sampled params, config key
+    and objective values of each member)."""
     from configaformer_search import search
     from configaformer_search.front import front_trials
-    from configaformer_search.study import measured
+    from configaformer_search.space import load_space
+    from configaformer_search.storage import read_study
+    from optuna.trial import FixedTrial
 
-    scheduler, sampler = METHODS[method]
-    variant = work / f"{method}-{seed}.yaml"
-    variant.write_text(space_text(space_path, scheduler))
+    space = load_space(space_path)
     start = time.perf_counter()
-    result = search(variant, trials=trials, tokens=tokens, out=work / f"{method}-{seed}", sampler=sampler, seed=seed,
-                    verbosity=0)
-    counted = measured(result.study)
-    return {"method": method, "seed": seed, "configs": len(counted), "seconds": time.perf_counter() - start,
+    result = search(space, trials=trials, tokens=tokens, out=work / f"{method}-{seed}", sampler=METHODS[method][1],
+                    seed=seed, verbosity=0)
+    seconds = time.perf_counter() - start
+    if result.stopped_by is not None:
+        raise SystemExit(f"{method} search, seed {seed}: interrupted")
+    if result.stop_reason:
+        print(f"{method} search, seed {seed}: {result.stop_reason}", flush=True)
+    study = read_study(result.url)
+    counted = [t for t in study.trials if t.finished and t.outcome.counts]  # what --trials counts
+    front = front_trials(study.trials, study.directions)
+    return {"method": method, "seed": seed, "configs": len(counted), "seconds": seconds,
             "tokens": sum(t.user_attrs.get("tokens_spent") or 0 for t in counted),
-            "complete": sum(t.state.name == "COMPLETE" for t in counted),
-            "front": [(dict(t.params), t.user_attrs["config_key"], list(t.values)) for t in front_trials(result.study)]}
+            "complete": sum(t.state == "COMPLETE" for t in counted),
+            "front": [(space.sample(FixedTrial(t.params)), t.user_attrs["config_key"], list(t.values)) for t in front]}
 
 
-def retrain(job: tuple) -> tuple[str, float | None]:
-    """Train one config at mult x the budget (one core); its val_loss, or None if it failed."""
-    space_path, params, key, mult = job
-    import torch
-
-    from configaformer_search import trial as trial_module
+def retrain(space_path: Path, members: dict[str, dict], mult: int, work: Path) -> dict[str, float | None]:
+    """Each config (key -> params) trained once from scratch at mult x the space's budget on its training seed, with
+    the space's full-budget recipe, through the search's Ray trial runner; key -> val_loss (None if it failed)."""
+    from configaformer_search.calibrate import Config, Run, read_results, train_runs
+    from configaformer_search.cluster import plan_resources
+    from configaformer_search.outcome import is_measured
     from configaformer_search.space import load_space
 
-    torch.set_num_threads(1)
     space = load_space(space_path)
-    space.train["tokens"] *= mult
-    space.probes.update(memory=False, latency=False)
-    record = trial_module.run(space, params, "cpu")
-    return key, record.get("val_loss") if record["status"] == "ok" else None
+    budget = space.train["tokens"]
+    seed = space.train["seed"] if isinstance(space.train["seed"], int) else 0
+    runs = {key: Run(Config(i, params, key, {}, budget, budget), seed, mult) for i, (key, params) in enumerate(members.items())}
+    log = work / "retrained.jsonl"
+    results = read_results(log)
+    train_runs(space, list(runs.values()), results, log, plan_resources(space, None, None), lambda text: None,
+               scratch=work / ".tune")
+    return {key: results[run.name]["val_loss"] if is_measured(results.get(run.name) or {}) else None
+            for key, run in runs.items()}
 
 
 def main() -> None:
@@ -83,53 +106,55 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--mult", type=int, default=4, help="retraining budget, in multiples of the space's")
     parser.add_argument("--max-trials", type=int, default=500, help="a ceiling on configs (the tokens decide)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: the space at a toy budget, 1 seed, N = 2, "
+                        "retrained at 2x, asha and tpe only (overrides the above); its figures are written only with --json")
+    add_json_argument(parser, "multi_fidelity")
     args = parser.parse_args()
 
     import optuna
-    import ray
-
-    from configaformer_search.front import hypervolume_of
+    from configaformer_search.cluster import ray_session
     from configaformer_search.space import load_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space_path = Path(args.space)
-    space = load_space(space_path)
-    directions = list(space.objectives.values())
+    methods = list(METHODS)
+    if args.quick:
+        args.seeds, args.trials, args.mult, args.max_trials = 1, 2, 2, 50
+        methods.remove("random")
     work = Path(tempfile.mkdtemp(prefix="multi-fidelity-"))
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    base = variant(args.space, QUICK_SETTINGS if args.quick else [], work)
+    spaces = {scheduler: brief_space(base, work, scheduler=scheduler) for scheduler in ("fifo", "asha")}
+    space = load_space(spaces["fifo"])
+    budget = space.train["tokens"]
+    directions = list(space.objectives.values())
+    print(f"space {Path(args.space).name} at {budget:,} tokens a config; asha's rungs at "
+          f"{', '.join(f'{t:,}' for t in load_space(spaces['asha']).rungs())} tokens; work folder {work}", flush=True)
     runs = []
-    tokens = args.trials * space.train["tokens"]
-    for seed in range(args.seeds):  # asha first, capped at N full budgets; then the others get what it spent
-        asha = run_search(space_path, "asha", seed, args.max_trials, tokens, work)
-        full = max(1, round(asha["tokens"] / space.train["tokens"]))  # full-budget trials that spend as much
-        runs += [asha, run_search(space_path, "tpe", seed, full, None, work),
-                 run_search(space_path, "random", seed, full, None, work)]
-        print(f"seed {seed}: " + ", ".join(f"{r['method']} {r['configs']} configs in {r['seconds']:.0f} s"
-                                           for r in runs[-3:]), flush=True)
-    ray.shutdown()
-
-    members = {key: params for run in runs for params, key, _ in run["front"]}
-    print(f"retraining {len(members)} front members at {args.mult}x the budget ...", flush=True)
-    start = time.perf_counter()
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
-        retrained = dict(pool.map(retrain, [(str(space_path), params, key, args.mult) for key, params in members.items()]))
+    with ray_session(None, work):
+        for seed in range(args.seeds):  # asha first, capped at N full budgets; then the others get what it spent
+            asha = run_search(spaces["asha"], "asha", seed, args.max_trials, args.trials * budget, work)
+            full = max(1, round(asha["tokens"] / budget))  # full-budget trials that spend as much
+            runs += [asha] + [run_search(spaces["fifo"], method, seed, full, None, work) for method in methods if method != "asha"]
+            print(f"seed {seed}: " + ", ".join(f"{r['method']} {r['configs']} configs in {r['seconds']:.0f} s"
+                                               for r in runs[-len(methods):]), flush=True)
+        members = {key: params for run in runs for params, key, _ in run["front"]}
+        print(f"retraining {len(members)} front members at {args.mult}x the budget ...", flush=True)
+        start = time.perf_counter()
+        retrained = retrain(spaces["fifo"], members, args.mult, work)
     print(f"retrained in {time.perf_counter() - start:.0f} s")
 
     loss_index = list(space.objectives).index("val_loss")
 
     def points(run: dict) -> list[list[float]]:
-        out = []
-        for _, key, values in run["front"]:
-            if retrained.get(key) is not None:
-                out.append([retrained[key] if i == loss_index else v for i, v in enumerate(values)])
-        return out
+        return [[retrained[key] if i == loss_index else v for i, v in enumerate(values)]
+                for _, key, values in run["front"] if retrained.get(key) is not None]
 
     everything = [p for run in runs for p in points(run)]
-    reference = [max(p[i] for p in everything) * 1.1 if d == "min" else min(p[i] for p in everything) * 0.9
-                 for i, d in enumerate(directions)]
+    if not everything:
+        raise SystemExit(f"no front member was retrained: see {work}")
+    reference = reference_of(everything, directions)
     rows = []
     for run in runs:
-        run["hv"] = hypervolume_of(points(run), reference, ["minimize" if d == "min" else "maximize" for d in directions])
+        run["hv"] = hypervolume_of(points(run), reference, directions)
         rows.append({"method": run["method"], "seed": run["seed"], "configs": run["configs"], "complete": run["complete"],
                      "tokens": f"{run['tokens']:,}", "front": len(run["front"]), "retrained_hv": f"{run['hv']:.4g}",
                      "seconds": f"{run['seconds']:.0f}"})
@@ -138,15 +163,28 @@ def main() -> None:
     def mean(method: str, field: str) -> float:
         return statistics.mean(r[field] for r in runs if r["method"] == method)
 
-    print(f"\nspace {space_path.name}, {args.seeds} seeds, fronts retrained at {args.mult}x, reference {[round(r, 4) for r in reference]}")
-    for method in METHODS:
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else float("nan")
+
+    print(f"\nspace {Path(args.space).name}, {args.seeds} seeds, fronts retrained at {args.mult}x, "
+          f"reference {[round(r, 4) for r in reference]}")
+    for method in methods:
         print(f"  {method:6s}  configs {mean(method, 'configs'):6.1f}  tokens {mean(method, 'tokens'):12,.0f}  "
-              f"retrained hypervolume {mean(method, 'hv'):.4g}")
-    per_token = lambda m: mean(m, "configs") / mean(m, "tokens")  # noqa: E731
-    print(f"asha / tpe: configs per token {per_token('asha') / per_token('tpe'):.2f}x (target >= 3), "
-          f"configs {mean('asha', 'configs') / mean('tpe', 'configs'):.2f}x, "
-          f"retrained hypervolume {mean('asha', 'hv') / mean('tpe', 'hv'):.3f}x (target >= 1)")
-    print(f"random / tpe: retrained hypervolume {mean('random', 'hv') / mean('tpe', 'hv'):.3f}x")
+              f"retrained hypervolume {mean(method, 'hv'):.4g}  wall {mean(method, 'seconds'):6.0f} s")
+    per_token = ratio(ratio(mean("asha", "configs"), mean("asha", "tokens")), ratio(mean("tpe", "configs"), mean("tpe", "tokens")))
+    hv_ratio = ratio(mean("asha", "hv"), mean("tpe", "hv"))
+    print(f"asha / tpe: configs per token {per_token:.2f}x (target >= {CONFIGS_PER_TOKEN_GOAL:g}), "
+          f"configs {ratio(mean('asha', 'configs'), mean('tpe', 'configs')):.2f}x, "
+          f"retrained hypervolume {hv_ratio:.3f}x (target >= {HYPERVOLUME_GOAL:g}), "
+          f"wall time {ratio(mean('asha', 'seconds'), mean('tpe', 'seconds')):.2f}x")
+    if "random" in methods:
+        print(f"random / tpe: retrained hypervolume {ratio(mean('random', 'hv'), mean('tpe', 'hv')):.3f}x")
+    if args.json or not args.quick:  # a smoke run's figures stay out of benchmarks/results unless asked for
+        figures = {"space": Path(args.space).name, "tokens": budget, "trials": args.trials, "seeds": args.seeds,
+                   "mult": args.mult, "reference": reference,
+                   "runs": [{k: v for k, v in run.items() if k != "front"} | {"front": len(run["front"])} for run in runs]}
+        write_results("multi_fidelity", figures, {"asha_configs_per_token_vs_tpe": target(per_token, CONFIGS_PER_TOKEN_GOAL),
+                                                  "asha_hypervolume_vs_tpe": target(hv_ratio, HYPERVOLUME_GOAL)}, args.json)
 
 
 if __name__ == "__main__":

@@ -27,26 +27,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import add_json_argument, print_table, target, write_results  # noqa: E402
+from common import add_json_argument, print_table, target, variant, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEARMAN_GOAL, QUICK_START_GOAL_S = 0.8, 180.0
-
-
-def variant(space: Path, settings: list[str], work: Path) -> Path:
-    """The space with each SECTION.KEY=VALUE of `settings` applied (values read as YAML)."""
-    import yaml
-
-    if not settings:
-        return space
-    raw = yaml.safe_load(space.read_text())
-    for setting in settings:
-        path, _, value = setting.partition("=")
-        section, _, key = path.partition(".")
-        raw.setdefault(section, {})[key] = yaml.safe_load(value)
-    out = work / f"{space.stem}-variant.yaml"
-    out.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return out
 
 
 def quick_start(space: Path, seed: int, out: Path) -> float:
@@ -69,8 +53,6 @@ def main() -> None:
     add_json_argument(parser, "ranking_holds")
     args = parser.parse_args()
 
-    from optuna.trial import FixedTrial
-
     from configaformer_search.calibrate import Config, Run, read_results, train_runs
     from configaformer_search.cluster import plan_resources, ray_session
     from configaformer_search.outcome import is_measured
@@ -78,6 +60,7 @@ def main() -> None:
     from configaformer_search.review import TARGET, read_review
     from configaformer_search.space import load_space
     from configaformer_search.storage import default_storage
+    from optuna.trial import FixedTrial
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -133,7 +116,7 @@ def main() -> None:
                      "spearman": f"{search['rho']:.2f}", "kendall": f"{search['tau']:.2f}",
                      "pick_rank": f"{rank} of {search['n']}" if rank else "not retrained", "pick_top_third": search["top_third"]})
     print_table(rows, ["seed", "complete", "wall_s", "spearman", "kendall", "pick_rank", "pick_top_third"])
-    mean = lambda field: statistics.mean(s[field] for s in searches)  # noqa: E731
+    mean = lambda field: statistics.mean(s[field] for s in searches)
     top_third = sum(s["top_third"] for s in searches)
     print(f"\n{space_path.name} ({', '.join(args.set) or 'as it is'}), {searches[0]['ranked']} against {mult}x retrained: "
           f"mean Spearman {mean('rho'):.2f} (target >= {SPEARMAN_GOAL:g}), Kendall {mean('tau'):.2f}, pick in the top "

@@ -25,7 +25,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import add_json_argument, brief_space, print_table, target, write_results  # noqa: E402
+from common import (
+    add_json_argument,
+    brief_space,
+    hypervolume_of,
+    print_table,
+    reference_of,
+    target,
+    write_results,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL = 1.0  # the default sampler's hypervolume at N against random's at 2N
@@ -38,7 +46,13 @@ def run_study(job: tuple) -> tuple:
     from configaformer_search import trial as trial_module
     from configaformer_search.data import load_corpus
     from configaformer_search.driver.samplers import make_sampler
-    from configaformer_search.driver.suggestions import NEW, REFUSED, REPEAT, Streak, draw
+    from configaformer_search.driver.suggestions import (
+        NEW,
+        REFUSED,
+        REPEAT,
+        Streak,
+        draw,
+    )
     from configaformer_search.space import load_space
     from configaformer_search.storage import StudyStore, open_storage
 
@@ -81,13 +95,6 @@ def run_study(job: tuple) -> tuple:
     return sampler_name, seed, values, list(store.directions)
 
 
-def hypervolume_of(points: list[list[float]], reference: list[float], directions: list[str]) -> float:
-    """The hypervolume of objective vectors (in their own directions) up to `reference`."""
-    from configaformer_search.pareto import hypervolume, minimised
-
-    return hypervolume(minimised(points, directions), minimised([reference], directions)[0])
-
-
 def main() -> None:
     import tempfile
 
@@ -125,15 +132,14 @@ def main() -> None:
     every = [p for _, _, values, _ in results for p in values if p is not None]
     if not every:
         raise SystemExit(f"no study measured a feasible config: see {folder}")
-    reference = [max(p[i] for p in every) * 1.1 if d == "minimize" else min(p[i] for p in every) * 0.9
-                 for i, d in enumerate(directions)]
+    reference = reference_of(every, directions)
     table: dict = {}
     for name, seed, values, _ in results:
         table.setdefault((name, n), []).append(hypervolume_of([p for p in values[:n] if p], reference, directions))
         if name == "random":
             table.setdefault((name, 2 * n), []).append(hypervolume_of([p for p in values if p], reference, directions))
     random_2n = statistics.mean(table[("random", 2 * n)])
-    ratio = lambda v: statistics.mean(v) / random_2n if random_2n else float("nan")  # noqa: E731
+    ratio = lambda v: statistics.mean(v) / random_2n if random_2n else float("nan")
     rows = [{"sampler": name, "trials": count, "hypervolume (mean)": f"{statistics.mean(v):.4g}",
              "std": f"{statistics.pstdev(v):.3g}", "per seed": ", ".join(f"{x:.3g}" for x in v),
              "vs random at 2N": f"{ratio(v):.2f}"} for (name, count), v in table.items()]
