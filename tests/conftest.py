@@ -14,9 +14,10 @@ def _seeded():
     torch.manual_seed(0)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def study_url(request, tmp_path):
-    """A storage URL for a fresh study: a SQLite file, and a database on the throwaway PostgreSQL server."""
+    """A storage URL for a fresh study: a SQLite file, and a database on the throwaway PostgreSQL server (a server
+    start: the slow tier)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'study.db'}"
     return request.getfixturevalue("postgres_url")

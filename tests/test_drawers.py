@@ -18,6 +18,7 @@ def _study(tmp_path, text):
     return space, url, StudyStore.open(open_storage(url), space.name, space.objectives, distributions=space.distributions())
 
 
+@pytest.mark.slow
 def test_a_drawing_process_draws_screened_trials_of_the_shared_study(tmp_path):
     space, url, store = _study(tmp_path, TINY_SPACE + "constraints: {params: {max: 30000}}\n")  # width 48 is over it
     process = DrawingProcess(url, store.name, space, "random", seed=3, budget=8, vocab_size=256)

@@ -134,6 +134,7 @@ def test_a_resumed_driver_keeps_the_rung_table_and_what_went_on(tmp_path):
     assert max(measured_at.values()) == 1
 
 
+@pytest.mark.slow
 def test_an_exhausted_space_under_asha_still_trains_its_best_to_the_full_budget(tmp_path):
     tiny = SPACE.replace("{choice: [32, 48, 64]}", "{choice: [32, 48]}").replace("{int: [1, 3]}", "{int: [1, 2]}") \
         .replace("{choice: [2, 4]}", "{choice: [2]}")  # 4 configs in all
@@ -199,6 +200,7 @@ def test_a_token_budget_stops_new_configs(tmp_path):
     assert len(counted) == 3 and d.next("later") == DONE
 
 
+@pytest.mark.slow
 def test_drivers_ride_out_a_database_server_that_goes_away(tmp_path, postgres_server, postgres_url):
     from configaformer_search.storage.patience import Patience
 
@@ -217,6 +219,7 @@ def test_drivers_ride_out_a_database_server_that_goes_away(tmp_path, postgres_se
     assert any("is back after" in line for line in said)
 
 
+@pytest.mark.slow
 def test_a_driver_stops_with_one_line_once_its_patience_runs_out(tmp_path, postgres_server, postgres_url):
     from configaformer_search.storage.faults import storage_fault
     from configaformer_search.storage.patience import Patience

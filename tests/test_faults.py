@@ -1,5 +1,6 @@
-"""The faults a shared cluster brings: several drivers on one study, a worker killed mid-trial, a damaged or full
-storage, a closed pipe, a candidate far too large. Real Ray, real SQLite; the study stays the truth."""
+"""The faults a shared cluster brings: a worker killed mid-trial, a damaged or full storage, a closed pipe, a candidate
+far too large. Real Ray, real SQLite; the study stays the truth. (Several drivers on one study under successive
+halving: test_driver.py, and through the CLI with a driver killed, test_postgres_search.py.)"""
 
 import os
 import resource
@@ -17,29 +18,6 @@ from configaformer_search.storage import default_storage, read_study
 
 FAST = TINY_SPACE.replace("tokens: 49152", "tokens: 8192").replace("eval_tokens: 4096", "eval_tokens: 1024")
 SLOW = TINY_SPACE.replace("tokens: 49152", "tokens: 196608")  # a few seconds a trial: long enough to be hit
-ASHA = FAST.replace("{choice: [2, 4]}", "{choice: [2, 4, 8]}").replace("tokens: 8192", "tokens: 36864") \
-    .replace("search: {trials: 4, sampler: random}",
-             "search: {trials: 6, sampler: random, scheduler: asha, min_tokens: 4096, draw_processes: 1}")
-
-
-@pytest.mark.slow
-def test_two_drivers_under_successive_halving_measure_the_budget_once(ray_local, tmp_path):
-    space = write_space(tmp_path, ASHA)
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
-    common = ["--storage", url, "--address", ray_local, "--concurrency", "1"]
-    drivers = [subprocess.Popen(cli("run", str(space), "--out", str(tmp_path / name), "--seed", str(seed), *common),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-               for name, seed in (("a", 1), ("b", 2))]
-    errors = [process.communicate(timeout=420)[1] for process in drivers]
-    assert all(p.returncode == 0 for p in drivers), errors
-    study = read_study(url)
-    counted = measured(study)
-    assert len(counted) == 6  # together exactly the budget
-    keys = [t.user_attrs["config_key"] for t in counted]
-    assert len(set(keys)) == len(keys)  # no config trained twice
-    assert not [t for t in study.trials if t.finished and t.outcome.kind.name == "interrupted"]  # nobody's trial failed
-    assert not study.in_state("RUNNING")
-    assert any(t.state == "COMPLETE" and t.user_attrs["rung"] == 2 for t in counted)  # the best went to the end
 
 
 @pytest.mark.slow
@@ -70,7 +48,7 @@ def test_a_killed_worker_is_recorded_run_again_and_shows_no_traceback(ray_local,
 
 @pytest.fixture
 def finished_run(tmp_path):
-    return synthetic_run(tmp_path, text=FAST)
+    return synthetic_run(tmp_path, trials=8, text=FAST)
 
 
 @pytest.mark.parametrize("command", [["front"], ["trials"], ["export", "--knee"], ["plot"]])
@@ -117,6 +95,7 @@ def test_output_into_a_closed_pipe_exits_quietly(finished_run):
     assert result.stderr == ""
 
 
+@pytest.mark.slow
 def test_a_huge_candidate_is_refused_without_building_it(tmp_path):
     space = write_space(tmp_path, FAST.replace("{choice: [32, 48]}", "{choice: [8192]}")
                         + "constraints: {params: {max: 1e6}}\n")

@@ -107,6 +107,7 @@ def test_a_diverged_run_is_a_failed_trial_not_a_winner(tmp_path):
     assert failed["val_loss"] > math.log(256) and "uniform guess" in failed["message"]
 
 
+@pytest.mark.slow
 def test_the_embedded_split_keeps_near_copies_on_one_side():
     corpus = embedded_corpus()
     assert near_copy_share(corpus) < 0.01

@@ -10,7 +10,7 @@ import time
 import pytest
 from helpers import TINY_SPACE, write_space
 
-from configaformer_search.storage import read_study
+from configaformer_search.storage import HEARTBEAT_S, read_study
 
 SPACE = TINY_SPACE.replace("{choice: [2, 4]}", "{choice: [2, 4, 8]}").replace("{choice: [32, 48]}", "{choice: [16, 32, 48]}") \
     .replace("tokens: 49152", "tokens: 46080").replace("eval_tokens: 4096", "eval_tokens: 1024") \
@@ -46,7 +46,7 @@ def test_drivers_on_postgresql_survive_a_killed_driver_and_an_outage(ray_local, 
     second = subprocess.Popen(cli("run", str(space), "--out", str(tmp_path / "b"), "--seed", "2", *common),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: len(counted(postgres_url)) >= 1 or any(t.state == "RUNNING" for t in read_study(postgres_url).trials))
-    time.sleep(3)
+    time.sleep(HEARTBEAT_S + 3)  # its trials have beaten: taken for dead GRACE_S after, not after a start's grace
     os.killpg(first.pid, signal.SIGKILL)  # one driver dies with its trials
     first.wait(timeout=60)
     postgres_server.outage(8).result()  # the server goes away mid-search and comes back

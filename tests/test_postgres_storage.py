@@ -11,6 +11,8 @@ import sqlalchemy
 
 from postgres import PostgresServer
 
+pytestmark = pytest.mark.slow  # each starts or uses the throwaway server
+
 
 @pytest.fixture(autouse=True)
 def _quiet_optuna():

@@ -4,6 +4,7 @@ target climbs, and a search over it (synthetic trials, real study) whose front r
 import math
 
 import numpy as np
+import pytest
 from helpers import write_space
 
 from configaformer_search.predictor import StudyData, TargetPredictor, config_features
@@ -103,6 +104,7 @@ search: {trials: 12, sampler: random, reduction_factor: 4, max_tokens: 32768}
 """
 
 
+@pytest.mark.slow
 def test_a_search_with_a_target_puts_every_measured_config_on_its_front_by_its_loss_there(tmp_path):
     from configaformer_search.driver.samplers import make_sampler
     from configaformer_search.driver.searcher import Driver

@@ -39,6 +39,7 @@ def chromium() -> str:
     pytest.skip("no Chromium on this machine (apt-get install chromium): the report cannot be rendered")
 
 
+@pytest.mark.slow
 def test_the_report_renders_offline_with_its_plots_and_every_measured_trial(out, capsys):
     assert main(["report", str(out)]) == 0
     report = out / "report.html"

@@ -217,28 +217,6 @@ def test_stopped_search_resumes_without_losing_or_duplicating_trials(ray_local, 
     assert not (out / ".tune").exists()
 
 
-@pytest.mark.slow
-def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
-    try:
-        cluster.wait_for_nodes()
-        space = write_space(tmp_path, FAST)
-        out = tmp_path / "run"
-        result = subprocess.run(cli("run", str(space), "--trials", "4", "--out", str(out), "--address", cluster.address),
-                                capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert "2 node(s), 2 CPUs" in result.stdout and "2 trials at a time" in result.stdout
-        study = study_of(out)
-        assert len(measured(study)) == 4
-        nodes = {t.user_attrs.get("node") for t in measured(study)}
-        assert len(nodes) == 2 and None not in nodes
-    finally:
-        cluster.shutdown()
-
-
 @pytest.mark.parametrize("argv, why", [
     (["run", "{tmp}/missing.yaml"], "missing.yaml: file not found"),
     (["run", "{tmp}/bad.yaml"], "bad.yaml: objectives.accuracy: unknown metric"),

@@ -14,7 +14,8 @@ from configaformer_search.space import load_space
 SPACES = sorted((Path(__file__).parent.parent / "spaces").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.stem == "gpt2" else p for p in SPACES],
+                         ids=lambda p: p.name)  # gpt2.yaml builds GPT-2-sized models: the slow tier
 def test_every_ready_space_validates(path, capsys):
     assert main(["validate", str(path), "--samples", "2"]) == 0
     out = capsys.readouterr().out

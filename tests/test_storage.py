@@ -47,6 +47,9 @@ def _quiet_optuna():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]  # a server start: the slow tier
+
+
 def database(request, tmp_path_factory, hint: str):
     """A new empty database of the backend `request.param` names: its URL, and a function that drops it."""
     if request.param == "sqlite":
@@ -56,7 +59,7 @@ def database(request, tmp_path_factory, hint: str):
     return server.url(name), lambda: server.drop_database(name)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=BACKENDS)
 def url(request, tmp_path_factory):
     """A database shared by the tests that write (each in a study of its own): a SQLite file, or a PostgreSQL
     database (creating Optuna's tables takes seconds)."""
@@ -65,7 +68,7 @@ def url(request, tmp_path_factory):
     drop()
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=BACKENDS)
 def populated(request, tmp_path_factory):
     """The URL of a database that `populate` filled, shared by the tests that only read it."""
     url, drop = database(request, tmp_path_factory, "populated")
@@ -506,6 +509,7 @@ def test_a_printed_url_hides_its_password():
     assert "hunter2" not in unreadable and "db.example" in unreadable
 
 
+@pytest.mark.slow
 def test_a_password_given_in_the_query_is_the_login_password(postgres_server):
     """What the next test hides is a real secret: SQLAlchemy passes ?password= to psycopg, which logs in with it."""
     postgres_server.create_role("pin_carol", "query-S3cret")
@@ -521,6 +525,7 @@ def test_a_password_in_the_query_is_hidden_too():
     assert "query-S3cret" not in redacted("postgresql+psycopg://carol@db.example:5432/study?password=query-S3cret")
 
 
+@pytest.mark.slow
 def test_a_refused_login_says_one_line_without_the_password(postgres_server):
     postgres_server.create_role("pin_alice", "right-password")
     database = postgres_server.create_database("alice", owner="pin_alice")
