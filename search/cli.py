@@ -67,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = search(args.space, trials=args.trials, tokens=args.tokens, out=args.out, storage=args.storage, address=args.address,
                     gpus_per_trial=args.gpus_per_trial, concurrency=args.concurrency, sampler=args.sampler,
                     seed=args.seed, fresh=args.fresh, verbosity=0 if args.quiet else 1 + args.verbose,
-                    storage_patience=args.storage_patience)
+                    storage_patience=args.storage_patience, heartbeat_grace=args.heartbeat_grace)
     if not args.quiet:
         _print_summary(result)
     if result.stopped_by is not None:
@@ -342,6 +342,9 @@ def _parser() -> argparse.ArgumentParser:
                                        "sqlite:///<out>/study.db); keep passwords out of it (docs/clusters.md)")
     run.add_argument("--storage-patience", type=float, default=180.0, metavar="SECONDS",
                      help="how long a running search waits for a database server that went away (default 180)")
+    run.add_argument("--heartbeat-grace", type=float, metavar="SECONDS",
+                     help="how long a running trial's heartbeat may be silent before another driver sharing the study "
+                          "takes its driver for dead and runs its config again (default 30, at least 10)")
     run.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 packs four on a GPU")
     run.add_argument("--concurrency", type=int, help="trials at a time (default: what the cluster fits)")
     run.add_argument("--sampler", choices=SAMPLERS, help="Optuna sampler (default: the space's)")

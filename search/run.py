@@ -25,6 +25,8 @@ from .space import SearchSpace, load_space
 from .storage import STUDY_FILE, default_storage
 from .storage.faults import storage_call
 
+MIN_GRACE_S = 10.0  # a driver beats at a third of the grace; shorter would take a driver busy for a moment for dead
+
 TUNE_SCRATCH = ".tune"  # Ray Tune's own records inside a run folder, deleted when its trials are done
 RUNG_CHECKPOINTS = "checkpoints"  # trials' state at their last rung (multi-fidelity), where a resumed search goes on
 RUN_LOCK = ".lock"  # held by the command running in a folder (the OS lets go when it dies, even by SIGKILL)
@@ -51,6 +53,7 @@ class SearchOptions:
     fresh: bool = False  # delete the space's study and outputs first
     verbosity: int = 1  # 0 quiet, 1 a line per trial, 2 also params and free suggestions
     storage_patience: float = 180.0  # seconds a running search waits for a database server that went away
+    heartbeat_grace: Optional[float] = None  # seconds a running trial's heartbeat may be silent (default the store's)
 
     def check(self) -> None:
         """Refuse bad values by name, before anything is written."""
@@ -64,6 +67,8 @@ class SearchOptions:
             raise UsageError(f"--concurrency: expected a positive count, got {self.concurrency}")
         if not self.storage_patience >= 0:
             raise UsageError(f"--storage-patience: expected seconds >= 0, got {self.storage_patience}")
+        if self.heartbeat_grace is not None and not self.heartbeat_grace >= MIN_GRACE_S:
+            raise UsageError(f"--heartbeat-grace: expected seconds >= {MIN_GRACE_S}, got {self.heartbeat_grace}")
 
 
 @dataclass
@@ -159,6 +164,8 @@ def _search(space: SearchSpace, store: Any, vocab_size: int, out_dir: Path, budg
 
     say = print if options.verbosity > 0 else (lambda *a, **k: None)
     store.patience = Patience(options.storage_patience, lambda text: print(text, file=sys.stderr, flush=True), store.url)
+    if options.heartbeat_grace is not None:
+        store.grace_s = options.heartbeat_grace
     seed = space.search["seed"] if options.seed is None else options.seed
     sampler = options.sampler or space.search["sampler"]
     # A resumed search must not replay the first session's random draws: the seed moves with the trial count.

@@ -146,18 +146,16 @@ def test_an_exhausted_space_under_asha_still_trains_its_best_to_the_full_budget(
     assert not study.in_state("RUNNING")
 
 
-def test_a_dead_drivers_trials_are_failed_by_heartbeat_and_owed_again(tmp_path, monkeypatch, study_url):
-    from configaformer_search.storage import store
-
+def test_a_dead_drivers_trials_are_failed_by_heartbeat_and_owed_again(tmp_path, study_url):
     url = study_url
     dead = driver(tmp_path, FIFO, trials=6, url=url)
     cluster = SyntheticCluster(dead, slots=2)
     cluster.step()  # two trials handed out, then the driver "dies": no more heartbeats, nothing recorded
     held = {p.trial for p in dead.state.places.values()}
     assert len(held) == 2
-    monkeypatch.setattr(store, "GRACE_S", 0)
-    time.sleep(1.1)  # older than the grace period, by the database's clock (whole seconds on SQLite)
     alive = driver(tmp_path, FIFO, trials=6, seed=3, url=url)
+    alive.store.grace_s = 0  # as --heartbeat-grace sets it (whose least is longer than a test should wait)
+    time.sleep(1.1)  # older than the grace period, by the database's clock (whole seconds on SQLite)
     SyntheticCluster(alive, slots=2).run()
     study, counted = finished(url)
     assert len(counted) == 6 and not study.in_state("RUNNING")

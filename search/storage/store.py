@@ -26,8 +26,8 @@ from .records import StoredTrial
 from .urls import redacted
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # Optuna logs every study it creates: users see our output only
-HEARTBEAT_S = 5  # how often a driver records that its running trials are alive
-GRACE_S = 30  # a running trial whose heartbeat is older than this was left by a dead driver
+HEARTBEAT_S = 5  # how often a driver records that its running trials are alive (more often under a short grace)
+GRACE_S = 30  # by default, a running trial whose heartbeat is older than this was left by a dead driver
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
@@ -92,6 +92,7 @@ class StudyStore:
         self.metric_names = list(study.metric_names or [])
         self.directions = [d.name.lower() for d in study.directions]
         self.patience = Patience()  # how long calls wait for an unreachable server (a search sets its own)
+        self.grace_s: float = GRACE_S  # how long a running trial's heartbeat may be silent before it is taken for dead
 
     @classmethod
     def open(cls, storage: optuna.storages.RDBStorage, name: str, objectives: Mapping[str, str],
@@ -259,9 +260,9 @@ class StudyStore:
         telling it. Returns their storage ids; one query when none is stale, which is nearly always. Just after the
         server came back from an outage no heartbeat is fresh: the other drivers get a grace period to beat again
         first (the check after the query, which may itself have waited out the outage)."""
-        started_before = datetime.datetime.now() - datetime.timedelta(seconds=4 * GRACE_S)  # clocks of other machines
-        stale = sql.stale_trial_ids(self._query, self.dialect, self.study_id, GRACE_S, started_before)
-        if not stale or time.monotonic() - self.patience.recovered_at < GRACE_S:
+        started_before = datetime.datetime.now() - datetime.timedelta(seconds=4 * self.grace_s)  # other machines' clocks
+        stale = sql.stale_trial_ids(self._query, self.dialect, self.study_id, self.grace_s, started_before)
+        if not stale or time.monotonic() - self.patience.recovered_at < self.grace_s:
             return []
         return self._end_left(self.trials(states=("RUNNING",), numbers=None), set(stale))
 
@@ -313,8 +314,9 @@ def _describe(distribution: Any) -> str:
 
 
 class Heartbeat:
-    """Records, every HEARTBEAT_S seconds in a thread of its own, that the trials `alive()` names (storage ids) are
-    alive, so that other drivers sharing the study never take them for a dead driver's."""
+    """Records, every HEARTBEAT_S seconds (a third of the store's grace, if less) in a thread of its own, that the
+    trials `alive()` names (storage ids) are alive, so that other drivers sharing the study never take them for a dead
+    driver's."""
 
     def __init__(self, store: StudyStore, alive: Callable[[], Sequence[int]]) -> None:
         self.store, self.alive = store, alive
@@ -330,7 +332,7 @@ class Heartbeat:
         self._thread.join()
 
     def _run(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
+        while not self._stop.wait(min(HEARTBEAT_S, self.store.grace_s / 3)):
             try:
                 self.store.heartbeat(self.alive())
             except Exception:  # the storage is away for a moment: the next beat tries again
