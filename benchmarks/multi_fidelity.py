@@ -31,16 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (
-    add_json_argument,
-    brief_space,
-    hypervolume_of,
-    print_table,
-    reference_of,
-    target,
-    variant,
-    write_results,
-)
+from common import (add_json_argument, brief_space, hypervolume_of, print_table, reference_of, target,  # noqa: E402
+                    variant, write_results)
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = {"tpe": ("fifo", "tpe"), "random": ("fifo", "random"), "asha": ("asha", "tpe")}  # scheduler, sampler

@@ -25,15 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (
-    add_json_argument,
-    brief_space,
-    hypervolume_of,
-    print_table,
-    reference_of,
-    target,
-    write_results,
-)
+from common import (add_json_argument, brief_space, hypervolume_of, print_table, reference_of, target,  # noqa: E402
+                    write_results)
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL = 1.0  # the default sampler's hypervolume at N against random's at 2N
