@@ -136,3 +136,18 @@ def test_a_search_with_a_target_puts_every_measured_config_on_its_front_by_its_l
     assert "val_loss_at_target: the loss at 131,072 tokens, measured for 0 and predicted for 12 configs; " \
            "predicted 4x past the longest measurement (32,768 tokens)" in summary
     assert "the predictor, checked on " in summary and "left out one at a time at 32,768 tokens: Spearman" in summary
+
+
+def test_a_fit_that_fails_numerically_keeps_the_last_predictor_and_says_why(tmp_path, caplog):
+    from configaformer_search.driver.targets import TargetModel
+
+    model = TargetModel(load_space(write_space(tmp_path, LADDER)))
+    model.brief, model.target = BRIEF, TARGET
+    model.data = study(CONFIGS[:6])
+    model.refit(force=True)
+    fitted = model.predictor
+    assert fitted is not None and model.summary()["fitted"] and "fit_failure" not in model.summary()
+    model.data.add("broken", {"param:width": math.nan, "log_nonemb_params": math.inf}, {250: 3.0, 500: 2.5})
+    model.refit(force=True)
+    assert model.predictor is fitted  # the last good fit stands
+    assert model.summary()["fit_failure"].startswith("ValueError") and "could not be fitted" in caplog.text

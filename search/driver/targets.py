@@ -6,10 +6,13 @@ at the optimistic end of its interval, for the rank that decides whether it clim
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import threading
 import time
 from typing import Any, Callable, Optional
+
+import numpy as np
 
 from ..predictor import Prediction, StudyData, TargetPredictor, config_features
 from ..space import SearchSpace
@@ -30,6 +33,7 @@ class TargetModel:
         self._fitted_at, self._changed = -math.inf, False
         self._fitting: Optional[threading.Thread] = None
         self._scale = 1.0  # how much the last check widened the intervals: kept until the next check
+        self.failure: Optional[str] = None  # why the last fit failed, if it did
 
     def extra(self, params: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
         """What a rung result carries for the predictor: the config's features and its curve so far."""
@@ -62,7 +66,13 @@ class TargetModel:
         self._fitting.start()
 
     def _fit(self, data: StudyData, check: bool) -> None:
-        predictor = TargetPredictor(self.brief, self.target).fit(data, check=check)
+        try:
+            predictor = TargetPredictor(self.brief, self.target).fit(data, check=check)
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError) as err:  # a fit that fails numerically
+            self.failure = f"{type(err).__name__}: {err}"  # the last predictor stands; the summary says why
+            logging.getLogger(__name__).warning("the target predictor could not be fitted: %s", self.failure)
+            return
+        self.failure = None
         if check:
             self._scale = predictor.scale
         else:
@@ -91,11 +101,12 @@ class TargetModel:
     def summary(self) -> dict[str, Any]:
         """The final fit's settings and accuracy, as the study keeps them for the review."""
         predictor = self.predictor
+        failed = {} if self.failure is None else {"fit_failure": self.failure}
         if predictor is None:
-            return {"configs": len(self.data.points), "fitted": False}
+            return {"configs": len(self.data.points), "fitted": False, **failed}
         accuracy = predictor.accuracy
         return {"configs": len(self.data.points), "fitted": True, "alpha": predictor.alpha, "brief_tokens": self.brief,
                 "target_tokens": self.target, "longest_tokens": max(t for p in self.data.points.values() for t in p),
                 **({} if accuracy is None else {"checked_configs": accuracy.configs, "checked_at_tokens": accuracy.tokens,
                                                 "spearman": accuracy.spearman, "coverage": accuracy.coverage,
-                                                "interval_scale": accuracy.scale})}
+                                                "interval_scale": accuracy.scale}), **failed}
