@@ -170,7 +170,7 @@ def _search(space: SearchSpace, store: Any, vocab_size: int, out_dir: Path, budg
     sampler = options.sampler or space.search["sampler"]
     # A resumed search must not replay the first session's random draws: the seed moves with the trial count.
     trials_so_far = len(store.states())
-    store.study.sampler = make_sampler(space, sampler, seed + trials_so_far, budget)
+    store.use_sampler(make_sampler(space, sampler, seed + trials_so_far, budget))
     scheduler = space.describe_scheduler()
     settings = {"sampler": sampler, "scheduler": scheduler, "trials": budget, "train_tokens": space.train["tokens"],
                 "confirm_seeds": space.search["confirm_seeds"]}

@@ -545,3 +545,79 @@ def test_a_refused_login_says_one_line_without_the_password(postgres_server):
         assert str(through.value) == text and through.value.__cause__ is None
     fine = postgres_server.url(database, user="pin_alice", password="right-password")
     assert storage_call(fine, lambda: optuna.storages.RDBStorage(fine)).get_all_studies() == []
+
+
+# -- what a sampler reads -----------------------------------------------------------------------------------------
+
+
+def suggest_all(trial: optuna.Trial) -> dict:
+    return {"width": trial.suggest_int("width", 16, 64, step=16), "depth": trial.suggest_int("depth", 1, 32, log=True),
+            "lr": trial.suggest_float("lr", 1e-4, 1e-1, log=True), "dropout": trial.suggest_float("dropout", 0.0, 0.5, step=0.25),
+            "wd": trial.suggest_float("wd", 0.0, 1.0), "act": trial.suggest_categorical("act", list(ACT.choices))}
+
+
+def sampler_store(url: str, seed: int):
+    from configaformer_search.storage import StudyStore, open_storage
+
+    store = StudyStore.load(open_storage(url), "pinned")
+    store.use_sampler(optuna.samplers.TPESampler(seed=seed, n_startup_trials=0, multivariate=True))
+    return store
+
+
+def test_the_samplers_picture_of_a_study_is_optunas_but_for_user_attributes(tmp_path, monkeypatch):
+    from configaformer_search.storage import sampling
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = populate(url)
+    store = sampler_store(url, 0)
+    picture = sampling.SamplerStorage(store.storage, store.study_id, store.states,
+                                      lambda numbers: store.trials(numbers=numbers, user_attrs=False))
+
+    def matches() -> None:
+        picture.refresh()
+        expected = load(url, "pinned").trials
+        got = picture.get_all_trials(store.study_id)
+        assert [fields(t)[:6] + fields(t)[7:] for t in got] == [fields(t)[:6] + fields(t)[7:] for t in expected]
+        assert all(t.user_attrs == {} for t in got)
+
+    matches()
+    late = study.ask()  # asked after the last look: its params are drawn while the picture has it running
+    matches()
+    suggest_all(late)
+    matches()  # a trial this young is read again at each look, until its draw is surely over
+    study.tell(late, [1.0, 2.0])
+    matches()  # and one that finished since is read again, finished
+    monkeypatch.setattr(sampling, "DRAW_S", 0.0)
+    running = study.ask()
+    matches()
+    suggest_all(running)
+    picture.refresh()  # read once it was past its draw: its params are not read again
+    assert picture.get_all_trials(store.study_id)[running.number].params == {}
+
+
+def test_tpe_draws_from_the_picture_what_it_draws_from_optunas_own_reads(tmp_path, monkeypatch):
+    """The same study twice, the same seeds: TPE through the store suggests what it suggests through Optuna, and
+    Optuna never reads the whole study for it (only the queue of waiting trials)."""
+    theirs = populate(f"sqlite:///{tmp_path / 'theirs.db'}")
+    theirs.sampler = optuna.samplers.TPESampler(seed=3, n_startup_trials=0, multivariate=True)
+    populate(f"sqlite:///{tmp_path / 'ours.db'}")
+    ours = sampler_store(f"sqlite:///{tmp_path / 'ours.db'}", 3)
+    reads = []
+    read = optuna.storages.RDBStorage.get_all_trials
+
+    def counted(self, study_id, deepcopy=True, states=None):
+        reads.append(None if states is None else tuple(states))
+        return read(self, study_id, deepcopy=deepcopy, states=states)
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "get_all_trials", counted)
+    for round in range(6):
+        trial, _ = ours.ask()
+        drawn = suggest_all(trial)
+        reads_by_ours = list(reads)
+        expected = theirs.ask()
+        assert drawn == suggest_all(expected), round
+        values = [float(round), float(-round)]
+        ours.study.tell(trial, values)
+        theirs.tell(expected, values)
+        assert reads_by_ours and set(reads_by_ours) == {(TrialState.WAITING,)}
+        reads.clear()

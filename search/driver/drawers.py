@@ -69,8 +69,8 @@ def _serve(connection: Any, url: str, study_name: str, space: SearchSpace, sampl
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
         storage = open_storage(url)
-        study = optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(space, sampler, seed, budget))
-        store = StudyStore(storage, study)
+        store = StudyStore(storage, optuna.load_study(study_name=study_name, storage=storage))
+        store.use_sampler(make_sampler(space, sampler, seed, budget))
         store.patience = Patience(patience)  # an outage is waited out here too, quietly (the driver says so)
         while connection.recv():
             drawn = draw(store, space, vocab_size)

@@ -33,9 +33,9 @@ def _time(value: Any) -> Optional[datetime.datetime]:
 
 
 def read_trials(query: Query, study_id: int, states: Optional[Iterable[str]] = None, first: int = 0,
-                numbers: Optional[Sequence[int]] = None) -> list[StoredTrial]:
+                numbers: Optional[Sequence[int]] = None, user_attrs: bool = True) -> list[StoredTrial]:
     """The trials of a study numbered from `first` on (or those in `numbers`; in `states`, if given), by number, with
-    one query per table."""
+    one query per table (the user attributes' table skipped if not `user_attrs`)."""
     if states is not None and not list(states) or numbers is not None and not list(numbers):
         return []
     where = "study_id = :study AND number >= :first"
@@ -57,7 +57,7 @@ def read_trials(query: Query, study_id: int, states: Optional[Iterable[str]] = N
     for trial_id, name, value, text in rows(f"SELECT trial_id, param_name, param_value, distribution_json FROM trial_params "
                                              f"WHERE {scope} ORDER BY param_id"):
         params[trial_id].append((name, value, text))
-    for table, into in (("trial_user_attributes", user), ("trial_system_attributes", system)):
+    for table, into in (("trial_user_attributes", user), ("trial_system_attributes", system))[0 if user_attrs else 1:]:
         attrs = rows(f"SELECT trial_id, key, value_json FROM {table} WHERE {scope}")
         decoded = json.loads("[" + ",".join(text for _, _, text in attrs) + "]")  # one parse, not one per value
         for (trial_id, key, _), value in zip(attrs, decoded):

@@ -23,6 +23,7 @@ from ..outcome import Outcome, failed, outcome_of
 from . import sql
 from .patience import Patience
 from .records import StoredTrial
+from .sampling import DirectStorage, SamplerStorage
 from .urls import redacted
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # Optuna logs every study it creates: users see our output only
@@ -93,6 +94,9 @@ class StudyStore:
         self.directions = [d.name.lower() for d in study.directions]
         self.patience = Patience()  # how long calls wait for an unreachable server (a search sets its own)
         self.grace_s: float = GRACE_S  # how long a running trial's heartbeat may be silent before it is taken for dead
+        self._handles = optuna.Study(study_name=self.name, storage=DirectStorage(storage),
+                                     sampler=optuna.samplers.RandomSampler())  # handles on trials asked elsewhere
+        self._view: Optional[SamplerStorage] = None  # what the sampler reads, once one is set (use_sampler)
 
     @classmethod
     def open(cls, storage: optuna.storages.RDBStorage, name: str, objectives: Mapping[str, str],
@@ -102,9 +106,10 @@ class StudyStore:
         with, and its recorded params must still be drawn from `distributions` ({name: Optuna distribution; a
         per-layer param 'x[3]' is looked up as 'x'}). `attrs` are set on a study created now."""
         directions = ["minimize" if d == "min" else "maximize" for d in objectives.values()]
-        study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, directions=directions,
-                                    load_if_exists=True)
+        study = optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True)
         store = cls(storage, study)
+        if sampler is not None:
+            store.use_sampler(sampler)
         names = list(objectives)
         where = redacted(storage.url)
         if not store.metric_names:
@@ -124,6 +129,13 @@ class StudyStore:
     def load(cls, storage: optuna.storages.RDBStorage, name: str) -> StudyStore:
         """The existing study `name`, as it is (a command that adds to a study without searching it)."""
         return cls(storage, optuna.load_study(study_name=name, storage=storage))
+
+    def use_sampler(self, sampler: optuna.samplers.BaseSampler) -> None:
+        """Ask this store's trials of `sampler` from now on. It reads the study through a picture brought up to date
+        once per ask, reading only what changed (sampling.py)."""
+        self._view = SamplerStorage(self.storage, self.study_id, self.states,
+                                    lambda numbers: self.trials(numbers=numbers, user_attrs=False))
+        self.study = optuna.Study(study_name=self.name, storage=self._view, sampler=sampler)
 
     def check_distributions(self, distributions: Mapping[str, Any], where: str) -> None:
         """Optuna refuses a param drawn from another set of choices (or another scale) than the study's earlier
@@ -154,9 +166,10 @@ class StudyStore:
         return self.patience.call(query)
 
     def trials(self, first: int = 0, states: Optional[Sequence[str]] = None,
-               numbers: Optional[Sequence[int]] = None) -> list[StoredTrial]:
-        """The study's trials numbered from `first` on (or those in `numbers`, in `states`), by number."""
-        return sql.read_trials(self._query, self.study_id, states, first, numbers)
+               numbers: Optional[Sequence[int]] = None, user_attrs: bool = True) -> list[StoredTrial]:
+        """The study's trials numbered from `first` on (or those in `numbers`, in `states`), by number; without
+        their user attributes (empty) if not `user_attrs`."""
+        return sql.read_trials(self._query, self.study_id, states, first, numbers, user_attrs)
 
     def states(self, first: int = 0) -> list[tuple[int, str]]:
         """(number, state) of each trial numbered from `first` on: a cheap look at what ended."""
@@ -183,14 +196,17 @@ class StudyStore:
     def ask(self) -> tuple[optuna.Trial, int]:
         """A new trial (the sampler's next, or an enqueued one) and its storage id, given a heartbeat at once, so
         that a driver that dies before it settles the trial leaves it to be failed as stale."""
+        if self._view is not None:
+            self._view.refresh()
         trial = self.patience.call(self.study.ask)
         trial_id = sql.trial_id(self._query, self.study_id, trial.number)
         self.heartbeat([trial_id])
         return trial, trial_id
 
     def trial(self, trial_id: int) -> optuna.Trial:
-        """A handle on a running trial asked elsewhere (another process), to draw its params or tell it."""
-        return self.patience.call(lambda: optuna.Trial(self.study, trial_id))
+        """A handle on a running trial asked elsewhere (another process), to tell it: made without running the
+        sampler, which a new handle on a study's trial otherwise does."""
+        return self.patience.call(lambda: optuna.Trial(self._handles, trial_id))
 
     def write(self, trial_id: int, attrs: Mapping[str, Any]) -> bool:
         """A running trial's user attributes, in one transaction; False when it had finished."""
