@@ -72,10 +72,13 @@ class TargetPredictor:
         self.alpha = 0.5
         self.scale = 1.0
         self.accuracy: Optional[Accuracy] = None
-        self._model: Any = None
-        self._columns: list[str] = []
+        self._shared: Any = None  # the shared fit (BayesianRidge over the features)
+        self._own: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # key -> its own offset and slope: mean, covariance
+        self._noise = 0.0  # the variance of a measurement around its config's own curve
+        self._spread = 0.0  # the prior variance of a config's own offset and slope
         self._encode: Any = None
-        self._keys: list[str] = []
+        self._encoded: dict[str, np.ndarray] = {}  # key -> its standardised features, encoded once
+        self._predicted: dict[tuple[str, int], tuple[float, float]] = {}  # (key, tokens) -> mean and sd, unscaled
 
     # -- the design -------------------------------------------------------------------------------------------------
 
@@ -95,55 +98,104 @@ class TargetPredictor:
 
         return encode
 
-    def _rows(self, data: StudyData, pairs: Sequence[tuple[str, int]], alpha: float) -> np.ndarray:
-        """The design matrix of (config, tokens) pairs: shared terms, then each config's own offset and slope."""
-        index = {key: i for i, key in enumerate(self._keys)}
-        out = []
-        for key, tokens in pairs:
-            phi = (tokens / self.brief) ** -alpha
-            z = self._encode(data.features[key])
-            own = np.zeros(2 * len(self._keys))
-            if key in index:
-                own[2 * index[key]], own[2 * index[key] + 1] = 1.0, phi
-            out.append(np.concatenate([z, [phi], phi * z, own]))
-        return np.array(out)
+    def _features(self, key: str) -> np.ndarray:
+        if key not in self._encoded:
+            self._encoded[key] = self._encode(self.data.features[key])
+        return self._encoded[key]
 
-    def _fit(self, data: StudyData, leave_out: Optional[str] = None) -> tuple[Any, float]:
-        """The model with the best alpha; `leave_out` keeps only that config's points up to the brief budget."""
+    def _shared_rows(self, keys: Sequence[str], tokens: np.ndarray, alpha: float) -> np.ndarray:
+        """The shared terms of (config, tokens) pairs: the features, the budget's power, and their products."""
+        z = np.array([self._features(key) for key in keys]).reshape(len(keys), -1)
+        phi = ((tokens / self.brief) ** -alpha)[:, None]
+        return np.hstack([z, phi, phi * z])
+
+    def _points(self, data: StudyData, leave_out: Optional[str] = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Every (config, tokens, loss) point; `leave_out` keeps only that config's points up to the brief budget."""
+        keys, tokens, losses = [], [], []
+        for key, points in data.points.items():
+            for t, loss in points.items():
+                if key != leave_out or t <= self.brief:
+                    keys.append(key)
+                    tokens.append(float(t))
+                    losses.append(loss)
+        return keys, np.array(tokens), np.array(losses)
+
+    def _fit_shared(self, keys: Sequence[str], tokens: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> tuple[Any, float]:
+        """The shared fit with the budget exponent (of `alphas`) that the data makes most likely."""
         from sklearn.linear_model import BayesianRidge
 
-        pairs, targets = [], []
-        for key, points in data.points.items():
-            for tokens, loss in points.items():
-                if key == leave_out and tokens > self.brief:
-                    continue
-                pairs.append((key, tokens))
-                targets.append(loss)
-        y = np.array(targets)
         best = None
-        for alpha in ALPHAS:
-            model = BayesianRidge(compute_score=True, max_iter=500).fit(self._rows(data, pairs, alpha), y)
+        for alpha in alphas:
+            model = BayesianRidge(compute_score=True, max_iter=500).fit(self._shared_rows(keys, tokens, alpha), y)
             if best is None or model.scores_[-1] > best[0]:
                 best = (model.scores_[-1], model, alpha)
         return best[1], best[2]
 
+    def _own_terms(self, keys: Sequence[str], tokens: np.ndarray, residuals: np.ndarray,
+                   only: Optional[str] = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each config's own offset and slope (on the budget's power): its residuals from the shared fit, shrunk
+        towards zero by the spread configs show beyond the noise (a Gaussian prior, a 2x2 posterior each)."""
+        by_key: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            if only is None or key == only:
+                by_key.setdefault(key, []).append(i)
+        own = {}
+        prior = np.eye(2) / max(self._spread, 1e-12)
+        for key, rows in by_key.items():
+            f = np.stack([np.ones(len(rows)), (tokens[rows] / self.brief) ** -self.alpha], axis=1)
+            cov = np.linalg.inv(f.T @ f / self._noise + prior)
+            own[key] = (cov @ f.T @ residuals[rows] / self._noise, cov)
+        return own
+
+    def _variances(self, keys: Sequence[str], tokens: np.ndarray, residuals: np.ndarray) -> tuple[float, float]:
+        """The noise of a measurement around its config's own least-squares curve, and the spread of the configs'
+        own offsets and slopes beyond it (the method of moments over all configs)."""
+        by_key: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            by_key.setdefault(key, []).append(i)
+        within, dof, total, size = 0.0, 0, 0.0, 0.0
+        for rows in by_key.values():
+            f = np.stack([np.ones(len(rows)), (tokens[rows] / self.brief) ** -self.alpha], axis=1)
+            r = residuals[rows]
+            if len(rows) > 2:
+                fitted = f @ np.linalg.lstsq(f, r, rcond=None)[0]
+                within += float(np.sum((r - fitted) ** 2))
+                dof += len(rows) - 2
+            total += float(r @ r)
+            size += float(np.sum(f * f))
+        noise = within / dof if dof else 1.0 / self._shared.alpha_
+        noise = max(noise, 1e-10)
+        spread = max((total - noise * len(residuals)) / max(size, 1e-12), noise * 1e-3)
+        return noise, spread
+
     # -- fitting and predicting ---------------------------------------------------------------------------------
 
-    def fit(self, data: StudyData, check: bool = True) -> TargetPredictor:
-        """Fit on every point of the study; with `check`, also measure its accuracy config by config (Accuracy)."""
-        self._keys = sorted(data.points)
-        self._encode = self._encoder(data)
+    def fit(self, data: StudyData, check: bool = True, alpha: Optional[float] = None) -> TargetPredictor:
+        """Fit on every point of the study, with the budget exponent `alpha` if given, else the likeliest of ALPHAS;
+        with `check`, also measure its accuracy config by config (Accuracy)."""
         self.data = data
-        self._model, self.alpha = self._fit(data)
+        self._encode, self._encoded, self._predicted = self._encoder(data), {}, {}
+        keys, tokens, y = self._points(data)
+        self._shared, self.alpha = self._fit_shared(keys, tokens, y, ALPHAS if alpha is None else [alpha])
+        residuals = y - self._shared.predict(self._shared_rows(keys, tokens, self.alpha))
+        self._noise, self._spread = self._variances(keys, tokens, residuals)
+        self._own = self._own_terms(keys, tokens, residuals)
         self.scale = 1.0
         if check:
             self.accuracy = self._check(data)
             self.scale = self.accuracy.scale
         return self
 
-    def _raw(self, model: Any, alpha: float, data: StudyData, key: str, tokens: int) -> tuple[float, float]:
-        mean, sd = model.predict(self._rows(data, [(key, tokens)], alpha), return_std=True)
-        return float(mean[0]), float(sd[0])
+    def _raw(self, shared: Any, own: Optional[tuple[np.ndarray, np.ndarray]], key: str, tokens: int) -> tuple[float, float]:
+        """Mean and sd of a measurement of `key` at `tokens`: the shared fit's, its own terms', and the noise (the
+        shared fit's mean and variance as BayesianRidge.predict gives them, without its checks on the input)."""
+        x = self._shared_rows([key], np.array([float(tokens)]), self.alpha)[0]
+        f = np.array([1.0, (tokens / self.brief) ** -self.alpha])
+        own_mean, own_cov = own if own is not None else (np.zeros(2), np.eye(2) * self._spread)
+        mean = float(x @ shared.coef_ + shared.intercept_ + f @ own_mean)
+        centred = x - shared.X_offset_
+        variance = float(centred @ shared.sigma_ @ centred + f @ own_cov @ f) + self._noise
+        return mean, math.sqrt(max(variance, 0.0))
 
     def predict(self, key: str, tokens: Optional[int] = None) -> Prediction:
         """The config's loss at `tokens` (default the target): measured where it was, else predicted."""
@@ -152,12 +204,15 @@ class TargetPredictor:
         last = max(points, default=0)
         if tokens in points:
             return Prediction(points[tokens], 0.0, True, last)
-        mean, sd = self._raw(self._model, self.alpha, self.data, key, tokens)
+        if (key, tokens) not in self._predicted:  # fixed until the next fit: promotions ask for it at every ranking
+            self._predicted[key, tokens] = self._raw(self._shared, self._own.get(key), key, tokens)
+        mean, sd = self._predicted[key, tokens]
         return Prediction(mean, sd * self.scale, False, last)
 
     def _check(self, data: StudyData) -> Accuracy:
         """Leave each config measured past the brief budget out of the fit beyond its brief points, predict its
-        loss at the longest budget that at least MIN_CHECKED configs reached, and compare."""
+        loss at the longest budget that at least MIN_CHECKED configs reached, and compare. The budget exponent and
+        the variances are the full fit's; the shared fit and the config's own terms are fitted again without it."""
         beyond = [t for points in data.points.values() for t in points if t > self.brief]
         budgets = sorted({t for t in beyond if sum(t in p for p in data.points.values()) >= MIN_CHECKED}, reverse=True)
         if not budgets:
@@ -168,8 +223,10 @@ class TargetPredictor:
         checked = [key for key, points in data.points.items() if budget in points]
         predicted, measured, z = [], [], []
         for key in checked:
-            model, alpha = self._fit(data, leave_out=key)
-            mean, sd = self._raw(model, alpha, data, key, budget)
+            keys, tokens, y = self._points(data, leave_out=key)
+            shared, _ = self._fit_shared(keys, tokens, y, [self.alpha])
+            residuals = y - shared.predict(self._shared_rows(keys, tokens, self.alpha))
+            mean, sd = self._raw(shared, self._own_terms(keys, tokens, residuals, only=key).get(key), key, budget)
             predicted.append(mean)
             measured.append(data.points[key][budget])
             z.append((data.points[key][budget] - mean) / max(sd, 1e-9))

@@ -19,6 +19,7 @@ from ..space import SearchSpace
 
 REFIT_S = 5.0  # past EAGER_CONFIGS configs, the predictor is fitted again at most this often while results arrive
 EAGER_CONFIGS = 50  # up to this many configs, a fit takes milliseconds: every new result gets one
+REGROW = 1.25  # in the background, the budget exponent is chosen again once the study has grown by this factor
 TARGET, MEASURED_AS = "val_loss_at_target", "val_loss"  # the objective, and what a rung measures of it
 
 
@@ -34,6 +35,7 @@ class TargetModel:
         self._fitting: Optional[threading.Thread] = None
         self._scale = 1.0  # how much the last check widened the intervals: kept until the next check
         self.failure: Optional[str] = None  # why the last fit failed, if it did
+        self._chosen: tuple[int, Optional[float]] = (0, None)  # configs when the budget exponent was chosen, and it
 
     def extra(self, params: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
         """What a rung result carries for the predictor: the config's features and its curve so far."""
@@ -66,13 +68,17 @@ class TargetModel:
         self._fitting.start()
 
     def _fit(self, data: StudyData, check: bool) -> None:
+        configs, alpha = self._chosen
+        keep = not check and alpha is not None and len(data.points) < REGROW * configs  # the exponent barely moves
         try:
-            predictor = TargetPredictor(self.brief, self.target).fit(data, check=check)
+            predictor = TargetPredictor(self.brief, self.target).fit(data, check=check, alpha=alpha if keep else None)
         except (np.linalg.LinAlgError, ValueError, FloatingPointError) as err:  # a fit that fails numerically
             self.failure = f"{type(err).__name__}: {err}"  # the last predictor stands; the summary says why
             logging.getLogger(__name__).warning("the target predictor could not be fitted: %s", self.failure)
             return
         self.failure = None
+        if not keep:
+            self._chosen = (len(data.points), predictor.alpha)
         if check:
             self._scale = predictor.scale
         else:
