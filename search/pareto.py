@@ -20,33 +20,104 @@ def dominates(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.all(a <= b, axis=-1) & np.any(a < b, axis=-1)
 
 
-def nondominated_rank(points: np.ndarray, penalty: Optional[np.ndarray] = None) -> np.ndarray:
+def nondominated_rank(points: np.ndarray, penalty: Optional[np.ndarray] = None, enough: Optional[int] = None) -> np.ndarray:
     """The front each point is on (0 the best), by repeated non-dominated sorting. With `penalty` (the summed
     constraint violation, 0 when feasible), every feasible point comes before every infeasible one, and infeasible
-    ones are ranked by their violation alone, as Optuna's constrained samplers rank them."""
+    ones are ranked by their violation alone, as Optuna's constrained samplers rank them. With `enough`, sorting
+    stops once the fronts hold that many points: the feasible points left share the next rank."""
     points = np.asarray(points, dtype=float)
-    ranks = np.zeros(len(points), dtype=int)
-    feasible = np.ones(len(points), dtype=bool) if penalty is None else np.asarray(penalty) <= 0
     beaten = dominates(points[None, :, :], points[:, None, :])  # beaten[i, j]: j dominates i
-    remaining, rank = np.flatnonzero(feasible), 0
-    while len(remaining):
-        sub = beaten[np.ix_(remaining, remaining)]
-        top = ~sub.any(axis=1)
-        ranks[remaining[top]] = rank
-        remaining, rank = remaining[~top], rank + 1
+    return _peel(beaten, penalty, enough)
+
+
+def _peel(beaten: np.ndarray, penalty: Optional[np.ndarray], enough: Optional[int]) -> np.ndarray:
+    """Non-dominated sorting given who dominates whom (beaten[i, j]: j dominates i): each front is taken off in turn,
+    the points it dominated each counting one dominator fewer."""
+    count = len(beaten)
+    ranks = np.zeros(count, dtype=int)
+    feasible = np.ones(count, dtype=bool) if penalty is None else np.asarray(penalty) <= 0
+    left = feasible.copy()
+    dominators = beaten[:, feasible].sum(axis=1)
+    rank, taken = 0, 0
+    while left.any():
+        if enough is not None and taken >= enough:
+            ranks[left], rank = rank, rank + 1
+            break
+        top = left & (dominators == 0)
+        ranks[top] = rank
+        left &= ~top
+        dominators -= beaten[:, top].sum(axis=1)
+        rank, taken = rank + 1, taken + int(top.sum())
     if penalty is not None and (~feasible).any():
         violations = np.asarray(penalty)[~feasible]
         ranks[~feasible] = rank + np.unique(violations, return_inverse=True)[1]
     return ranks
 
 
-def epsilon_net(points: np.ndarray, members: np.ndarray) -> list[int]:
+class Dominance:
+    """Points that arrive one at a time (a rung's results), with who dominates whom kept as they come: one row and
+    one column a point, so that ranking them after each new one is a pass over a table, not a comparison of every
+    pair."""
+
+    def __init__(self, objectives: int) -> None:
+        self.points = np.zeros((0, objectives))
+        self.penalty = np.zeros(0)
+        self._beaten = np.zeros((0, 0), dtype=bool)  # capacity grows by doubling; the first len(points) are used
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def add(self, points: np.ndarray, penalty: Sequence[float]) -> None:
+        """Points (minimised, one a row) and their constraint violations (0 when feasible)."""
+        new = np.asarray(points, dtype=float).reshape(-1, self.points.shape[1])
+        n, k = len(self.points), len(new)
+        if n + k > len(self._beaten):
+            grown = np.zeros((max(8, 2 * (n + k)),) * 2, dtype=bool)
+            grown[:n, :n] = self._beaten[:n, :n]
+            self._beaten = grown
+        everyone = np.vstack([self.points, new])
+        self._beaten[n:n + k, :n + k] = dominates(everyone[None, :, :], new[:, None, :])  # who dominates each new one
+        self._beaten[:n, n:n + k] = dominates(new[None, :, :], self.points[:, None, :])  # whom each new one dominates
+        self.points = everyone
+        self.penalty = np.append(self.penalty, np.asarray(penalty, dtype=float))
+
+    def ranked(self, limit: Optional[int] = None) -> list[int]:
+        """Indices of the points, best first, as `ranked` orders them."""
+        n = len(self.points)
+        return ranked(self.points, self.penalty, limit, self._beaten[:n, :n])
+
+
+def epsilon_net(points: np.ndarray, members: np.ndarray, limit: Optional[int] = None) -> list[int]:
     """`members` (indices into `points`) in epsilon-net order: the best first objective first (ties by index), then
-    each time the member farthest from all those taken, so that a front's spread comes before one corner of it."""
+    each time the member farthest from all those taken, so that a front's spread comes before one corner of it.
+    With `limit`, the first that many of that order."""
+    members = np.asarray(members)
+    order = members[np.lexsort((members, points[members, 0]))]  # by the first objective, ties by index
+    candidates = points[order]
+    nearest = np.full(len(order), np.inf)  # squared distance to the nearest member taken; -1 once taken
+    taken, pick = [], 0
+    for _ in range(len(order) if limit is None else min(limit, len(order))):
+        taken.append(int(order[pick]))
+        np.minimum(nearest, ((candidates - candidates[pick]) ** 2).sum(axis=1), out=nearest)
+        nearest[pick] = -1.0
+        pick = int(np.argmax(nearest))  # the first of equally far ones: the better first objective
+    return taken
+
+
+def ranked(self, limit: Optional[int] = None) -> list[int]:
+        """Indices of the points, best first, as `ranked` orders them."""
+        n = len(self.points)
+        return ranked(self.points, self.penalty, limit, self._beaten[:n, :n])
+
+
+def epsilon_net(points: np.ndarray, members: np.ndarray, limit: Optional[int] = None) -> list[int]:
+    """`members` (indices into `points`) in epsilon-net order: the best first objective first (ties by index), then
+    each time the member farthest from all those taken, so that a front's spread comes before one corner of it.
+    With `limit`, the first that many of that order."""
     remaining = sorted(members.tolist(), key=lambda i: (points[i][0], i))
     taken = [remaining.pop(0)]
     nearest = np.linalg.norm(points[remaining] - points[taken[0]], axis=1)
-    while remaining:
+    while remaining and (limit is None or len(taken) < limit):
         pick = int(np.argmax(nearest))  # the first of equally far ones: the better first objective
         taken.append(remaining.pop(pick))
         nearest = np.delete(nearest, pick)
@@ -55,17 +126,24 @@ def epsilon_net(points: np.ndarray, members: np.ndarray) -> list[int]:
     return taken
 
 
-def ranked(points: np.ndarray, penalty: Optional[np.ndarray] = None) -> list[int]:
+def ranked(points: np.ndarray, penalty: Optional[np.ndarray] = None, limit: Optional[int] = None,
+           beaten: Optional[np.ndarray] = None) -> list[int]:
     """Indices of `points`, best first: non-dominated sorting, then an epsilon-net inside each front with the
-    objectives scaled to their range (Syne Tune's MOASHA ranks a rung's results so)."""
-    if not len(points):
+    objectives scaled to their range (Syne Tune's MOASHA ranks a rung's results so). With `limit`, the first that
+    many of that order, found without ranking the rest; `beaten` is who dominates whom, if known (Dominance)."""
+    if not len(points) or limit == 0:
         return []
-    ranks = nondominated_rank(points, penalty)
+    if beaten is None:
+        ranks = nondominated_rank(points, penalty, enough=limit)
+    else:
+        ranks = _peel(beaten, penalty, limit)
     span = points.max(axis=0) - points.min(axis=0)
     scaled = (points - points.min(axis=0)) / np.where(span > 0, span, 1.0)
     order: list[int] = []
     for rank in sorted(set(ranks.tolist())):
-        order += epsilon_net(scaled, np.flatnonzero(ranks == rank))
+        if limit is not None and len(order) >= limit:
+            break
+        order += epsilon_net(scaled, np.flatnonzero(ranks == rank), None if limit is None else limit - len(order))
     return order
 
 

@@ -22,7 +22,7 @@ from configaformer_search.cli import main
 from configaformer_search.data import embedded_corpus
 from configaformer_search.driver.promotions import Promotions
 from configaformer_search.driver.state import RungResult
-from configaformer_search.pareto import dominates, hypervolume, nondominated_rank, ranked
+from configaformer_search.pareto import Dominance, dominates, hypervolume, nondominated_rank, ranked
 from configaformer_search.review import build_review
 from configaformer_search.run import search
 from configaformer_search.space import load_space
@@ -249,6 +249,11 @@ def test_nondominated_rank_matches_its_definition(objectives):
         assert nondominated_rank(points, penalty).tolist() == rank_by_definition(points, penalty), (points, penalty)
         order = ranked(points, penalty)
         assert sorted(order) == list(range(count))
+        assert all(ranked(points, penalty, limit=k) == order[:k] for k in range(count + 1))  # the best k alone
+        table = Dominance(objectives)  # the same, kept as the points come (one, then the rest at once)
+        table.add(points[:1], penalty[:1])
+        table.add(points[1:], penalty[1:])
+        assert table.ranked() == order and table.ranked(limit=count // 2) == order[:count // 2]
         assert [rank_by_definition(points, penalty)[i] for i in order] == sorted(rank_by_definition(points, penalty))
     assert dominates(np.array([1.0, 2.0]), np.array([1.0, 3.0])) and not dominates(np.array([1.0, 2.0]), np.array([1.0, 2.0]))
 

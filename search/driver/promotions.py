@@ -18,9 +18,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Optional, Sequence
 
-import numpy as np
 
-from ..pareto import minimised, ranked
+from ..pareto import Dominance, minimised
 from .state import RUNG, RungResult
 
 
@@ -32,7 +31,8 @@ class Promotions:
         self.directions, self.eta, self.last_rung, self.store = list(directions), reduction_factor, last_rung, store
         self.results: dict[int, dict[str, tuple[list[float], float]]] = {}
         self.promoted: set[tuple[int, str]] = set()
-        self._orders: dict[int, list[str]] = {}
+        self._orders: dict[int, tuple[int, list[str]]] = {}  # rung -> how many were ranked, the best that many
+        self._tables: dict[int, tuple[list[str], Dominance]] = {}  # rung -> its keys as added, who dominates whom
         # How a result is ranked: its values as recorded, or as `adjust` sees them now (a search with a target ranks
         # by the predicted loss at the target, which changes as the predictor learns).
         self.adjust: Callable[[str, list[float]], list[float]] = lambda key, values: values
@@ -60,18 +60,27 @@ class Promotions:
     def recorded(self, rung: int) -> int:
         return len(self.results.get(rung, {}))
 
-    def order(self, rung: int) -> list[str]:
-        """The keys recorded at a rung, best first (computed again once the rung records another result)."""
+    def order(self, rung: int, count: Optional[int] = None) -> list[str]:
+        """The best `count` keys recorded at a rung (all by default), best first; ranked again once the rung records
+        another result, and only as far as asked."""
         if self._stale:
-            self._orders, self._stale = {}, False
-        if rung not in self._orders:
-            entries = self.results.get(rung, {})
-            keys = list(entries)
-            points = minimised([self.adjust(k, entries[k][0]) for k in keys], self.directions) if keys \
-                else np.zeros((0, len(self.directions)))
-            penalty = np.array([entries[k][1] for k in keys])
-            self._orders[rung] = [keys[i] for i in ranked(points, penalty)]
-        return self._orders[rung]
+            self._orders, self._tables, self._stale = {}, {}, False
+        count = self.recorded(rung) if count is None else count
+        if self._orders.get(rung, (-1, []))[0] < count:
+            keys, table = self._table(rung)
+            self._orders[rung] = (count, [keys[i] for i in table.ranked(limit=count)])
+        return self._orders[rung][1][:count]
+
+    def _table(self, rung: int) -> tuple[list[str], Dominance]:
+        """The rung's results as ranked (adjusted, minimised), with the ones recorded since the last look added."""
+        entries = self.results.get(rung, {})
+        keys, table = self._tables.setdefault(rung, ([], Dominance(len(self.directions))))
+        new = list(entries)[len(keys):]  # results only ever join a rung, in the order they were learnt
+        if new:
+            table.add(minimised([self.adjust(key, entries[key][0]) for key in new], self.directions),
+                      [entries[key][1] for key in new])
+            keys.extend(new)
+        return keys, table
 
     def places(self, rung: int, draining: bool = False) -> int:
         """How many of a rung's best may go on: floor(n / eta), or ceil when the search drains."""
@@ -82,7 +91,7 @@ class Promotions:
         """Whether the config ranks among the rung's best places and has not gone on from it yet."""
         if rung >= self.last_rung or (rung, key) in self.promoted:
             return False
-        return key in self.order(rung)[: self.places(rung, draining)]
+        return key in self.order(rung, self.places(rung, draining))
 
     def decide(self, rung: int, key: str, draining: bool = False) -> bool:
         """Whether a config that reached `rung` goes on now: it went on from there before (a resumed trial reporting
@@ -98,7 +107,7 @@ class Promotions:
         """Of the configs waiting here ({key: its rung}), the one to promote now, from the highest rung first (the
         best there first); None when none ranks well enough."""
         for rung in sorted(set(waiting.values()), reverse=True):
-            for key in self.order(rung)[: self.places(rung, draining)]:
+            for key in self.order(rung, self.places(rung, draining)):
                 if waiting.get(key) == rung and self.decide(rung, key, draining):
                     return key
         return None
