@@ -3,6 +3,8 @@ constraint values (Trial.set_constraint), which Optuna 5's samplers read themsel
 
 from __future__ import annotations
 
+import warnings
+
 import optuna
 
 from ..space import SearchSpace
@@ -17,11 +19,15 @@ def random_draws(seed: int) -> optuna.Study:
 
 
 def make_sampler(space: SearchSpace, name: str, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
-    """TPE, NSGA-II or random, sized to the trial budget."""
+    """TPE, NSGA-II or random, sized to the trial budget. TPE models the params that are drawn together jointly
+    (`group`): a conditional param, or a baseline that draws only its training settings, would otherwise leave every
+    param to be modelled on its own."""
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "nsga2":
         population = space.search["population_size"] or max(4, min(50, n_trials // 4))  # the default 50 is all random on small budgets
         return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
     startup = space.search["startup_trials"] or max(3, min(10, n_trials // 4))  # few random trials before TPE models
-    return optuna.samplers.TPESampler(n_startup_trials=startup, seed=seed, multivariate=True)
+    with warnings.catch_warnings():  # `group` is marked experimental since Optuna 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(n_startup_trials=startup, seed=seed, multivariate=True, group=True)
