@@ -104,28 +104,6 @@ def epsilon_net(points: np.ndarray, members: np.ndarray, limit: Optional[int] = 
     return taken
 
 
-def ranked(self, limit: Optional[int] = None) -> list[int]:
-        """Indices of the points, best first, as `ranked` orders them."""
-        n = len(self.points)
-        return ranked(self.points, self.penalty, limit, self._beaten[:n, :n])
-
-
-def epsilon_net(points: np.ndarray, members: np.ndarray, limit: Optional[int] = None) -> list[int]:
-    """`members` (indices into `points`) in epsilon-net order: the best first objective first (ties by index), then
-    each time the member farthest from all those taken, so that a front's spread comes before one corner of it.
-    With `limit`, the first that many of that order."""
-    remaining = sorted(members.tolist(), key=lambda i: (points[i][0], i))
-    taken = [remaining.pop(0)]
-    nearest = np.linalg.norm(points[remaining] - points[taken[0]], axis=1)
-    while remaining and (limit is None or len(taken) < limit):
-        pick = int(np.argmax(nearest))  # the first of equally far ones: the better first objective
-        taken.append(remaining.pop(pick))
-        nearest = np.delete(nearest, pick)
-        if remaining:
-            nearest = np.minimum(nearest, np.linalg.norm(points[remaining] - points[taken[-1]], axis=1))
-    return taken
-
-
 def ranked(points: np.ndarray, penalty: Optional[np.ndarray] = None, limit: Optional[int] = None,
            beaten: Optional[np.ndarray] = None) -> list[int]:
     """Indices of `points`, best first: non-dominated sorting, then an epsilon-net inside each front with the
