@@ -16,8 +16,15 @@ def minimised(values: Sequence[Sequence[float]], directions: Sequence[str]) -> n
 
 
 def dominates(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Whether each point of `a` dominates the matching point of `b` (broadcast): no worse anywhere, better somewhere."""
-    return np.all(a <= b, axis=-1) & np.any(a < b, axis=-1)
+    """Whether each point of `a` dominates the matching point of `b` (broadcast): no worse anywhere, better somewhere.
+    Compared one objective at a time, which keeps a table of every pair as small as its answer."""
+    a, b = np.asarray(a), np.asarray(b)
+    shape = np.broadcast_shapes(a.shape, b.shape)[:-1]
+    no_worse, better = np.ones(shape, dtype=bool), np.zeros(shape, dtype=bool)
+    for objective in range(a.shape[-1]):
+        no_worse &= a[..., objective] <= b[..., objective]
+        better |= a[..., objective] < b[..., objective]
+    return no_worse & better
 
 
 def nondominated_rank(points: np.ndarray, penalty: Optional[np.ndarray] = None, enough: Optional[int] = None) -> np.ndarray:
@@ -26,18 +33,23 @@ def nondominated_rank(points: np.ndarray, penalty: Optional[np.ndarray] = None, 
     ones are ranked by their violation alone, as Optuna's constrained samplers rank them. With `enough`, sorting
     stops once the fronts hold that many points: the feasible points left share the next rank."""
     points = np.asarray(points, dtype=float)
-    beaten = dominates(points[None, :, :], points[:, None, :])  # beaten[i, j]: j dominates i
-    return _peel(beaten, penalty, enough)
+    return _peel(dominates(points[:, None, :], points[None, :, :]), penalty, enough)
 
 
-def _peel(beaten: np.ndarray, penalty: Optional[np.ndarray], enough: Optional[int]) -> np.ndarray:
-    """Non-dominated sorting given who dominates whom (beaten[i, j]: j dominates i): each front is taken off in turn,
-    the points it dominated each counting one dominator fewer."""
-    count = len(beaten)
+def _feasible(penalty: Optional[np.ndarray], count: int) -> np.ndarray:
+    return np.ones(count, dtype=bool) if penalty is None else np.asarray(penalty) <= 0
+
+
+def _peel(wins: np.ndarray, penalty: Optional[np.ndarray], enough: Optional[int],
+          dominators: Optional[np.ndarray] = None) -> np.ndarray:
+    """Non-dominated sorting given who dominates whom (wins[j, i]: j dominates i) and, if known, how many feasible
+    points dominate each: each front is taken off in turn, the points it dominated each counting one dominator
+    fewer."""
+    count = len(wins)
     ranks = np.zeros(count, dtype=int)
-    feasible = np.ones(count, dtype=bool) if penalty is None else np.asarray(penalty) <= 0
+    feasible = _feasible(penalty, count)
     left = feasible.copy()
-    dominators = beaten[:, feasible].sum(axis=1)
+    dominators = np.count_nonzero(wins[feasible], axis=0) if dominators is None else dominators.copy()
     rank, taken = 0, 0
     while left.any():
         if enough is not None and taken >= enough:
@@ -46,45 +58,12 @@ def _peel(beaten: np.ndarray, penalty: Optional[np.ndarray], enough: Optional[in
         top = left & (dominators == 0)
         ranks[top] = rank
         left &= ~top
-        dominators -= beaten[:, top].sum(axis=1)
+        dominators -= np.count_nonzero(wins[top], axis=0)
         rank, taken = rank + 1, taken + int(top.sum())
     if penalty is not None and (~feasible).any():
         violations = np.asarray(penalty)[~feasible]
         ranks[~feasible] = rank + np.unique(violations, return_inverse=True)[1]
     return ranks
-
-
-class Dominance:
-    """Points that arrive one at a time (a rung's results), with who dominates whom kept as they come: one row and
-    one column a point, so that ranking them after each new one is a pass over a table, not a comparison of every
-    pair."""
-
-    def __init__(self, objectives: int) -> None:
-        self.points = np.zeros((0, objectives))
-        self.penalty = np.zeros(0)
-        self._beaten = np.zeros((0, 0), dtype=bool)  # capacity grows by doubling; the first len(points) are used
-
-    def __len__(self) -> int:
-        return len(self.points)
-
-    def add(self, points: np.ndarray, penalty: Sequence[float]) -> None:
-        """Points (minimised, one a row) and their constraint violations (0 when feasible)."""
-        new = np.asarray(points, dtype=float).reshape(-1, self.points.shape[1])
-        n, k = len(self.points), len(new)
-        if n + k > len(self._beaten):
-            grown = np.zeros((max(8, 2 * (n + k)),) * 2, dtype=bool)
-            grown[:n, :n] = self._beaten[:n, :n]
-            self._beaten = grown
-        everyone = np.vstack([self.points, new])
-        self._beaten[n:n + k, :n + k] = dominates(everyone[None, :, :], new[:, None, :])  # who dominates each new one
-        self._beaten[:n, n:n + k] = dominates(new[None, :, :], self.points[:, None, :])  # whom each new one dominates
-        self.points = everyone
-        self.penalty = np.append(self.penalty, np.asarray(penalty, dtype=float))
-
-    def ranked(self, limit: Optional[int] = None) -> list[int]:
-        """Indices of the points, best first, as `ranked` orders them."""
-        n = len(self.points)
-        return ranked(self.points, self.penalty, limit, self._beaten[:n, :n])
 
 
 def epsilon_net(points: np.ndarray, members: np.ndarray, limit: Optional[int] = None) -> list[int]:
@@ -104,25 +83,116 @@ def epsilon_net(points: np.ndarray, members: np.ndarray, limit: Optional[int] = 
     return taken
 
 
-def ranked(points: np.ndarray, penalty: Optional[np.ndarray] = None, limit: Optional[int] = None,
-           beaten: Optional[np.ndarray] = None) -> list[int]:
-    """Indices of `points`, best first: non-dominated sorting, then an epsilon-net inside each front with the
-    objectives scaled to their range (Syne Tune's MOASHA ranks a rung's results so). With `limit`, the first that
-    many of that order, found without ranking the rest; `beaten` is who dominates whom, if known (Dominance)."""
+class Ranking:
+    """Points ranked best first as far as their best `limit` (all by default): non-dominated sorting, then an
+    epsilon-net inside each front with the objectives scaled to their range (Syne Tune's MOASHA ranks a rung's
+    results so). The fronts are sorted once; a front's epsilon-net is worked out only when asked for, so that telling
+    whether a point is among the best needs the net of one front alone, the one the limit cuts."""
+
+    def __init__(self, points: np.ndarray, penalty: Optional[np.ndarray] = None, limit: Optional[int] = None,
+                 wins: Optional[np.ndarray] = None, dominators: Optional[np.ndarray] = None) -> None:
+        points = np.asarray(points, dtype=float)
+        self.limit = len(points) if limit is None else min(limit, len(points))
+        if wins is None:
+            wins = dominates(points[:, None, :], points[None, :, :])
+        self.ranks = _peel(wins, penalty, self.limit, dominators) if len(points) else np.zeros(0, dtype=int)
+        low, span = (points.min(axis=0), np.ptp(points, axis=0)) if len(points) else (0.0, 1.0)
+        self._scaled = (points - low) / np.where(span > 0, span, 1.0)
+        self._nets: dict[int, list[int]] = {}  # front -> its epsilon-net order, as far as worked out
+        self._best: dict[int, np.ndarray] = {}  # count -> which points are among the best that many
+
+    def _net(self, rank: int, count: int) -> list[int]:
+        """The first `count` of a front in epsilon-net order."""
+        if len(self._nets.get(rank, ())) < count:
+            self._nets[rank] = epsilon_net(self._scaled, np.flatnonzero(self.ranks == rank), count)
+        return self._nets[rank][:count]
+
+    def order(self, count: Optional[int] = None) -> list[int]:
+        """Indices of the best `count` points (at most `limit`, the default), best first."""
+        count = self.limit if count is None else min(count, self.limit)
+        order: list[int] = []
+        for rank, size in enumerate(np.bincount(self.ranks) if len(self.ranks) else []):
+            if len(order) >= count:
+                break
+            order += self._net(rank, min(int(size), count - len(order)))
+        return order
+
+    def best(self, count: Optional[int] = None) -> np.ndarray:
+        """Which points are among the best `count` (at most `limit`, the default), as a mask: the fronts wholly
+        inside, and the first of the front that the count cuts."""
+        count = self.limit if count is None else min(count, self.limit)
+        if count not in self._best:
+            inside = np.zeros(len(self.ranks), dtype=bool)
+            if count:
+                held = np.cumsum(np.bincount(self.ranks))  # points on each front and the better ones
+                cut = int(np.searchsorted(held, count))  # the first front that reaches the count
+                inside[self.ranks < cut] = True
+                inside[self._net(cut, count - (int(held[cut - 1]) if cut else 0))] = True
+            self._best[count] = inside
+        return self._best[count]
+
+    def first(self, candidates: Sequence[int]) -> Optional[int]:
+        """Of `candidates` (indices of points among the best), the one ranked first; None when there are none."""
+        if not len(candidates):
+            return None
+        candidates = np.asarray(candidates)
+        rank = int(self.ranks[candidates].min())
+        tied = candidates[self.ranks[candidates] == rank]
+        if len(tied) == 1:
+            return int(tied[0])
+        tied_set = set(tied.tolist())
+        return next(i for i in self._net(rank, int(np.count_nonzero(self.ranks == rank))) if i in tied_set)
+
+
+def ranked(points: np.ndarray, penalty: Optional[np.ndarray] = None, limit: Optional[int] = None) -> list[int]:
+    """Indices of `points`, best first, as Ranking orders them; with `limit`, the first that many of that order,
+    found without ranking the rest."""
     if not len(points) or limit == 0:
         return []
-    if beaten is None:
-        ranks = nondominated_rank(points, penalty, enough=limit)
-    else:
-        ranks = _peel(beaten, penalty, limit)
-    span = points.max(axis=0) - points.min(axis=0)
-    scaled = (points - points.min(axis=0)) / np.where(span > 0, span, 1.0)
-    order: list[int] = []
-    for rank in sorted(set(ranks.tolist())):
-        if limit is not None and len(order) >= limit:
-            break
-        order += epsilon_net(scaled, np.flatnonzero(ranks == rank), None if limit is None else limit - len(order))
-    return order
+    return Ranking(points, penalty, limit).order()
+
+
+class Dominance:
+    """Points that arrive one at a time (a rung's results), with who dominates whom kept as they come, and how many
+    feasible points dominate each: one row, one column and one count a point, so that ranking them after each new
+    one is a pass over the fronts it needs, not a comparison of every pair."""
+
+    def __init__(self, objectives: int) -> None:
+        self.points = np.zeros((0, objectives))
+        self.penalty = np.zeros(0)
+        self._wins = np.zeros((0, 0), dtype=bool)  # wins[j, i]: j dominates i; capacity grows by doubling
+        self._dominators = np.zeros(0, dtype=np.int64)  # feasible points that dominate each
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def add(self, points: np.ndarray, penalty: Sequence[float]) -> None:
+        """Points (minimised, one a row) and their constraint violations (0 when feasible)."""
+        new = np.asarray(points, dtype=float).reshape(-1, self.points.shape[1])
+        n, k = len(self.points), len(new)
+        if n + k > len(self._wins):
+            grown = np.zeros((max(8, 2 * (n + k)),) * 2, dtype=bool)
+            grown[:n, :n] = self._wins[:n, :n]
+            self._wins = grown
+        everyone = np.vstack([self.points, new])
+        self._wins[n:n + k, :n + k] = dominates(new[:, None, :], everyone[None, :, :])  # whom each new one dominates
+        self._wins[:n, n:n + k] = dominates(self.points[:, None, :], new[None, :, :])  # who dominates each new one
+        was_feasible = _feasible(self.penalty, n)
+        self.points = everyone
+        self.penalty = np.append(self.penalty, np.asarray(penalty, dtype=float))
+        feasible_new = self.penalty[n:] <= 0
+        self._dominators = np.append(self._dominators, np.zeros(k, dtype=np.int64))
+        self._dominators += np.count_nonzero(self._wins[n:n + k, :n + k][feasible_new], axis=0)
+        self._dominators[n:] += np.count_nonzero(self._wins[:n, n:n + k][was_feasible], axis=0)
+
+    def ranking(self, limit: Optional[int] = None) -> Ranking:
+        """The points ranked as far as their best `limit`."""
+        n = len(self.points)
+        return Ranking(self.points, self.penalty, limit, self._wins[:n, :n], self._dominators)
+
+    def ranked(self, limit: Optional[int] = None) -> list[int]:
+        """Indices of the points, best first, as `ranked` orders them."""
+        return self.ranking(limit).order() if len(self.points) and limit != 0 else []
 
 
 def front_mask(points: np.ndarray) -> np.ndarray:

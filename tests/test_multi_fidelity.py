@@ -218,6 +218,25 @@ def test_hypervolume_of_a_known_staircase():
     assert hypervolume(np.array([[1.0, 1.0, 1.0]]), np.array([2.0, 3.0, 4.0])) == pytest.approx(1 * 2 * 3)
 
 
+def test_promotion_picks_the_first_waiting_config_of_the_rungs_order():
+    """Which waiting config goes on is read off the fronts and one front's epsilon-net, not the whole order: it is
+    the one the full order of its rung puts first, highest rung first, in a long random run with constraints."""
+    generator = np.random.default_rng(7)
+    table = Promotions(["minimize", "maximize", "minimize"], reduction_factor=3, last_rung=2)
+    waiting: dict[str, int] = {}
+    for n in range(300):
+        rung = int(generator.integers(0, 2))
+        key = f"c{n}"
+        table.record(rung, key, generator.integers(0, 6, size=3).astype(float).tolist(),
+                     float(generator.random() < 0.2) * float(generator.integers(1, 3)))
+        waiting[key] = rung
+        draining = bool(generator.random() < 0.1)
+        expected = next((k for r in sorted(set(waiting.values()), reverse=True)
+                         for k in table.order(r, table.places(r, draining)) if waiting.get(k) == r), None)
+        assert table.next(waiting, draining) == expected
+        waiting.pop(expected, None)
+
+
 def rank_by_definition(points: np.ndarray, penalty=None) -> list[int]:
     """A point's front: 0 when no point dominates it, else one more than the front of its worst-ranked dominator
     (the longest chain of dominators above it); infeasible points after every feasible front, by violation alone."""
@@ -254,6 +273,12 @@ def test_nondominated_rank_matches_its_definition(objectives):
         table.add(points[:1], penalty[:1])
         table.add(points[1:], penalty[1:])
         assert table.ranked() == order and table.ranked(limit=count // 2) == order[:count // 2]
+        for limit in (count, count // 2):  # who is among the best k, and who of some comes first, without the order
+            ranking = table.ranking(limit)
+            for k in range(limit + 1):
+                assert set(np.flatnonzero(ranking.best(k)).tolist()) == set(order[:k])
+                some = [i for i in order[:k] if generator.random() < 0.5]
+                assert ranking.first(some[::-1]) == (some[0] if some else None)
         assert [rank_by_definition(points, penalty)[i] for i in order] == sorted(rank_by_definition(points, penalty))
     assert dominates(np.array([1.0, 2.0]), np.array([1.0, 3.0])) and not dominates(np.array([1.0, 2.0]), np.array([1.0, 2.0]))
 

@@ -19,7 +19,7 @@ import math
 from typing import Any, Callable, Optional, Sequence
 
 
-from ..pareto import Dominance, minimised
+from ..pareto import Dominance, Ranking, minimised
 from .state import RUNG, RungResult
 
 
@@ -31,8 +31,9 @@ class Promotions:
         self.directions, self.eta, self.last_rung, self.store = list(directions), reduction_factor, last_rung, store
         self.results: dict[int, dict[str, tuple[list[float], float]]] = {}
         self.promoted: set[tuple[int, str]] = set()
-        self._orders: dict[int, tuple[int, list[str]]] = {}  # rung -> how many were ranked, the best that many
-        self._tables: dict[int, tuple[list[str], Dominance]] = {}  # rung -> its keys as added, who dominates whom
+        self._rungs_left: dict[str, list[int]] = {}  # config key -> the rungs it went on from, in order
+        self._rankings: dict[int, Ranking] = {}  # rung -> its results ranked as far as last asked
+        self._tables: dict[int, tuple[dict[str, int], Dominance]] = {}  # rung -> its keys' rows, who dominates whom
         # How a result is ranked: its values as recorded, or as `adjust` sees them now (a search with a target ranks
         # by the predicted loss at the target, which changes as the predictor learns).
         self.adjust: Callable[[str, list[float]], list[float]] = lambda key, values: values
@@ -48,7 +49,7 @@ class Promotions:
             entries = self.results.setdefault(result.rung, {})
             if result.key not in entries:
                 entries[result.key] = (list(result.values), float(result.penalty))
-                self._orders.pop(result.rung, None)
+                self._rankings.pop(result.rung, None)
 
     def record(self, rung: int, key: str, values: Sequence[float], penalty: float,
                extra: Optional[dict[str, Any]] = None) -> None:
@@ -61,26 +62,32 @@ class Promotions:
         return len(self.results.get(rung, {}))
 
     def order(self, rung: int, count: Optional[int] = None) -> list[str]:
-        """The best `count` keys recorded at a rung (all by default), best first; ranked again once the rung records
-        another result, and only as far as asked."""
-        if self._stale:
-            self._orders, self._tables, self._stale = {}, {}, False
-        count = self.recorded(rung) if count is None else count
-        if self._orders.get(rung, (-1, []))[0] < count:
-            keys, table = self._table(rung)
-            self._orders[rung] = (count, [keys[i] for i in table.ranked(limit=count)])
-        return self._orders[rung][1][:count]
+        """The best `count` keys recorded at a rung (all by default), best first."""
+        keys = list(self.results.get(rung, {}))
+        return [keys[i] for i in self._ranking(rung, count).order(count)]
 
-    def _table(self, rung: int) -> tuple[list[str], Dominance]:
-        """The rung's results as ranked (adjusted, minimised), with the ones recorded since the last look added."""
+    def _ranking(self, rung: int, count: Optional[int] = None) -> Ranking:
+        """The rung's results ranked as far as their best `count` (all by default): ranked again once the rung records
+        another result or the adjusted values change, and only as far as asked."""
+        if self._stale:
+            self._rankings, self._tables, self._stale = {}, {}, False
+        count = self.recorded(rung) if count is None else count
+        ranking = self._rankings.get(rung)
+        if ranking is None or ranking.limit < count:
+            ranking = self._rankings[rung] = self._table(rung)[1].ranking(count)
+        return ranking
+
+    def _table(self, rung: int) -> tuple[dict[str, int], Dominance]:
+        """The rung's results as ranked (adjusted, minimised), with the ones recorded since the last look added: each
+        key's row, and who dominates whom."""
         entries = self.results.get(rung, {})
-        keys, table = self._tables.setdefault(rung, ([], Dominance(len(self.directions))))
-        new = list(entries)[len(keys):]  # results only ever join a rung, in the order they were learnt
+        rows, table = self._tables.setdefault(rung, ({}, Dominance(len(self.directions))))
+        new = list(entries)[len(rows):]  # results only ever join a rung, in the order they were learnt
         if new:
             table.add(minimised([self.adjust(key, entries[key][0]) for key in new], self.directions),
                       [entries[key][1] for key in new])
-            keys.extend(new)
-        return keys, table
+            rows.update((key, len(rows)) for key in new)
+        return rows, table
 
     def places(self, rung: int, draining: bool = False) -> int:
         """How many of a rung's best may go on: floor(n / eta), or ceil when the search drains."""
@@ -89,9 +96,10 @@ class Promotions:
 
     def promotable(self, rung: int, key: str, draining: bool = False) -> bool:
         """Whether the config ranks among the rung's best places and has not gone on from it yet."""
-        if rung >= self.last_rung or (rung, key) in self.promoted:
+        if rung >= self.last_rung or (rung, key) in self.promoted or key not in self.results.get(rung, {}):
             return False
-        return key in self.order(rung, self.places(rung, draining))
+        places = self.places(rung, draining)
+        return bool(self._ranking(rung, places).best(places)[self._tables[rung][0][key]])
 
     def decide(self, rung: int, key: str, draining: bool = False) -> bool:
         """Whether a config that reached `rung` goes on now: it went on from there before (a resumed trial reporting
@@ -99,15 +107,33 @@ class Promotions:
         if (rung, key) in self.promoted:
             return True
         if self.promotable(rung, key, draining):
-            self.promoted.add((rung, key))
+            self.promote(rung, key)
             return True
         return False
+
+    def promote(self, rung: int, key: str) -> None:
+        """The config went on from the rung (promoted here, or a resumed config that had)."""
+        if (rung, key) not in self.promoted:
+            self.promoted.add((rung, key))
+            self._rungs_left[key] = sorted([*self._rungs_left.get(key, []), rung])
+
+    def went_on(self, key: str) -> list[int]:
+        """The rungs a config went on from."""
+        return list(self._rungs_left.get(key, []))
 
     def next(self, waiting: dict[str, int], draining: bool = False) -> Optional[str]:
         """Of the configs waiting here ({key: its rung}), the one to promote now, from the highest rung first (the
         best there first); None when none ranks well enough."""
         for rung in sorted(set(waiting.values()), reverse=True):
-            for key in self.order(rung, self.places(rung, draining)):
-                if waiting.get(key) == rung and self.decide(rung, key, draining):
-                    return key
+            if rung >= self.last_rung or not self.recorded(rung):
+                continue
+            places = self.places(rung, draining)
+            ranking = self._ranking(rung, places)
+            rows, best = self._tables[rung][0], ranking.best(places)
+            candidates = [rows[key] for key, at in waiting.items() if at == rung and key in rows and best[rows[key]]]
+            chosen = ranking.first(candidates)
+            if chosen is not None:
+                key = list(rows)[chosen]
+                self.decide(rung, key, draining)
+                return key
         return None

@@ -272,7 +272,7 @@ class Driver:
                                                   config_key=suggestion.key))
             return None
         for rung in suggestion.attrs.get("promoted", []):  # a resumed config keeps the rungs it went on from
-            self.promotions.promoted.add((rung, suggestion.key))
+            self.promotions.promote(rung, suggestion.key)
         self.live[slot] = Running(suggestion, self.budgets[0])
         self.parked[suggestion.key] = []
         self.progress.started()
@@ -298,12 +298,9 @@ class Driver:
         self.claims.wait(running.suggestion.number, None)
         running.spending = running.record.get("tokens_spent", 0) + self.budgets[running.rung + 1] - self.budgets[running.rung]
         self.live[slot] = running
-        self.store.write(running.suggestion.trial_id, {"promoted": self._promoted(key)})
+        self.store.write(running.suggestion.trial_id, {"promoted": self.promotions.went_on(key)})
         self.progress.promoted(running.suggestion.number, running.rung)
         return self._trial_config(running.suggestion)
-
-    def _promoted(self, key: str) -> list[int]:
-        return sorted(rung for rung, k in self.promotions.promoted if k == key)
 
     # -- results -------------------------------------------------------------------------------------------------
 
@@ -334,7 +331,7 @@ class Driver:
                 return True
             draining = not self._room() and len(self.live) == 1 and not self._others(waiting_too=False)
             goes_on = self.promotions.decide(rung, suggestion.key, draining)
-            self.store.write(suggestion.trial_id, {"rungs": rungs, "promoted": self._promoted(suggestion.key)})
+            self.store.write(suggestion.trial_id, {"rungs": rungs, "promoted": self.promotions.went_on(suggestion.key)})
             if goes_on:
                 running.spending = record.get("tokens_spent", 0) + self.budgets[rung + 1] - self.budgets[rung]
             shown = {**record, **self.targets.fields(suggestion.key)} if self.targets is not None else record
