@@ -234,8 +234,11 @@ class StudyStore:
                 warnings.simplefilter("ignore")
                 for key, value in (record.get("constraints") or {}).items():
                     trial.set_constraint(key, float(value))
-            self.study.tell(trial, [float(v) for v in values] if state == optuna.trial.TrialState.COMPLETE else None,
-                            state=state, skip_if_finished=True)
+            # Straight to the storage: Study.tell would read the whole trial back twice to check what is checked here,
+            # and no sampler of ours acts after a trial (constraints travel as the trial's own).
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # told before a connection was lost
+                self.storage.set_trial_state_values(
+                    trial_id, state, [float(v) for v in values] if state == optuna.trial.TrialState.COMPLETE else None)
 
         self.patience.call(tell)
         return outcome
