@@ -5,13 +5,18 @@ reaches, and most wait at a rung while the search goes on, as they do on a clust
 
 Reports arrive in real time, one slot at a time (the slot that has trained longest reports its next rung). At each,
 the driver records the rung (and, when the trial ends, its outcome) and hands a freed slot its next trial. At each
-checkpoint it prints, for the trials that ended since the last one: the driver's own work per ended trial (rung
-results, promotions, outcomes, twins, front upkeep), how long a freed slot waited, the thread's time per suggestion,
-the backlog (reports waiting when the driver got to this one), the trials waiting at rungs, and the time of one
-heartbeat of every running trial. Then it times `front` and `trials` on the study.
+checkpoint (that many configs started, by any driver) it prints, for the last `--window` trials that ended: the
+driver's own work per ended trial (rung results, promotions, outcomes, twins, front upkeep), how long a freed slot
+waited, the thread's time per suggestion, the backlog (reports waiting when the driver got to this one), the trials
+waiting at rungs, and the time of one heartbeat of every running trial. Then it times `front` and `trials` on the
+study.
 
     python benchmarks/driver_scaling.py --scheduler asha --trials 3000 --rate 8.5
+    python benchmarks/driver_scaling.py --postgres --drivers 2
     python benchmarks/driver_scaling.py --storage postgresql+psycopg://user@host/db --drivers 2
+
+`--postgres` starts a throwaway local PostgreSQL server (the tests' own, but durable: commits flushed as on a real
+server) in a temporary folder for the run, and removes it afterwards.
 """
 
 from __future__ import annotations
@@ -90,7 +95,7 @@ def replay(args: argparse.Namespace, url: str, seed: int, trials: int, out: Any)
             slot, config, rung = busy.popleft()
             record = synthetic_record(driver, config["params"], config["key"], rung)
             began = time.perf_counter()
-            goes_on = driver.reached_rung(slot, record) if driver.last_rung else True
+            goes_on = driver.reached_rung(slot, record)  # as Ray Tune reports every result, under fifo too
             if goes_on and rung < driver.last_rung:
                 own.append(time.perf_counter() - began)
                 busy.append((slot, config, rung + 1))
@@ -100,7 +105,7 @@ def replay(args: argparse.Namespace, url: str, seed: int, trials: int, out: Any)
             ended_at.append(len(own))
             asking.append(driver.ahead_seconds)
             fill()
-            done = driver.state.measured + len(driver.paused)  # ended, or waiting at a rung
+            done = len(driver.state.places)  # configs started, by any driver: training, waiting at a rung or ended
             if checkpoints and done >= checkpoints[0]:
                 checkpoint = checkpoints.pop(0)
                 window = slice(max(0, len(ended_at) - args.window), len(ended_at))
@@ -132,11 +137,27 @@ def main() -> None:
     parser.add_argument("--sampler", default="tpe", choices=SAMPLERS)
     parser.add_argument("--ahead", type=int, default=4, help="suggestions kept ready by the threads asking ahead")
     parser.add_argument("--draw-processes", type=int, default=0, help="processes that draw suggestions (0: a thread)")
-    parser.add_argument("--storage", help="the study's URL (default a SQLite file in a temporary folder)")
+    storage = parser.add_mutually_exclusive_group()
+    storage.add_argument("--storage", help="the study's URL (default a SQLite file in a temporary folder)")
+    storage.add_argument("--postgres", action="store_true", help="a throwaway local PostgreSQL server for the study")
     parser.add_argument("--drivers", type=int, default=1, help="drivers sharing the study, each its own process")
     add_json_argument(parser, "driver_scaling")
     args = parser.parse_args()
+    if not args.postgres:
+        return run(args)
+    sys.path.insert(0, str(ROOT / "tests"))
+    from postgres import PostgresServer
 
+    server = PostgresServer.launch(durable=True)
+    try:
+        args.storage = server.url(server.create_database("driver_scaling"))
+        run(args)
+    finally:
+        server.remove()
+
+
+def run(args: argparse.Namespace) -> None:
+    """Replay the search with args.drivers drivers, then time the review commands on the study."""
     folder = Path(tempfile.mkdtemp(prefix="driver-scaling-"))
     url = args.storage or f"sqlite:///{folder / 'study.db'}"
     print(f"{Path(args.space).name}, {args.scheduler}, {args.sampler}, {args.trials} trials, {args.drivers} driver(s), "
@@ -156,18 +177,19 @@ def main() -> None:
     counted = [t for t in review.trials if t.measured]
     figures = {"drivers": outcomes, "measured": len(counted), "front": len(review.front), "study_trials": len(review.trials)}
     print(f"study: {len(review.trials)} trials, {len(counted)} measured, {len(review.front)} on the front")
+    for command in ("front", "trials"):  # the review commands, as a user runs them on this study
+        began = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "configaformer_search.cli", command, str(folder),
+                        *(["--storage", args.storage] if args.storage else [])], stdout=subprocess.DEVNULL, check=True)
+        figures[f"{command}_s"] = time.perf_counter() - began
+        print(f"configaformer-search {command} at {len(review.trials)} trials: {figures[f'{command}_s']:.2f} s")
     if args.storage is None:
-        for command in ("front", "trials"):
-            began = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "configaformer_search.cli", command, str(folder)], stdout=subprocess.DEVNULL,
-                           check=True)
-            figures[f"{command}_s"] = time.perf_counter() - began
-            print(f"configaformer-search {command} at {len(review.trials)} trials: {figures[f'{command}_s']:.2f} s")
         figures["study_mib"] = (folder / "study.db").stat().st_size / 2**20
     last = [o["rows"][-1] for o in outcomes if o["rows"]]
     targets = {"driver_ms_per_trial": target(max(r["driver_ms_per_trial"] for r in last), DRIVER_MS_GOAL, at_least=False),
                "backlog": target(max(r["backlog"] for r in last), 1.0, at_least=False),
-               "measured_exactly": target(len(counted), args.trials, at_least=True)} if last else {}
+               "measured_exactly": target(len(counted), args.trials, at_least=True),
+               "front_members": target(len(review.front), 1, at_least=True)} if last else {}
     write_results(f"driver_scaling-{args.scheduler}-{'postgresql' if args.storage else 'sqlite'}-{args.drivers}d",
                   figures, targets, args.json)
 

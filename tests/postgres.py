@@ -41,11 +41,14 @@ host all +{PASSWORD_GROUP} 127.0.0.1/32 scram-sha-256
 host all all 127.0.0.1/32 trust
 """
 
-# TCP on 127.0.0.1 only; and a throwaway cluster needs no durability, whose cost every commit would pay.
+# TCP on 127.0.0.1 only.
 _SETTINGS = """
 listen_addresses = '127.0.0.1'
 port = {port}
 unix_socket_directories = ''
+"""
+# A throwaway cluster for tests needs no durability, whose cost every commit would pay (a benchmark keeps it).
+_NOT_DURABLE = """
 fsync = off
 synchronous_commit = off
 full_page_writes = off
@@ -85,16 +88,18 @@ class PostgresServer:
 
     host = "127.0.0.1"
 
-    def __init__(self, root: Path, port: int, bin_dir: Path, run_as: Optional[str]) -> None:
+    def __init__(self, root: Path, port: int, bin_dir: Path, run_as: Optional[str], durable: bool = False) -> None:
         self.root = root
         self.port = port
         self.bin_dir = bin_dir
         self.run_as = run_as
+        self.durable = durable
         self._databases = count(1)
 
     @classmethod
-    def launch(cls) -> PostgresServer:
-        """A new cluster, initialised and started (raises Unavailable, saying why, when that cannot be done)."""
+    def launch(cls, durable: bool = False) -> PostgresServer:
+        """A new cluster, initialised and started (raises Unavailable, saying why, when that cannot be done); with
+        `durable`, commits are flushed to disk as on a real server (tests do without)."""
         try:
             import psycopg  # noqa: F401  the fixtures talk to the server through it, as the tests do
         except ImportError:
@@ -114,7 +119,7 @@ class PostgresServer:
         root = Path(tempfile.mkdtemp(prefix="pg-"))
         if run_as:
             os.chown(root, owner.pw_uid, owner.pw_gid)
-        server = cls(root, free_port(), bin_dir, run_as)
+        server = cls(root, free_port(), bin_dir, run_as, durable)
         try:
             server._init()
             server.start()
@@ -210,7 +215,7 @@ class PostgresServer:
                   "--no-sync")
         (self.data_dir / "pg_hba.conf").write_text(_HBA)  # rewritten in place: the file keeps its owner
         with open(self.data_dir / "postgresql.conf", "a") as conf:
-            conf.write(_SETTINGS.format(port=self.port))
+            conf.write(_SETTINGS.format(port=self.port) + ("" if self.durable else _NOT_DURABLE))
 
     def _pg_ctl(self, action: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self._run("pg_ctl", action, "-D", str(self.data_dir), "-w", "-t", "30", *args, check=check)

@@ -64,7 +64,7 @@ class SyntheticCluster:
                 del self.busy[slot_id]
                 self.driver.ended(slot_id, None)
                 continue
-            goes_on = self.driver.reached_rung(slot_id, result) if self.driver.last_rung else True
+            goes_on = self.driver.reached_rung(slot_id, result)  # as the scheduler on Ray hears every result
             if not outcome.is_measured(result) or slot.rung >= self.driver.last_rung or not goes_on:
                 del self.busy[slot_id]
                 self.driver.ended(slot_id, result)
