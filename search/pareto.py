@@ -58,7 +58,7 @@ def _peel(wins: np.ndarray, penalty: Optional[np.ndarray], enough: Optional[int]
         top = left & (dominators == 0)
         ranks[top] = rank
         left &= ~top
-        dominators -= np.count_nonzero(wins[top], axis=0)
+        dominators -= wins[np.flatnonzero(top)].sum(axis=0, dtype=dominators.dtype)  # rows by index: a faster copy
         rank, taken = rank + 1, taken + int(top.sum())
     if penalty is not None and (~feasible).any():
         violations = np.asarray(penalty)[~feasible]
@@ -77,7 +77,8 @@ def epsilon_net(points: np.ndarray, members: np.ndarray, limit: Optional[int] = 
     taken, pick = [], 0
     for _ in range(len(order) if limit is None else min(limit, len(order))):
         taken.append(int(order[pick]))
-        np.minimum(nearest, ((candidates - candidates[pick]) ** 2).sum(axis=1), out=nearest)
+        apart = candidates - candidates[pick]
+        np.minimum(nearest, np.einsum("ij,ij->i", apart, apart), out=nearest)  # squared distances, summed by einsum
         nearest[pick] = -1.0
         pick = int(np.argmax(nearest))  # the first of equally far ones: the better first objective
     return taken
@@ -99,7 +100,6 @@ class Ranking:
         low, span = (points.min(axis=0), np.ptp(points, axis=0)) if len(points) else (0.0, 1.0)
         self._scaled = (points - low) / np.where(span > 0, span, 1.0)
         self._nets: dict[int, list[int]] = {}  # front -> its epsilon-net order, as far as worked out
-        self._best: dict[int, np.ndarray] = {}  # count -> which points are among the best that many
 
     def _net(self, rank: int, count: int) -> list[int]:
         """The first `count` of a front in epsilon-net order."""
@@ -118,18 +118,26 @@ class Ranking:
         return order
 
     def best(self, count: Optional[int] = None) -> np.ndarray:
-        """Which points are among the best `count` (at most `limit`, the default), as a mask: the fronts wholly
-        inside, and the first of the front that the count cuts."""
+        """Which points are among the best `count` (at most `limit`, the default), as a mask."""
+        return self.among_best(np.arange(len(self.ranks)), count)
+
+    def among_best(self, indices: Sequence[int], count: Optional[int] = None) -> np.ndarray:
+        """Which of the points at `indices` are among the best `count` (at most `limit`, the default): those on the
+        fronts wholly inside, and the first of the front that the count cuts. Only the cut front's epsilon-net is
+        worked out, and only when one of them is on it."""
         count = self.limit if count is None else min(count, self.limit)
-        if count not in self._best:
-            inside = np.zeros(len(self.ranks), dtype=bool)
-            if count:
-                held = np.cumsum(np.bincount(self.ranks))  # points on each front and the better ones
-                cut = int(np.searchsorted(held, count))  # the first front that reaches the count
-                inside[self.ranks < cut] = True
-                inside[self._net(cut, count - (int(held[cut - 1]) if cut else 0))] = True
-            self._best[count] = inside
-        return self._best[count]
+        indices = np.asarray(indices, dtype=int)
+        if not count or not len(indices):
+            return np.zeros(len(indices), dtype=bool)
+        held = np.cumsum(np.bincount(self.ranks))  # points on each front and the better ones
+        cut = int(np.searchsorted(held, count))  # the first front that reaches the count
+        ranks = self.ranks[indices]
+        inside = ranks < cut
+        on_cut = ranks == cut
+        if on_cut.any():
+            taken = self._net(cut, count - (int(held[cut - 1]) if cut else 0))
+            inside[on_cut] = np.isin(indices[on_cut], taken)
+        return inside
 
     def first(self, candidates: Sequence[int]) -> Optional[int]:
         """Of `candidates` (indices of points among the best), the one ranked first; None when there are none."""

@@ -63,6 +63,10 @@ class StudyData:
         self.features.setdefault(key, dict(features))
         self.points.setdefault(key, {}).update({int(t): float(v) for t, v in points.items() if v is not None and math.isfinite(v)})
 
+    def snapshot(self) -> StudyData:
+        """A copy that later additions leave alone (a config's features are kept as first given, so they are shared)."""
+        return StudyData(dict(self.features), {key: dict(points) for key, points in self.points.items()})
+
 
 class TargetPredictor:
     """Fitted on a study's points (StudyData); `predict(key)` for any config it was given."""
@@ -184,7 +188,25 @@ class TargetPredictor:
         if check:
             self.accuracy = self._check(data)
             self.scale = self.accuracy.scale
+        self._predict_together([key for key, points in data.points.items() if self.target not in points])
         return self
+
+    def _predict_together(self, keys: Sequence[str]) -> None:
+        """The loss at the target of `keys`, as `_raw` gives it, for all of them in a few array operations: the
+        driver's promotions rank every config of a rung by it after each fit, and a fit runs in the background."""
+        keys = [key for key in keys if key in self.data.features]
+        if not keys:
+            return
+        x = self._shared_rows(keys, np.full(len(keys), float(self.target)), self.alpha)
+        f = np.array([1.0, (self.target / self.brief) ** -self.alpha])
+        unknown = (np.zeros(2), np.eye(2) * self._spread)  # a config with no points of its own
+        own_means, own_covs = map(np.array, zip(*(self._own.get(key, unknown) for key in keys)))
+        means = x @ self._shared.coef_ + self._shared.intercept_ + own_means @ f
+        centred = x - self._shared.X_offset_
+        variances = (np.einsum("ij,jk,ik->i", centred, self._shared.sigma_, centred)
+                     + np.einsum("j,ijk,k->i", f, own_covs, f) + self._noise)
+        for key, mean, variance in zip(keys, means, variances):
+            self._predicted[key, self.target] = (float(mean), math.sqrt(max(float(variance), 0.0)))
 
     def _raw(self, shared: Any, own: Optional[tuple[np.ndarray, np.ndarray]], key: str, tokens: int) -> tuple[float, float]:
         """Mean and sd of a measurement of `key` at `tokens`: the shared fit's, its own terms', and the noise (the

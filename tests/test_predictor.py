@@ -47,6 +47,16 @@ def test_the_predictor_ranks_the_long_budget_where_the_brief_loss_does_not():
     assert np.mean(held) >= 0.7  # the intervals hold the truth about as often as they claim
 
 
+def test_predictions_made_together_at_the_fit_match_those_made_one_at_a_time():
+    data = study(CONFIGS[:10], CONFIGS[:10:3], noise=0.003)
+    data.add("unmeasured", config_features({"width": 40, "depth": 2}, {"nonemb_params": 3200}), {})
+    together = TargetPredictor(BRIEF, TARGET).fit(data)  # its target's predictions made with the fit
+    alone = TargetPredictor(BRIEF, 2 * TARGET).fit(data)  # the same fit, asked for TARGET one config at a time
+    for key in [*data.points, "unmeasured"]:
+        made, asked = together.predict(key), alone.predict(key, TARGET)
+        assert made.mean == pytest.approx(asked.mean, rel=1e-9) and made.sd == pytest.approx(asked.sd, rel=1e-9)
+
+
 def test_a_measured_config_is_not_predicted_and_an_unchecked_predictor_says_so():
     data = study(CONFIGS[:5])
     data.add("32x1", {}, {TARGET: 1.23})

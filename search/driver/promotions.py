@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 
 from ..pareto import Dominance, Ranking, minimised
 from .state import RUNG, RungResult
@@ -99,7 +100,7 @@ class Promotions:
         if rung >= self.last_rung or (rung, key) in self.promoted or key not in self.results.get(rung, {}):
             return False
         places = self.places(rung, draining)
-        return bool(self._ranking(rung, places).best(places)[self._tables[rung][0][key]])
+        return bool(self._ranking(rung, places).among_best([self._tables[rung][0][key]], places)[0])
 
     def decide(self, rung: int, key: str, draining: bool = False) -> bool:
         """Whether a config that reached `rung` goes on now: it went on from there before (a resumed trial reporting
@@ -129,9 +130,9 @@ class Promotions:
                 continue
             places = self.places(rung, draining)
             ranking = self._ranking(rung, places)
-            rows, best = self._tables[rung][0], ranking.best(places)
-            candidates = [rows[key] for key, at in waiting.items() if at == rung and key in rows and best[rows[key]]]
-            chosen = ranking.first(candidates)
+            rows = self._tables[rung][0]
+            candidates = np.array([rows[key] for key, at in waiting.items() if at == rung and key in rows], dtype=int)
+            chosen = ranking.first(candidates[ranking.among_best(candidates, places)])
             if chosen is not None:
                 key = list(rows)[chosen]
                 self.decide(rung, key, draining)

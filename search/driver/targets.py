@@ -5,7 +5,6 @@ at the optimistic end of its interval, for the rank that decides whether it clim
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import threading
@@ -51,19 +50,19 @@ class TargetModel:
     def refit(self, force: bool = False, check: bool = False) -> None:
         """Fit again if anything new was learnt (and REFIT_S has passed, past EAGER_CONFIGS configs): in the
         background, unless `force`d (the end of a search, which waits for the fit and checks it)."""
-        if not self.data.points or sum(len(p) for p in self.data.points.values()) < 3:
+        if len(self.data.points) < 3 and sum(len(p) for p in self.data.points.values()) < 3:
             return
         if force:
             if self._fitting is not None:
                 self._fitting.join()
-            self._fit(copy.deepcopy(self.data), check)
+            self._fit(self.data.snapshot(), check)
             return
         eager = len(self.data.points) <= EAGER_CONFIGS
         busy = self._fitting is not None and self._fitting.is_alive()
         if busy or not self._changed or not eager and time.monotonic() - self._fitted_at < REFIT_S:
             return
         self._changed, self._fitted_at = False, time.monotonic()
-        self._fitting = threading.Thread(target=self._fit, args=(copy.deepcopy(self.data), False),
+        self._fitting = threading.Thread(target=self._fit, args=(self.data.snapshot(), False),
                                          name="configaformer-predictor", daemon=True)
         self._fitting.start()
 
