@@ -27,15 +27,6 @@ def dominates(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return no_worse & better
 
 
-def nondominated_rank(points: np.ndarray, penalty: Optional[np.ndarray] = None, enough: Optional[int] = None) -> np.ndarray:
-    """The front each point is on (0 the best), by repeated non-dominated sorting. With `penalty` (the summed
-    constraint violation, 0 when feasible), every feasible point comes before every infeasible one, and infeasible
-    ones are ranked by their violation alone, as Optuna's constrained samplers rank them. With `enough`, sorting
-    stops once the fronts hold that many points: the feasible points left share the next rank."""
-    points = np.asarray(points, dtype=float)
-    return _peel(dominates(points[:, None, :], points[None, :, :]), penalty, enough)
-
-
 def _feasible(penalty: Optional[np.ndarray], count: int) -> np.ndarray:
     return np.ones(count, dtype=bool) if penalty is None else np.asarray(penalty) <= 0
 
@@ -117,10 +108,6 @@ class Ranking:
             order += self._net(rank, min(int(size), count - len(order)))
         return order
 
-    def best(self, count: Optional[int] = None) -> np.ndarray:
-        """Which points are among the best `count` (at most `limit`, the default), as a mask."""
-        return self.among_best(np.arange(len(self.ranks)), count)
-
     def among_best(self, indices: Sequence[int], count: Optional[int] = None) -> np.ndarray:
         """Which of the points at `indices` are among the best `count` (at most `limit`, the default): those on the
         fronts wholly inside, and the first of the front that the count cuts. Only the cut front's epsilon-net is
@@ -150,14 +137,6 @@ class Ranking:
             return int(tied[0])
         tied_set = set(tied.tolist())
         return next(i for i in self._net(rank, int(np.count_nonzero(self.ranks == rank))) if i in tied_set)
-
-
-def ranked(points: np.ndarray, penalty: Optional[np.ndarray] = None, limit: Optional[int] = None) -> list[int]:
-    """Indices of `points`, best first, as Ranking orders them; with `limit`, the first that many of that order,
-    found without ranking the rest."""
-    if not len(points) or limit == 0:
-        return []
-    return Ranking(points, penalty, limit).order()
 
 
 class Dominance:
@@ -197,10 +176,6 @@ class Dominance:
         """The points ranked as far as their best `limit`."""
         n = len(self.points)
         return Ranking(self.points, self.penalty, limit, self._wins[:n, :n], self._dominators)
-
-    def ranked(self, limit: Optional[int] = None) -> list[int]:
-        """Indices of the points, best first, as `ranked` orders them."""
-        return self.ranking(limit).order() if len(self.points) and limit != 0 else []
 
 
 def front_mask(points: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from configaformer_search.cli import main
 from configaformer_search.data import embedded_corpus
 from configaformer_search.driver.promotions import Promotions
 from configaformer_search.driver.state import RungResult
-from configaformer_search.pareto import Dominance, dominates, hypervolume, nondominated_rank, ranked
+from configaformer_search.pareto import Dominance, Ranking, dominates, hypervolume
 from configaformer_search.review import build_review
 from configaformer_search.run import search
 from configaformer_search.space import load_space
@@ -263,20 +263,20 @@ def test_nondominated_rank_matches_its_definition(objectives):
     for trial in range(50):
         count = int(generator.integers(1, 12))
         points = generator.integers(0, 4, size=(count, objectives)).astype(float)
-        assert nondominated_rank(points).tolist() == rank_by_definition(points), points
+        assert Ranking(points).ranks.tolist() == rank_by_definition(points), points
         penalty = np.where(generator.random(count) < 0.3, generator.integers(1, 4, count) / 2, 0.0)
-        assert nondominated_rank(points, penalty).tolist() == rank_by_definition(points, penalty), (points, penalty)
-        order = ranked(points, penalty)
+        assert Ranking(points, penalty).ranks.tolist() == rank_by_definition(points, penalty), (points, penalty)
+        order = Ranking(points, penalty).order()
         assert sorted(order) == list(range(count))
-        assert all(ranked(points, penalty, limit=k) == order[:k] for k in range(count + 1))  # the best k alone
+        assert all(Ranking(points, penalty, limit=k).order() == order[:k] for k in range(count + 1))  # the best k alone
         table = Dominance(objectives)  # the same, kept as the points come (one, then the rest at once)
         table.add(points[:1], penalty[:1])
         table.add(points[1:], penalty[1:])
-        assert table.ranked() == order and table.ranked(limit=count // 2) == order[:count // 2]
+        assert table.ranking().order() == order and table.ranking(count // 2).order() == order[:count // 2]
         for limit in (count, count // 2):  # who is among the best k, and who of some comes first, without the order
             ranking = table.ranking(limit)
             for k in range(limit + 1):
-                assert set(np.flatnonzero(ranking.best(k)).tolist()) == set(order[:k])
+                assert set(np.flatnonzero(ranking.among_best(range(count), k)).tolist()) == set(order[:k])
                 some = [i for i in order[:k] if generator.random() < 0.5]
                 assert ranking.first(some[::-1]) == (some[0] if some else None)
         assert [rank_by_definition(points, penalty)[i] for i in order] == sorted(rank_by_definition(points, penalty))
