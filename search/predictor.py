@@ -188,36 +188,28 @@ class TargetPredictor:
         if check:
             self.accuracy = self._check(data)
             self.scale = self.accuracy.scale
-        self._predict_together([key for key, points in data.points.items() if self.target not in points])
+        # Every config's loss at the target, at once: the driver's promotions rank a rung's configs by it after each
+        # fit, and a fit runs in the background.
+        keys = [key for key, points in data.points.items() if self.target not in points and key in data.features]
+        if keys:
+            predicted = self._raw(self._shared, [self._own.get(key) for key in keys], keys, self.target)
+            self._predicted.update(zip([(key, self.target) for key in keys], predicted))
         return self
 
-    def _predict_together(self, keys: Sequence[str]) -> None:
-        """The loss at the target of `keys`, as `_raw` gives it, for all of them in a few array operations: the
-        driver's promotions rank every config of a rung by it after each fit, and a fit runs in the background."""
-        keys = [key for key in keys if key in self.data.features]
-        if not keys:
-            return
-        x = self._shared_rows(keys, np.full(len(keys), float(self.target)), self.alpha)
-        f = np.array([1.0, (self.target / self.brief) ** -self.alpha])
-        unknown = (np.zeros(2), np.eye(2) * self._spread)  # a config with no points of its own
-        own_means, own_covs = map(np.array, zip(*(self._own.get(key, unknown) for key in keys)))
-        means = x @ self._shared.coef_ + self._shared.intercept_ + own_means @ f
-        centred = x - self._shared.X_offset_
-        variances = (np.einsum("ij,jk,ik->i", centred, self._shared.sigma_, centred)
-                     + np.einsum("j,ijk,k->i", f, own_covs, f) + self._noise)
-        for key, mean, variance in zip(keys, means, variances):
-            self._predicted[key, self.target] = (float(mean), math.sqrt(max(float(variance), 0.0)))
-
-    def _raw(self, shared: Any, own: Optional[tuple[np.ndarray, np.ndarray]], key: str, tokens: int) -> tuple[float, float]:
-        """Mean and sd of a measurement of `key` at `tokens`: the shared fit's, its own terms', and the noise (the
-        shared fit's mean and variance as BayesianRidge.predict gives them, without its checks on the input)."""
-        x = self._shared_rows([key], np.array([float(tokens)]), self.alpha)[0]
+    def _raw(self, shared: Any, own: Sequence[Optional[tuple[np.ndarray, np.ndarray]]], keys: Sequence[str],
+             tokens: int) -> list[tuple[float, float]]:
+        """Mean and sd of a measurement of each of `keys` (with its own terms, None for a config with no points) at
+        `tokens`: the shared fit's, its own terms', and the noise (the shared fit's mean and variance as
+        BayesianRidge.predict gives them, without its checks on the input), for all keys in a few array operations."""
+        x = self._shared_rows(keys, np.full(len(keys), float(tokens)), self.alpha)
         f = np.array([1.0, (tokens / self.brief) ** -self.alpha])
-        own_mean, own_cov = own if own is not None else (np.zeros(2), np.eye(2) * self._spread)
-        mean = float(x @ shared.coef_ + shared.intercept_ + f @ own_mean)
+        unknown = (np.zeros(2), np.eye(2) * self._spread)
+        own_means, own_covs = map(np.array, zip(*(terms or unknown for terms in own)))
+        means = x @ shared.coef_ + shared.intercept_ + own_means @ f
         centred = x - shared.X_offset_
-        variance = float(centred @ shared.sigma_ @ centred + f @ own_cov @ f) + self._noise
-        return mean, math.sqrt(max(variance, 0.0))
+        variances = (np.einsum("ij,jk,ik->i", centred, shared.sigma_, centred)
+                     + np.einsum("j,ijk,k->i", f, own_covs, f) + self._noise)
+        return [(float(mean), math.sqrt(max(float(variance), 0.0))) for mean, variance in zip(means, variances)]
 
     def predict(self, key: str, tokens: Optional[int] = None) -> Prediction:
         """The config's loss at `tokens` (default the target): measured where it was, else predicted."""
@@ -227,7 +219,7 @@ class TargetPredictor:
         if tokens in points:
             return Prediction(points[tokens], 0.0, True, last)
         if (key, tokens) not in self._predicted:  # fixed until the next fit: promotions ask for it at every ranking
-            self._predicted[key, tokens] = self._raw(self._shared, self._own.get(key), key, tokens)
+            self._predicted[key, tokens] = self._raw(self._shared, [self._own.get(key)], [key], tokens)[0]
         mean, sd = self._predicted[key, tokens]
         return Prediction(mean, sd * self.scale, False, last)
 
@@ -248,7 +240,7 @@ class TargetPredictor:
             keys, tokens, y = self._points(data, leave_out=key)
             shared, _ = self._fit_shared(keys, tokens, y, [self.alpha])
             residuals = y - shared.predict(self._shared_rows(keys, tokens, self.alpha))
-            mean, sd = self._raw(shared, self._own_terms(keys, tokens, residuals, only=key).get(key), key, budget)
+            mean, sd = self._raw(shared, [self._own_terms(keys, tokens, residuals, only=key).get(key)], [key], budget)[0]
             predicted.append(mean)
             measured.append(data.points[key][budget])
             z.append((data.points[key][budget] - mean) / max(sd, 1e-9))
