@@ -109,6 +109,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     import signal
 
     from .console import fitted
+    from .tables import front_frame
     from .retrain import retrain
     from .run import stopped_by
 
@@ -128,7 +129,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
               "ended are kept: run the same command again to resume", file=sys.stderr)
         return 128 + signum
     print("\n".join(review.retrain_lines() or ["nothing retrained yet"]))
-    frame = review.front_frame()
+    frame = front_frame(review)
     if not frame.empty:
         sys.stdout.write(fitted(frame, (*review.names, *_retrained_columns(frame), "noise")))
     return 0
@@ -142,11 +143,12 @@ def _retrained_columns(frame) -> list[str]:
 def _print_summary(result) -> None:
     """What the search measured, what it refused or reused for free, the front, and the files it wrote."""
     from .console import fitted
+    from .tables import front_frame
 
     review = result.review()
     print("\n" + "\n".join(review.summary(result.out_dir)))
     if review.front:
-        sys.stdout.write(fitted(review.front_frame(), (*review.names, "noise")))
+        sys.stdout.write(fitted(front_frame(review), (*review.names, "noise")))
     if result.written:
         print("wrote " + ", ".join(str(p) for p in result.written))
 
@@ -199,9 +201,10 @@ def _emit(frame, fmt: str, output: Optional[str], empty: str, table: Optional[Ca
 
 def cmd_front(args: argparse.Namespace) -> int:
     from .console import fitted
+    from .tables import front_frame
 
     review = _open_run(args.dir, args.storage)
-    frame = review.front_frame()
+    frame = front_frame(review)
     keep = (*review.names, *_retrained_columns(frame), "noise")
     _emit(frame, args.format, args.output, empty="(the front is empty: no trial has finished that meets the constraints)",
           table=None if args.all else lambda frame: fitted(frame, keep))  # what fits a terminal; files keep it all
@@ -210,11 +213,12 @@ def cmd_front(args: argparse.Namespace) -> int:
 
 def cmd_trials(args: argparse.Namespace) -> int:
     from .console import fitted
+    from .tables import trials_frame
     from .review import TRIAL_NOTES
 
     review = _open_run(args.dir, args.storage)
     keep = ("state", *review.names, *TRIAL_NOTES, "duration")
-    _emit(review.trials_frame(), args.format, args.output, empty="(no trials yet)",
+    _emit(trials_frame(review), args.format, args.output, empty="(no trials yet)",
           table=None if args.all else lambda frame: fitted(frame, keep))  # what fits a terminal; files keep it all
     return 0
 

@@ -227,3 +227,26 @@ def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
     cuts = np.append(points[:, -1], reference[-1])
     return float(sum((cuts[i + 1] - cuts[i]) * hypervolume(points[: i + 1, :-1], reference[:-1])
                      for i in range(len(points)) if cuts[i + 1] > cuts[i]))
+
+
+def staircase(points: list[tuple[float, float]], minimise: tuple[bool, bool]) -> tuple[list[float], list[float]]:
+    """The 2-D Pareto front of `points` as a step line (x and y lists), from the best x to the best y."""
+    if not points:
+        return [], []
+    signs = np.array([1.0 if m else -1.0 for m in minimise])
+    scaled = np.asarray(points, dtype=float) * signs
+    order = np.lexsort((scaled[:, 1], scaled[:, 0]))
+    kept, best_y = [], np.inf
+    for i in order:
+        if scaled[i, 1] < best_y:
+            kept.append(i)
+            best_y = scaled[i, 1]
+    xs, ys = [], []
+    for k, i in enumerate(kept):
+        x, y = points[i]
+        if k:
+            xs.append(x)
+            ys.append(ys[-1])
+        xs.append(x)
+        ys.append(y)
+    return xs, ys

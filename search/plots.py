@@ -7,7 +7,8 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from .review import Review, staircase
+from .pareto import staircase
+from .review import Review
 
 FRONT_COLOR, OTHER_COLOR, INFEASIBLE_COLOR, BASELINE_COLOR = "#d62728", "#9e9e9e", "#ff9896", "#1f1f1f"
 LABEL_OFFSETS = ((5, 5), (5, -11), (-20, 5), (-20, -11))  # points: where a front member's number goes, in turn

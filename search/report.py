@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from .metrics import with_sd
-from .review import Review, TrialRow, staircase
+from .pareto import staircase
+from .review import Review, TrialRow
 
 from .plots import BASELINE_COLOR, FRONT_COLOR, INFEASIBLE_COLOR, OTHER_COLOR
 SORT_SCRIPT = """

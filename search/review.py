@@ -1,14 +1,13 @@
 """What a review of a search shows, computed once from the study and drawn by several renderers (the console tables,
 the PNG plots, the HTML report, the export): the objectives with their units and directions, every trial with its
-state, values, params and reason, which are on the front, the hypervolume history, the rungs, the run's settings,
-and the trials and front as tables."""
+state, values, params and reason, which are on the front, the hypervolume history, the rungs and the run's
+settings (tables.py draws the trials and the front as tables)."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import functools
-import json
 import platform
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import front as fronts
-from .metrics import KEY_COLUMNS, METRICS, NOTE_METRICS, SD_SUFFIX, label
+from .metrics import METRICS, NOTE_METRICS, SD_SUFFIX, label
 from .outcome import is_stopped, reason
 from .pareto import ParetoFront, hypervolume, minimised
 from .progress import plural
@@ -288,54 +287,6 @@ class Review:
     def knee(self) -> StoredTrial:
         return fronts.knee(self._front_stored(), self.directions)
 
-    # -- tables --------------------------------------------------------------------------------------------------
-
-    def trials_frame(self) -> Any:
-        """Every trial, one row each: state, objectives, TRIAL_NOTES, measured metrics, params, duration. An objective
-        appears once: its told value, or for a failed trial whatever it measured."""
-        rows, retrained = [], self.retrain_columns()
-        for row in self.trials:
-            trial = self.stored(row.number)
-            told = dict(zip(self.names, trial.values or [None] * len(self.names)))
-            attrs = {k: v for k, v in trial.user_attrs.items() if k not in STRUCTURED_ATTRS and k != "status"}
-            if row.reason and trial.state == "FAIL":
-                attrs.setdefault("reason", row.reason)  # failed by a stopped heartbeat: its driver died
-            duration = trial.duration
-            attrs.update(retrained.get(trial.number, {}))
-            rows.append({"number": trial.number, "state": trial.state,
-                         **{name: attrs.get(name) if told[name] is None else told[name] for name in self.names},
-                         **{k: v for k, v in attrs.items() if k not in told},
-                         **{f"param:{k}": v for k, v in trial.params.items()},
-                         "duration": round(duration.total_seconds(), 2) if duration else None})
-        if not rows:
-            return _frame([])
-        frame = _frame(rows)
-        leading = ["state", *self.names, *(c for c in TRIAL_NOTES if c in frame)]
-        params = [c for c in frame if c.startswith("param:")]
-        metrics = sorted(c for c in frame if c not in leading and c not in params and c != "duration")
-        frame = frame[leading + metrics + params + ["duration"]]
-        for column in ("started_at", "ended_at"):  # the worker's wall clock, shown as local time
-            if column in frame:
-                frame[column] = _local_times(frame[column])
-        return frame
-
-    def front_frame(self) -> Any:
-        """The front as a table: objectives (with their seed sd where seeds were confirmed), key measurements, whether
-        a lead is within noise, what retrain measured, params."""
-        rows, retrained = [], self.retrain_columns()
-        for row in self.front:
-            trial = self.stored(row.number)
-            entry = {"number": trial.number, **dict(zip(self.names, trial.values))}
-            entry.update({name + SD_SUFFIX: trial.user_attrs[name + SD_SUFFIX] for name in self.names
-                          if name + SD_SUFFIX in trial.user_attrs})
-            entry.update({k: trial.user_attrs[k] for k in ("seeds", *KEY_COLUMNS) if k in trial.user_attrs})
-            if row.noise:
-                entry["noise"] = row.noise
-            entry.update(retrained.get(trial.number, {}))
-            entry.update({f"param:{k}": v for k, v in trial.params.items()})
-            rows.append(entry)
-        return _frame(rows)
-
 
 def read_review(url: str) -> Review:
     """The review of the study at `url`, read once."""
@@ -423,61 +374,3 @@ def _settings(study: StudyView) -> dict[str, Any]:
                        f"Python {platform.python_version()}",
             "packages": ", ".join(f"{k} {v}" for k, v in versions.items()),
             "written": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
-
-
-def _frame(rows: list[dict[str, Any]]) -> Any:
-    """Trial rows (dicts with a 'number') as a frame indexed by number. A column of whole numbers stays whole
-    where some trials lack it (a conditional param, reused_from) instead of turning float."""
-    import pandas as pd
-
-    if not rows:
-        return pd.DataFrame()
-    frame = pd.DataFrame(rows).set_index("number")
-    for column in frame:
-        present = [row[column] for row in rows if row.get(column) is not None]
-        if present and frame[column].dtype == float and all(type(v) is int for v in present):
-            frame[column] = frame[column].astype("Int64")
-    return frame
-
-
-def _local_times(column: Any) -> Any:
-    """Recorded times (ISO 8601; epoch seconds in studies of earlier versions) as naive local times."""
-    import pandas as pd
-
-    numeric = pd.to_numeric(column, errors="coerce")
-    times = pd.to_datetime(column.where(numeric.isna()), utc=True, format="ISO8601")
-    times = times.fillna(pd.to_datetime(numeric, unit="s", utc=True))
-    zone = datetime.datetime.now().astimezone().tzinfo
-    return times.dt.tz_convert(zone).dt.tz_localize(None).dt.round("ms")
-
-
-def staircase(points: list[tuple[float, float]], minimise: tuple[bool, bool]) -> tuple[list[float], list[float]]:
-    """The 2-D Pareto front of `points` as a step line (x and y lists), from the best x to the best y."""
-    if not points:
-        return [], []
-    signs = np.array([1.0 if m else -1.0 for m in minimise])
-    scaled = np.asarray(points, dtype=float) * signs
-    order = np.lexsort((scaled[:, 1], scaled[:, 0]))
-    kept, best_y = [], np.inf
-    for i in order:
-        if scaled[i, 1] < best_y:
-            kept.append(i)
-            best_y = scaled[i, 1]
-    xs, ys = [], []
-    for k, i in enumerate(kept):
-        x, y = points[i]
-        if k:
-            xs.append(x)
-            ys.append(ys[-1])
-        xs.append(x)
-        ys.append(y)
-    return xs, ys
-
-
-def model_config(trial: StoredTrial) -> tuple[dict, dict]:
-    """The model config and the scalar metrics recorded for a trial."""
-    model = trial.user_attrs.get("model_config")
-    if model is None:
-        raise ValueError(f"trial {trial.number} recorded no model config (state {trial.state})")
-    metrics = {k: v for k, v in trial.user_attrs.items() if k not in STRUCTURED_ATTRS}
-    return model, json.loads(json.dumps(metrics))

@@ -10,6 +10,7 @@ from configaformer_search import console
 from configaformer_search.cli import main
 from configaformer_search.review import read_review
 from configaformer_search.storage import default_storage, read_study
+from configaformer_search.tables import trials_frame
 
 
 def external_resources(page: str) -> list[str]:
@@ -82,7 +83,7 @@ def test_exports_are_world_readable(out, capsys):
 
 
 def test_the_console_renderer_fits_a_width_and_joins_the_params_into_one_column(out):
-    frame = read_review(default_storage(out)).trials_frame()
+    frame = trials_frame(read_review(default_storage(out)))
     assert {"param:width", "param:heads", "param:position"} <= set(frame)
     for width in (80, 100, 140):
         text = console.fitted(frame, ("state", "val_loss", "reason"), width=width)

@@ -15,6 +15,7 @@ from configaformer_search.space import load_space
 from configaformer_search.storage import default_storage
 from configaformer_search.train import evaluate
 from configaformer_search.data import val_set
+from configaformer_search.tables import front_frame
 
 FAST = TINY_SPACE.replace("tokens: 49152", "tokens: 8192").replace("eval_tokens: 4096", "eval_tokens: 1024") \
     .replace("search: {trials: 4, sampler: random}", "search: {trials: 3, sampler: random}\n"
@@ -36,7 +37,7 @@ def test_retrain_keeps_its_results_beside_the_search_and_hands_over_trained_weig
     assert all(16384 in by_tokens for by_tokens in review.retrained.values())
     if len(before.front) >= 2:
         assert "retrained at 16,384 tokens (2x) on 1 seed" in printed
-    assert "val_loss@2x" in review.front_frame()
+    assert "val_loss@2x" in front_frame(review)
 
     # A separate run of that budget and seed measures the same.
     space = load_space(space_path)

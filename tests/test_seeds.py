@@ -15,6 +15,7 @@ from configaformer_search.ranking import kendall, noise_band, paired_sd, spearma
 from configaformer_search.review import build_review
 from configaformer_search.space import load_space
 from configaformer_search.storage import StudyStore, default_storage, open_storage, read_study
+from configaformer_search.tables import front_frame
 
 PARAMS = {"width": 32, "heads": 2, "position": "alibi"}
 FAST = TINY_SPACE.replace("tokens: 49152", "tokens: 8192").replace("eval_tokens: 4096", "eval_tokens: 1024")
@@ -75,7 +76,7 @@ def test_a_front_member_whose_lead_is_within_the_noise_is_marked(tmp_path, capsy
     assert set(notes) == {0}
     assert notes[0] == "lead over #1 within noise (val_loss 0.01 < 0.04)"
     review = build_review(study)
-    frame = review.front_frame()
+    frame = front_frame(review)
     assert list(frame.index) == [0, 2] and frame.loc[0, "val_loss_sd"] == 0.02 and frame.loc[0, "seeds"] == 2
     assert frame.loc[0, "noise"] == notes[0] and frame.loc[2, "noise"] != frame.loc[2, "noise"]  # NaN: no note for #2
     assert [(t.number, bool(t.noise)) for t in review.front] == [(0, True), (2, False)]
