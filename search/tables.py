@@ -80,3 +80,8 @@ def _local_times(column: Any) -> Any:
     times = times.fillna(pd.to_datetime(numeric, unit="s", utc=True))
     zone = datetime.datetime.now().astimezone().tzinfo
     return times.dt.tz_convert(zone).dt.tz_localize(None).dt.round("ms")
+
+
+def retrained_columns(frame: Any) -> list[str]:
+    """The columns of what retrain measured (val_loss@16x), beside the search's objectives."""
+    return [c for c in frame if "@" in c and not c.endswith("_sd")]
