@@ -22,6 +22,7 @@ import numpy as np
 
 from ..pareto import Dominance, Ranking, minimised
 from .state import RUNG, RungResult
+from .targets import MEASURED_AS, TARGET
 
 
 class Promotions:
@@ -138,3 +139,13 @@ class Promotions:
                 self.decide(rung, key, draining)
                 return key
         return None
+
+
+def rung_entry(record: dict[str, Any], objectives: list[str]) -> Optional[tuple[list[float], float]]:
+    """A record's objective values as measured at its rung (the target's loss as the rung's val_loss) and its
+    constraint violation (0 when feasible), or None when it lacks an objective."""
+    values = [record.get(MEASURED_AS if name == TARGET else name) for name in objectives]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        return None
+    penalty = sum(max(0.0, float(v)) for v in (record.get("constraints") or {}).values())
+    return [float(v) for v in values], penalty

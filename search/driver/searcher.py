@@ -24,10 +24,10 @@ from ..space import SearchSpace
 from ..storage import StudyStore
 from ..trial import checkpoint_path
 from .claims import Claims
-from .promotions import Promotions
+from .promotions import Promotions, rung_entry
 from .state import StudyState
 from .suggestions import NEW, REFUSED, REPEAT, Streak, Suggestion, draw
-from .targets import MEASURED_AS, TARGET, TargetModel
+from .targets import TARGET, TargetModel
 
 REFRESH_S = 2.0  # how often a driver rereads what the other drivers on its study have done
 WAIT, DONE = "wait", "done"  # what `next` answers when it has no config for a slot: ask again later, or the search is over
@@ -41,16 +41,6 @@ class Running:
     spending: int  # the least training tokens it will have spent when it next stops
     rung: Optional[int] = None  # where it waits, once stopped at a rung
     record: dict[str, Any] = field(default_factory=dict)  # the rung's record, told if it never goes on
-
-
-def rung_entry(record: dict[str, Any], objectives: list[str]) -> Optional[tuple[list[float], float]]:
-    """A record's objective values as measured at its rung (the target's loss as the rung's val_loss) and its
-    constraint violation (0 when feasible), or None when it lacks an objective."""
-    values = [record.get(MEASURED_AS if name == TARGET else name) for name in objectives]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-        return None
-    penalty = sum(max(0.0, float(v)) for v in (record.get("constraints") or {}).values())
-    return [float(v) for v in values], penalty
 
 
 class Driver:
@@ -432,13 +422,7 @@ class Driver:
             return {}
         with self.lock:
             self.refresh(force=True)
-            self.targets.refit(force=True, check=True)
-            by_number = {}
-            for trial in self.store.trials(states=("COMPLETE", "PRUNED")):
-                key = trial.user_attrs.get("config_key")
-                if trial.outcome.counts and key in self.targets.data.points:
-                    by_number[str(trial.number)] = self.targets.fields(key)
-            return {"predictions": by_number, "predictor": self.targets.summary()}
+            return self.targets.final(self.store.trials(states=("COMPLETE", "PRUNED")))
 
     def interrupt(self) -> None:
         """Ctrl-C or SIGTERM: every trial of this driver is recorded as interrupted, its config owed again."""

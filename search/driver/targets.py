@@ -9,12 +9,13 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from ..predictor import Prediction, StudyData, TargetPredictor, config_features
 from ..space import SearchSpace
+from ..storage import StoredTrial
 
 REFIT_S = 5.0  # past EAGER_CONFIGS configs, the predictor is fitted again at most this often while results arrive
 EAGER_CONFIGS = 50  # up to this many configs, a fit takes milliseconds: every new result gets one
@@ -102,6 +103,14 @@ class TargetModel:
         prediction = self.predict(key)
         return {TARGET: prediction.mean, f"{TARGET}_sd": prediction.sd, "target_measured": prediction.measured,
                 "target_reach": self.target / prediction.last_tokens if prediction.last_tokens else math.inf}
+
+    def final(self, trials: Sequence[StoredTrial]) -> dict[str, Any]:
+        """The predictor fitted on everything and checked config by config, and each of `trials` that counts with
+        its loss at the target as it now stands (the review shows these, not the values told when each ended)."""
+        self.refit(force=True, check=True)
+        by_number = {str(trial.number): self.fields(trial.user_attrs["config_key"]) for trial in trials
+                     if trial.outcome.counts and trial.user_attrs.get("config_key") in self.data.points}
+        return {"predictions": by_number, "predictor": self.summary()}
 
     def summary(self) -> dict[str, Any]:
         """The final fit's settings and accuracy, as the study keeps them for the review."""
