@@ -53,6 +53,8 @@ KINDS = _kinds(
          description="its validation loss rose above the uniform guess"),
     Kind("bad_metric", FAIL, counts=True, owed=False, settles=True, description="an objective was not a finite number"),
     Kind("error", FAIL, counts=True, owed=False, settles=True, description="the trial raised an unexpected error"),
+    Kind("export", FAIL, counts=True, owed=False, settles=True,
+         description="its export to probes.runtime failed, or its outputs differed from the eager model's"),
     Kind("worker_died_twice", FAIL, counts=True, owed=False, settles=True,
          description="its worker died, as the worker of its first try did"),
     Kind("rejected", FAIL, counts=False, owed=False, settles=True,

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional
 
 from configaformer.registry import Key, positive, probability
 
-from .choices import SAMPLERS, SCHEDULERS
+from .choices import RUNTIMES, SAMPLERS, SCHEDULERS
 
 KINDS = ("choice", "int", "float", "log")
 DIST_KEYS = set(KINDS) | {"step", "if", "per_layer"}
@@ -49,7 +49,8 @@ PROBE_KEYS = {"batch_size": Key(1, (int,), check=positive), "seq_len": Key(None,
               "latency_repeats": Key(20, (int,), check=positive), "latency_warmup": Key(3, (int,), check=_non_negative),
               "memory": Key(True, (bool,)), "latency": Key(True, (bool,)),
               "decode": Key(False, (bool,)), "decode_context": Key(None, (int, type(None))),
-              "target": Key(None, (str, type(None))), "threads": Key(1, (int,), check=positive)}
+              "target": Key(None, (str, type(None))), "threads": Key(1, (int,), check=positive),
+              "runtime": Key("eager", (str,), choices=RUNTIMES)}
 SEARCH_KEYS = {"trials": Key(24, (int,), check=positive), "sampler": Key("tpe", (str,), choices=SAMPLERS),
                "seed": Key(0, (int,)), "startup_trials": Key(None, (int, type(None))),
                "population_size": Key(None, (int, type(None))),

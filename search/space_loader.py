@@ -300,6 +300,12 @@ class _Loader:
             probes["seq_len"] = train["seq_len"]
         if probes["decode_context"] is None:
             probes["decode_context"] = probes["seq_len"]
+        if probes["runtime"] == "onnxruntime":
+            try:
+                import onnxruntime  # noqa: F401
+                import onnxscript  # noqa: F401  (torch.onnx's exporter)
+            except ImportError:
+                raise self.fail("probes.runtime", "onnxruntime needs the onnx extra: pip install -e '.[onnx]'") from None
         steps = probes["latency_repeats"] + probes["latency_warmup"]
         if probes["decode_context"] <= steps:
             raise self.fail("probes.decode_context", f"expected more than the {steps} timed and warm-up decoding steps "

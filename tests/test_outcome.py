@@ -19,6 +19,7 @@ DECLARED = {
     "diverged": ("FAIL", True, False, True),
     "bad_metric": ("FAIL", True, False, True),
     "error": ("FAIL", True, False, True),
+    "export": ("FAIL", True, False, True),
     "worker_died_twice": ("FAIL", True, False, True),
     "rejected": ("FAIL", False, False, True),
     "constraint": ("FAIL", False, False, True),

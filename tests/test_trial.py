@@ -101,6 +101,8 @@ def test_every_library_op_has_a_flop_handle():
 class Stalling(torch.nn.Module):
     """A model whose forward takes 1 ms, and 20 ms on every third call while `stalls` is set: a disturbed probe."""
 
+    input_shapes, outputs = {"emb_ids": ("B", "L")}, ["emb_ids"]  # its token stream, as a model's
+
     def __init__(self, stalls: bool) -> None:
         super().__init__()
         self.stalls, self.calls = stalls, 0

@@ -192,7 +192,7 @@ class FusedAttention(nn.Module):
         len_q, len_k = q.shape[-2], k.shape[-2]
         mask, causal = None, False
         if self.offset_kind == "causal":
-            causal = start == 0  # a step after a cached prefix: its last query sees every key
+            causal = bool(start == 0)  # a step after a cached prefix: its last query sees every key (bool: start may be symbolic, as in an exported step)
             if start and len_q > 1:
                 mask = causal_mask(len_q, len_k, q.device, start)
         elif self.offset_kind == "stream":

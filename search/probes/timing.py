@@ -9,7 +9,7 @@ import contextlib
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -28,14 +28,18 @@ class Timing:
     cv: float
     rounds: int
     alone: bool = True  # whether the device was to itself (False: it could not be had in time; others ran beside)
+    export_diff: Optional[float] = None  # the runtime's export against the eager model: largest logit difference
 
     @property
     def noisy(self) -> bool:
         return self.cv > MAX_CV or not self.alone
 
     def metrics(self, name: str) -> dict[str, float | int | bool]:
-        """As a probe reports it: 'decode_ms', 'decode_cv', 'decode_rounds', 'decode_noisy' for name 'decode'."""
-        return {f"{name}_ms": self.median_ms, f"{name}_cv": self.cv, f"{name}_rounds": self.rounds, f"{name}_noisy": self.noisy}
+        """As a probe reports it: 'decode_ms', 'decode_cv', 'decode_rounds', 'decode_noisy' for name 'decode', and
+        'decode_export_diff' on a runtime that exports the model."""
+        metrics = {f"{name}_ms": self.median_ms, f"{name}_cv": self.cv, f"{name}_rounds": self.rounds,
+                   f"{name}_noisy": self.noisy}
+        return metrics if self.export_diff is None else {**metrics, f"{name}_export_diff": self.export_diff}
 
 
 def cv(times: list[float]) -> float:
@@ -77,10 +81,10 @@ def timed(call: Callable[[], object], device: torch.device) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def measure(round_of_times: Callable[[], list[float]], alone: bool = True) -> Timing:
+def measure(round_of_times: Callable[[], list[float]], alone: bool = True, export_diff: Optional[float] = None) -> Timing:
     """Rounds of timings (each already past its warm-up) until one is steady or ROUNDS are spent."""
     rounds: list[list[float]] = []
     while len(rounds) < ROUNDS and (not rounds or cv(rounds[-1]) > MAX_CV):
         rounds.append(round_of_times())
     steadiest = min(rounds, key=cv)
-    return Timing(statistics.median(steadiest), cv(steadiest), len(rounds), alone)
+    return Timing(statistics.median(steadiest), cv(steadiest), len(rounds), alone, export_diff)
