@@ -1,11 +1,13 @@
 """Shared helpers for the benchmark scripts: device, timing, printing a table, the JSON results file every
 benchmark writes (benchmarks/results/NAME-DEVICE.json: its figures, targets, date, machine, command and versions),
-from which the performance page is written, variants of a space, hypervolumes, and driving a search's trials."""
+from which the performance page is written, variants of a space, hypervolumes, driving a search's trials, and
+searches whose fronts are retrained at a longer budget and scored there."""
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import math
 import platform
@@ -195,6 +197,94 @@ def drive(space: Any, url: str, trials: int, resources: Any, sampler: str = "ran
     finally:
         store.close()
     return driver
+
+
+def run_search(space_path: Path, method: str, sampler: str, seed: int, trials: int, tokens: int | None,
+               work: Path) -> dict:
+    """One search through the public API (its run folder, study, driver and Ray Tune); returns its measured trials'
+    count, tokens spent, wall time and front (each member's sampled params and objective values)."""
+    from configaformer_search import search
+    from configaformer_search.front import front_trials
+    from configaformer_search.space import load_space
+    from configaformer_search.storage import read_study
+    from optuna.trial import FixedTrial
+
+    space = load_space(space_path)
+    start = time.perf_counter()
+    result = search(space, trials=trials, tokens=tokens, out=work / f"{method}-{seed}", sampler=sampler, seed=seed,
+                    verbosity=0)
+    elapsed = time.perf_counter() - start
+    if result.stopped_by is not None:
+        raise SystemExit(f"{method} search, seed {seed}: interrupted")
+    if result.stop_reason:
+        print(f"{method} search, seed {seed}: {result.stop_reason}", flush=True)
+    study = read_study(result.url)
+    counted = [t for t in study.trials if t.finished and t.outcome.counts]  # what --trials counts
+    front = front_trials(study.trials, study.directions)
+    return {"method": method, "seed": seed, "configs": len(counted), "seconds": elapsed,
+            "tokens": sum(t.user_attrs.get("tokens_spent") or 0 for t in counted),
+            "complete": sum(t.state == "COMPLETE" for t in counted),
+            "front": [(space.sample(FixedTrial(t.params)), list(t.values)) for t in front]}
+
+
+def params_id(params: dict) -> str:
+    """A config as a retraining cache knows it: its sampled params, whichever search found it."""
+    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def retrain(space_path: Path, members: list[dict], mult: int, log: Path, work: Path) -> dict[str, float | None]:
+    """Each config (its params) trained once from scratch at mult x the space's budget on its training seed, with
+    the space's full-budget recipe, through the search's Ray trial runner (Ray must be running); runs already in
+    `log` are kept, new ones appended. Returns params_id -> val_loss (None if it failed)."""
+    from configaformer_search.calibrate import Config, Run, read_results, train_runs
+    from configaformer_search.cluster import plan_resources
+    from configaformer_search.outcome import is_measured
+    from configaformer_search.space import load_space
+
+    space = load_space(space_path)
+    budget = space.train["tokens"]
+    seed = space.train["seed"] if isinstance(space.train["seed"], int) else 0
+    unique = {params_id(params): params for params in members}
+    runs = {key: Run(Config(i, params, key, {}, budget, budget), seed, mult) for i, (key, params) in enumerate(unique.items())}
+    results = read_results(log)
+    missing = [run for run in runs.values() if not is_measured(results.get(run.name) or {})]
+    print(f"retraining {len(missing)} of {len(runs)} front members at {mult}x the budget (the rest cached in {log})",
+          flush=True)
+    if missing:
+        train_runs(space, missing, results, log, plan_resources(space, None, None), lambda text: None,
+                   scratch=work / ".tune")
+    return {key: results[run.name]["val_loss"] if is_measured(results.get(run.name) or {}) else None
+            for key, run in runs.items()}
+
+
+def remeasure(space_path: Path, members: list[dict]) -> dict[str, dict[str, float]]:
+    """Each config's probed metrics (memory, latency, ...) measured again in this process, one config after another
+    on an otherwise idle machine: the same conditions for every method's front, however its search ran its trials
+    (several at a time under Ray, or one at a time). Returns params_id -> metrics."""
+    from configaformer_search import candidate as candidates
+    from configaformer_search.data import load_corpus
+    from configaformer_search.probes import ProbeContext, run_probes
+    from configaformer_search.space import load_space
+
+    space = load_space(space_path)
+    corpus = load_corpus(space.data)
+    measured = {}
+    for params in members:
+        key = params_id(params)
+        if key not in measured:
+            candidate = candidates.screen(space, params, corpus.vocab_size)
+            model = candidates.build(candidate)
+            measured[key] = run_probes(space, ProbeContext(model, candidate.model_config, torch.device("cpu"),
+                                                           candidate.train, space.probes, corpus.vocab_size))
+    return measured
+
+
+def scored_front(front: list[tuple[dict, list[float]]], objectives: Sequence[str], retrained: dict[str, float | None],
+                 remeasured: dict[str, dict[str, float]]) -> list[list[float]]:
+    """A front as it is scored: each member's retrained val_loss and its remeasured other objectives (members whose
+    retraining failed left out)."""
+    return [[retrained[params_id(params)] if name == "val_loss" else remeasured[params_id(params)][name]
+             for name in objectives] for params, _ in front if retrained.get(params_id(params)) is not None]
 
 
 def _plain(value: Any) -> Any:

@@ -12,7 +12,8 @@ Each scheduler trains with its own default schedule (asha warmup-stable-decay, f
 Then every config on any final front (COMPLETE, feasible, non-dominated) is trained again from scratch at `--mult`
 times train.tokens (once, shared by the methods that found it; the full-budget recipe, on the space's training
 seed, through the search's Ray trial runner as calibrate and retrain run it), and each front is scored the same way:
-the hypervolume of its members' retrained val_loss with their recorded memory and latency, against one reference
+the hypervolume of its members' retrained val_loss with their memory and latency measured again here, one config
+at a time on an idle machine (the same conditions for every front, however its search ran), against one reference
 point for all (the worst of each objective over every retrained member, plus 10%). Prints configs evaluated, tokens
 spent, front sizes, hypervolumes and wall times per method and seed, and the ratios asha/tpe.
 
@@ -31,8 +32,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (add_json_argument, brief_space, hypervolume_of, print_table, reference_of, target,  # noqa: E402
-                    variant, write_results)
+from common import (add_json_argument, brief_space, hypervolume_of, print_table, reference_of, remeasure,  # noqa: E402
+                    retrain, run_search, scored_front, target, variant, write_results)
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = {"tpe": ("fifo", "tpe"), "random": ("fifo", "random"), "asha": ("asha", "tpe")}  # scheduler, sampler
@@ -42,53 +43,6 @@ CONFIGS_PER_TOKEN_GOAL, HYPERVOLUME_GOAL = 3.0, 1.0  # asha against tpe
 # whole path, not figures to compare.
 QUICK_SETTINGS = ["params.width={choice: [64, 96]}", "params.depth={int: [1, 2]}", "train.tokens=16384",
                   "train.batch_size=8", "train.eval_tokens=2048", "probes.latency_repeats=3", "probes.latency_warmup=1"]
-
-
-def run_search(space_path: Path, method: str, seed: int, trials: int, tokens: int | None, work: Path) -> dict:
-    """One search; returns its measured trials' count, tokens spent, wall time and front (sampled params, config key
-    and objective values of each member)."""
-    from configaformer_search import search
-    from configaformer_search.front import front_trials
-    from configaformer_search.space import load_space
-    from configaformer_search.storage import read_study
-    from optuna.trial import FixedTrial
-
-    space = load_space(space_path)
-    start = time.perf_counter()
-    result = search(space, trials=trials, tokens=tokens, out=work / f"{method}-{seed}", sampler=METHODS[method][1],
-                    seed=seed, verbosity=0)
-    seconds = time.perf_counter() - start
-    if result.stopped_by is not None:
-        raise SystemExit(f"{method} search, seed {seed}: interrupted")
-    if result.stop_reason:
-        print(f"{method} search, seed {seed}: {result.stop_reason}", flush=True)
-    study = read_study(result.url)
-    counted = [t for t in study.trials if t.finished and t.outcome.counts]  # what --trials counts
-    front = front_trials(study.trials, study.directions)
-    return {"method": method, "seed": seed, "configs": len(counted), "seconds": seconds,
-            "tokens": sum(t.user_attrs.get("tokens_spent") or 0 for t in counted),
-            "complete": sum(t.state == "COMPLETE" for t in counted),
-            "front": [(space.sample(FixedTrial(t.params)), t.user_attrs["config_key"], list(t.values)) for t in front]}
-
-
-def retrain(space_path: Path, members: dict[str, dict], mult: int, work: Path) -> dict[str, float | None]:
-    """Each config (key -> params) trained once from scratch at mult x the space's budget on its training seed, with
-    the space's full-budget recipe, through the search's Ray trial runner; key -> val_loss (None if it failed)."""
-    from configaformer_search.calibrate import Config, Run, read_results, train_runs
-    from configaformer_search.cluster import plan_resources
-    from configaformer_search.outcome import is_measured
-    from configaformer_search.space import load_space
-
-    space = load_space(space_path)
-    budget = space.train["tokens"]
-    seed = space.train["seed"] if isinstance(space.train["seed"], int) else 0
-    runs = {key: Run(Config(i, params, key, {}, budget, budget), seed, mult) for i, (key, params) in enumerate(members.items())}
-    log = work / "retrained.jsonl"
-    results = read_results(log)
-    train_runs(space, list(runs.values()), results, log, plan_resources(space, None, None), lambda text: None,
-               scratch=work / ".tune")
-    return {key: results[run.name]["val_loss"] if is_measured(results.get(run.name) or {}) else None
-            for key, run in runs.items()}
 
 
 def main() -> None:
@@ -123,22 +77,21 @@ def main() -> None:
     runs = []
     with ray_session(None, work):
         for seed in range(args.seeds):  # asha first, capped at N full budgets; then the others get what it spent
-            asha = run_search(spaces["asha"], "asha", seed, args.max_trials, args.trials * budget, work)
+            asha = run_search(spaces["asha"], "asha", "tpe", seed, args.max_trials, args.trials * budget, work)
             full = max(1, round(asha["tokens"] / budget))  # full-budget trials that spend as much
-            runs += [asha] + [run_search(spaces["fifo"], method, seed, full, None, work) for method in methods if method != "asha"]
+            runs += [asha] + [run_search(spaces["fifo"], method, METHODS[method][1], seed, full, None, work)
+                              for method in methods if method != "asha"]
             print(f"seed {seed}: " + ", ".join(f"{r['method']} {r['configs']} configs in {r['seconds']:.0f} s"
                                                for r in runs[-len(methods):]), flush=True)
-        members = {key: params for run in runs for params, key, _ in run["front"]}
-        print(f"retraining {len(members)} front members at {args.mult}x the budget ...", flush=True)
         start = time.perf_counter()
-        retrained = retrain(spaces["fifo"], members, args.mult, work)
+        retrained = retrain(spaces["fifo"], [params for run in runs for params, _ in run["front"]], args.mult,
+                            work / "retrained.jsonl", work)
     print(f"retrained in {time.perf_counter() - start:.0f} s")
 
-    loss_index = list(space.objectives).index("val_loss")
+    remeasured = remeasure(spaces["fifo"], [params for run in runs for params, _ in run["front"]])
 
     def points(run: dict) -> list[list[float]]:
-        return [[retrained[key] if i == loss_index else v for i, v in enumerate(values)]
-                for _, key, values in run["front"] if retrained.get(key) is not None]
+        return scored_front(run["front"], list(space.objectives), retrained, remeasured)
 
     everything = [p for run in runs for p in points(run)]
     if not everything:
