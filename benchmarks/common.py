@@ -227,15 +227,16 @@ def run_search(space_path: Path, method: str, sampler: str, seed: int, trials: i
             "front": [(space.sample(FixedTrial(t.params)), list(t.values)) for t in front]}
 
 
-def params_id(params: dict) -> str:
-    """A config as a retraining cache knows it: its sampled params, whichever search found it."""
-    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def content_id(value: Any) -> str:
+    """A short id of a JSON-able value, the same wherever it is made: a config as a retraining cache knows it (its
+    sampled params, whichever search found it), or a training recipe."""
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def retrain(space_path: Path, members: list[dict], mult: int, log: Path, work: Path) -> dict[str, float | None]:
     """Each config (its params) trained once from scratch at mult x the space's budget on its training seed, with
     the space's full-budget recipe, through the search's Ray trial runner (Ray must be running); runs already in
-    `log` are kept, new ones appended. Returns params_id -> val_loss (None if it failed)."""
+    `log` are kept, new ones appended. Returns content_id -> val_loss (None if it failed)."""
     from configaformer_search.calibrate import Config, Run, read_results, train_runs
     from configaformer_search.cluster import plan_resources
     from configaformer_search.outcome import is_measured
@@ -244,7 +245,7 @@ def retrain(space_path: Path, members: list[dict], mult: int, log: Path, work: P
     space = load_space(space_path)
     budget = space.train["tokens"]
     seed = space.train["seed"] if isinstance(space.train["seed"], int) else 0
-    unique = {params_id(params): params for params in members}
+    unique = {content_id(params): params for params in members}
     runs = {key: Run(Config(i, params, key, {}, budget, budget), seed, mult) for i, (key, params) in enumerate(unique.items())}
     results = read_results(log)
     missing = [run for run in runs.values() if not is_measured(results.get(run.name) or {})]
@@ -258,9 +259,9 @@ def retrain(space_path: Path, members: list[dict], mult: int, log: Path, work: P
 
 
 def remeasure(space_path: Path, members: list[dict]) -> dict[str, dict[str, float]]:
-    """Each config's probed metrics (memory, latency, ...) measured again in this process, one config after another
+    """Each config's cheap metrics and its probed ones (memory, latency, ...) measured again in this process, one config after another
     on an otherwise idle machine: the same conditions for every method's front, however its search ran its trials
-    (several at a time under Ray, or one at a time). Returns params_id -> metrics."""
+    (several at a time under Ray, or one at a time). Returns content_id -> metrics."""
     from configaformer_search import candidate as candidates
     from configaformer_search.data import load_corpus
     from configaformer_search.probes import ProbeContext, run_probes
@@ -270,12 +271,12 @@ def remeasure(space_path: Path, members: list[dict]) -> dict[str, dict[str, floa
     corpus = load_corpus(space.data)
     measured = {}
     for params in members:
-        key = params_id(params)
+        key = content_id(params)
         if key not in measured:
             candidate = candidates.screen(space, params, corpus.vocab_size)
             model = candidates.build(candidate)
-            measured[key] = run_probes(space, ProbeContext(model, candidate.model_config, torch.device("cpu"),
-                                                           candidate.train, space.probes, corpus.vocab_size))
+            measured[key] = {**candidate.metrics, **run_probes(space, ProbeContext(
+                model, candidate.model_config, torch.device("cpu"), candidate.train, space.probes, corpus.vocab_size))}
     return measured
 
 
@@ -283,8 +284,8 @@ def scored_front(front: list[tuple[dict, list[float]]], objectives: Sequence[str
                  remeasured: dict[str, dict[str, float]]) -> list[list[float]]:
     """A front as it is scored: each member's retrained val_loss and its remeasured other objectives (members whose
     retraining failed left out)."""
-    return [[retrained[params_id(params)] if name == "val_loss" else remeasured[params_id(params)][name]
-             for name in objectives] for params, _ in front if retrained.get(params_id(params)) is not None]
+    return [[retrained[content_id(params)] if name == "val_loss" else remeasured[content_id(params)][name]
+             for name in objectives] for params, _ in front if retrained.get(content_id(params)) is not None]
 
 
 def _plain(value: Any) -> Any:

@@ -15,8 +15,8 @@ about an hour on 2 cores) and one budget. The same trial function trains every c
                        priority, so whether a config goes on depends on which result happens to sort last, and a
                        config that dominates its whole rung can be stopped. Here the order is inverted into ranks.
 Every method's front (complete, feasible, non-dominated) is trained again from scratch at `--mult` times the budget
-(once per config, cached by config in benchmarks/results/peers_retrained.jsonl, shared by the methods that found
-it), and scored the same way: the hypervolume of its members' retrained val_loss with their memory and latency
+(once per config, cached by config in benchmarks/results/peers_retrained-<recipe>.jsonl, one file per space and
+settings, shared by the methods that found it), and scored the same way: the hypervolume of its members' retrained val_loss with their memory and latency
 measured again here, one config at a time on an idle machine (the same conditions for every front, however its
 method ran its trials), against one reference point for all (the worst of each objective over every retrained member, plus 10%).
 Prints each run, then each method's mean and spread over `--repeats` sampler seeds, with the tokens it spent.
@@ -41,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (RESULTS, add_json_argument, brief_space, hypervolume_of, print_table, reference_of,  # noqa: E402
-                    remeasure, retrain, run_search, scored_front, variant, write_results)
+                    content_id, remeasure, retrain, run_search, scored_front, variant, write_results)
 
 ROOT = Path(__file__).resolve().parent.parent
 SEARCHED = {"random": "random", "tpe": "tpe", "nsga2": "nsga2"}  # method -> sampler, every config the full budget
@@ -49,7 +49,15 @@ METHODS = [*SEARCHED, "asha", "moasha", "moasha-fixed"]
 SETTINGS = ["train.tokens=98304"]  # a quarter of small.yaml's brief budget: 96 steps of 16 x 64
 QUICK_SETTINGS = ["params.width={choice: [64, 96]}", "params.depth={int: [1, 2]}", "train.tokens=16384",
                   "train.batch_size=8", "train.eval_tokens=2048", "probes.latency_repeats=3", "probes.latency_warmup=1"]
-RETRAINED = RESULTS / "peers_retrained.jsonl"
+
+def retrained_cache(space_path: Path) -> Path:
+    """The retraining cache of one recipe: results are reused only for the same space (data, model template, training
+    and probes; its search section aside), so a run with other settings never reads another's losses."""
+    import yaml
+
+    raw = {k: v for k, v in yaml.safe_load(space_path.read_text()).items() if k not in ("name", "search")}
+    return RESULTS / f"peers_retrained-{content_id(raw)}.jsonl"
+
 
 
 def syne_tune_domains(space: Any) -> dict[str, Any]:
@@ -106,7 +114,7 @@ def run_moasha(space_path: Path, method: str, seed: int, tokens: int) -> dict:
     """Syne Tune's MOASHA asked for configs and told each rung result in this process, one config at a time through
     the project's trial function, until `tokens` are spent; the same summary as `run_search`, and how many configs it
     stopped that dominated every result recorded at their rung."""
-    from configaformer_search.outcome import is_measured
+    from configaformer_search.outcome import is_measured, outcome_of
     from configaformer_search.pareto import front_mask, minimised
     from configaformer_search.space import load_space
     from configaformer_search.trial import run as run_trial
@@ -124,13 +132,13 @@ def run_moasha(space_path: Path, method: str, seed: int, tokens: int) -> dict:
                        max_t=rungs[-1], grace_period=rungs[0], reduction_factor=space.search["reduction_factor"],
                        multiobjective_priority=ranked_priority() if method == "moasha-fixed" else None, random_seed=seed)
     at_rung: dict[int, list[list[float]]] = {}
-    spent, configs, dominating_stopped, complete = 0, 0, 0, []
+    spent, asked, configs, dominating_stopped, complete = 0, 0, 0, 0, []
     start = time.perf_counter()
     while spent < tokens:
         config = scheduler.suggest().config
-        trial = Trial(trial_id=configs, config=config, creation_time=datetime.datetime.now())
+        trial = Trial(trial_id=asked, config=config, creation_time=datetime.datetime.now())
         scheduler.on_trial_add(trial)
-        configs += 1
+        asked += 1
 
         def report(record: dict) -> bool:
             nonlocal dominating_stopped
@@ -145,13 +153,16 @@ def run_moasha(space_path: Path, method: str, seed: int, tokens: int) -> dict:
             return decision == SchedulerDecision.CONTINUE
 
         params = space.sample(FixedTrial(config))
-        record = run_trial(space, params, device="cpu", report=report)
+        record = run_trial(space, params, report=report)  # on the device a search's trial would have
         spent += record.get("tokens_spent") or 0
+        configs += outcome_of(record).kind.counts  # as a search counts them: refusals before training take no place
         if is_measured(record) and record["tokens_trained"] >= rungs[-1]:
             scheduler.on_trial_complete(trial, {name: sign[name] * record[name] for name in objectives}
                                         | {"tokens_trained": record["tokens_trained"]})
             if not record.get("violations"):
                 complete.append((params, [record[name] for name in objectives]))
+        elif not is_measured(record):
+            scheduler.on_trial_remove(trial)  # failed: what Syne Tune's tuner tells its scheduler of an erred trial
     values = [v for _, v in complete]
     front = [complete[i] for i in np.flatnonzero(front_mask(minimised(values, directions)))] if values else []
     return {"method": method, "seed": seed, "configs": configs, "seconds": time.perf_counter() - start, "tokens": spent,
@@ -218,7 +229,7 @@ def main() -> None:
                 say(runs[-1])
         start = time.perf_counter()
         members = [params for run in runs for params, _ in run["front"]]
-        retrained = retrain(spaces["fifo"], members, args.mult, work / "retrained.jsonl" if args.quick else RETRAINED, work)
+        retrained = retrain(spaces["fifo"], members, args.mult, work / "retrained.jsonl" if args.quick else retrained_cache(spaces["fifo"]), work)
     print(f"retrained in {time.perf_counter() - start:.0f} s")
     remeasured = remeasure(spaces["fifo"], members)
 
