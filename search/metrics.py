@@ -31,12 +31,14 @@ class Metric:
 
 
 def timed(name: str, description: str, probe: str) -> tuple[Metric, ...]:
-    """The metrics of a timing (probes/timing.py): its median, the steadiness of the round it came from, how many
-    rounds it took, whether even the steadiest stayed noisy, and on a runtime that exports the model, how far the
-    export's logits were from the eager model's."""
+    """The metrics of a timing (probes/timing.py): its time, the spread of its ratios to the reference and how well
+    their median is known, how many rounds of pairs it took, whether it stayed noisy, and on a runtime that exports
+    the model, how far the export's logits were from the eager model's."""
     return (Metric(f"{name}_ms", "ms", description, probe),
-            Metric(f"{name}_cv", "", f"coefficient of variation of the kept {name} round", probe, key=name == "latency"),
-            Metric(f"{name}_rounds", "", f"rounds timed before one was steady enough ({name})", probe),
+            Metric(f"{name}_cv", "", f"coefficient of variation of the {name} call's ratios to the reference's", probe),
+            Metric(f"{name}_ci", "", f"half-width of the 95% interval of the {name} median ratio, as a share of it",
+                   probe, key=name == "latency"),
+            Metric(f"{name}_rounds", "", f"rounds of pairs timed before the {name} median was steady enough", probe),
             Metric(f"{name}_noisy", "", f"the {name} time stayed noisier than the probes accept, or was taken beside other "
                                         f"work (the device could not be had alone in time)", probe, key=True, note=True),
             Metric(f"{name}_export_diff", "", f"largest absolute difference of the logits timed ({name}) between the "

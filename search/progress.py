@@ -117,6 +117,6 @@ def _outcome(metrics: Mapping[str, Any], objectives: Sequence[str]) -> str:
         for note in NOTE_METRICS:
             if metrics.get(note):
                 timing = note.removesuffix("_noisy")
-                outcome += f"  ({timing} noisy: cv {metrics.get(timing + '_cv', float('nan')):.2f})"
+                outcome += f"  ({timing} noisy: ±{100 * metrics.get(timing + '_ci', float('nan')):.0f}%)"
         return outcome + (f"  (infeasible: {metrics['violations']})" if metrics.get("violations") else "")
     return f"FAIL {kind.name}: {metrics.get('message', '')}"[:165]

@@ -16,7 +16,7 @@ from helpers import TINY_SPACE, write_space
 from configaformer import ConfigaFormer
 from configaformer_search import trial
 from configaformer_search.devicegate import DeviceGate, _device_name
-from configaformer_search.probes.timing import ROUNDS, Timing
+from configaformer_search.probes.timing import MAX_ROUNDS, Timing
 from configaformer_search.space import load_space
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -95,7 +95,7 @@ def test_a_whole_trial_with_latency_and_decode_probes_runs_the_gate_on_the_cpu(t
     assert record["status"] == "ok", record
     for name in ("latency", "decode", "prefill"):
         assert record[f"{name}_ms"] > 0 and record[f"{name}_cv"] >= 0, name
-        assert 1 <= record[f"{name}_rounds"] <= ROUNDS and isinstance(record[f"{name}_noisy"], bool), name
+        assert 1 <= record[f"{name}_rounds"] <= MAX_ROUNDS and isinstance(record[f"{name}_noisy"], bool), name
     assert record["kv_cache_mb"] > 0 and set(record["timings"]) >= {"train_s", "probe_s"}
     assert (tmp_path / "configaformer-cpu-gate.lock").is_file()  # the CPU's gate it went through
 
@@ -346,7 +346,7 @@ def test_trial_on_cuda_measures_memory_and_latency(tmp_path):
     assert metrics["device"] == "cuda" and metrics["peak_mem_source"] == "measured"
     assert metrics["peak_mem_mb"] > 4 * metrics["params"] * 4 / 2**20  # weights, grads and AdamW state, at least
     assert metrics["latency_ms"] > 0 and metrics["val_bpb"] < 6.5
-    assert 1 <= metrics["latency_rounds"] <= ROUNDS and isinstance(metrics["latency_noisy"], bool)
+    assert 1 <= metrics["latency_rounds"] <= MAX_ROUNDS and isinstance(metrics["latency_noisy"], bool)
 
 
 def _train_on_cuda(folder: str, steps, stop) -> None:

@@ -116,17 +116,17 @@ def test_the_embedded_split_keeps_near_copies_on_one_side():
 
 def test_noisy_latency_is_marked_on_the_progress_line():
     from configaformer_search.outcome import measured as measured_record
-    from configaformer_search.probes.timing import MAX_CV, Timing
+    from configaformer_search.probes.timing import CI_WIDTH, Timing
     from configaformer_search.progress import Progress
 
     lines = []
     progress = Progress(2, 0, ["val_loss", "latency_ms"])
     progress.say = lines.append
-    noisy, steady = Timing(1.0, 0.8, 3), Timing(1.0, MAX_CV / 2, 1)
+    noisy, steady = Timing(1.0, 0.8, 6, ci=0.1), Timing(1.0, 0.05, 1, ci=CI_WIDTH / 2)
     assert noisy.noisy and not steady.noisy
     progress.finished(3, {}, measured_record(val_loss=2.5, **noisy.metrics("latency")), 1)  # as the latency probe reports it
     progress.finished(4, {}, measured_record(val_loss=2.5, **steady.metrics("latency")), 1)
-    assert "latency noisy: cv 0.80" in lines[0] and "noisy" not in lines[2]
+    assert "latency noisy: ±10%" in lines[0] and "noisy" not in lines[2]
 
 
 @pytest.mark.parametrize("relative_pos, leaks", [(-1, False), (1, True)])

@@ -13,7 +13,7 @@ from configaformer import ConfigaFormer
 from configaformer_search import trial
 from configaformer_search.data import embedded_corpus, load_corpus, val_set
 from configaformer_search.probes import count_flops, estimate_peak_memory, flop_analysis, measure_latency
-from configaformer_search.probes.timing import MAX_CV, ROUNDS, Timing, cv, measure
+from configaformer_search.probes.timing import CI_WIDTH, MAX_ROUNDS, Timing, measure, median_interval
 from configaformer_search.space import load_space
 from configaformer_search.steps import lm_loss, make_optimizer
 from configaformer_search.train import Measurement, Snapshot, evaluate
@@ -61,7 +61,7 @@ def test_trial_trains_on_real_text_and_reports_every_metric(tiny_space):
     weights_grads_adam = 4 * metrics["params"] * 4 / 2**20
     assert weights_grads_adam < metrics["peak_mem_mb"] < weights_grads_adam + 50
     assert 0 < metrics["latency_ms"] < 1000 and 0 <= metrics["latency_cv"] < 5
-    assert 1 <= metrics["latency_rounds"] <= ROUNDS and metrics["latency_noisy"] == (metrics["latency_cv"] > MAX_CV)
+    assert 1 <= metrics["latency_rounds"] <= MAX_ROUNDS and metrics["latency_noisy"] == (metrics["latency_ci"] > CI_WIDTH)
     assert metrics["config_key"] and metrics["model_config"] == model_config and metrics["device"] == "cpu"
     assert set(metrics["timings"]) == {"data_s", "build_s", "train_s", "probe_s"}
 
@@ -99,7 +99,8 @@ def test_every_library_op_has_a_flop_handle():
 
 
 class Stalling(torch.nn.Module):
-    """A model whose forward takes 1 ms, and 20 ms on every third call while `stalls` is set: a disturbed probe."""
+    """A model whose forward takes 1 ms, and 20 ms on every other call while `stalls` is set: a disturbed probe,
+    whose median no number of pairs pins down."""
 
     input_shapes, outputs = {"emb_ids": ("B", "L")}, ["emb_ids"]  # its token stream, as a model's
 
@@ -109,36 +110,40 @@ class Stalling(torch.nn.Module):
 
     def forward(self, streams):
         self.calls += 1
-        time.sleep(0.02 if self.stalls and self.calls % 3 == 0 else 0.001)
+        time.sleep(0.02 if self.stalls and self.calls % 2 == 0 else 0.001)
         return streams
 
 
-def test_a_disturbed_latency_round_is_measured_again():
-    steady = measure_latency(Stalling(False), 1, 8, torch.device("cpu"), repeats=6, warmup=1)
-    disturbed = measure_latency(Stalling(True), 1, 8, torch.device("cpu"), repeats=6, warmup=1)
+def test_a_disturbed_latency_is_timed_for_more_rounds_and_marked_noisy():
+    steady = measure_latency(Stalling(False), 1, 8, torch.device("cpu"), 256, repeats=6, warmup=1)
+    disturbed = measure_latency(Stalling(True), 1, 8, torch.device("cpu"), 256, repeats=6, warmup=1)
     assert isinstance(steady, Timing) and isinstance(disturbed, Timing)
-    assert disturbed.rounds == ROUNDS and disturbed.cv > MAX_CV and disturbed.noisy  # every round stalled
-    assert 0.9 < steady.median_ms < 5 and 0.9 < disturbed.median_ms < 20  # the median shrugs off the stalls
-    assert steady.cv < disturbed.cv  # (how many rounds the steady model takes depends on the machine's load)
+    assert disturbed.rounds == MAX_ROUNDS and disturbed.ci > CI_WIDTH and disturbed.noisy  # every other call stalled
+    assert 0.9 < steady.median_ms < 5 and 0.9 < disturbed.median_ms < 25
+    assert steady.ci < disturbed.ci  # (how many rounds the steady model takes depends on the machine's load)
     assert disturbed.metrics("latency") == {"latency_ms": disturbed.median_ms, "latency_cv": disturbed.cv,
-                                            "latency_rounds": ROUNDS, "latency_noisy": True}
+                                            "latency_ci": disturbed.ci, "latency_rounds": MAX_ROUNDS, "latency_noisy": True}
 
 
-def test_rounds_are_timed_until_one_is_steady_and_the_steadiest_is_kept():
-    def rounds_of(*rounds):
+def test_pairs_are_timed_until_the_median_ratio_is_known_closely_enough_and_drift_cancels():
+    def timing_of(*rounds):
         given = iter(rounds)
-        return measure(lambda: list(next(given)))
+        return measure(lambda: list(next(given)), lambda reference_times: 2.0)  # the reference takes 2 ms here
 
-    steady, noisy = [1.0, 1.1, 0.9, 1.0], [1.0, 1.0, 5.0, 1.0]
-    assert cv(noisy) > MAX_CV > cv(steady)
-    once = rounds_of(steady, noisy)
-    assert (once.rounds, once.median_ms, once.cv, once.noisy) == (1, 1.0, cv(steady), False)  # steady at once: done
-    twice = rounds_of(noisy, steady, noisy)
-    assert (twice.rounds, twice.median_ms, twice.noisy) == (2, 1.0, False)
-    worse = [1.0, 20.0, 1.0, 20.0]
-    assert cv(worse) > cv(noisy)
-    kept = rounds_of(worse, noisy, worse, steady)  # never steady: ROUNDS rounds, the steadiest kept, marked noisy
-    assert (kept.rounds, kept.cv, kept.noisy) == (ROUNDS, cv(noisy), True)
+    steady = [(1.0, 3.0)] * 20  # each call three times the reference: 6 ms
+    assert (timing_of(steady).rounds, timing_of(steady).median_ms, timing_of(steady).ci) == (1, 6.0, 0.0)
+    slowing = [(k, 3.0 * k) for k in (1.0 + i / 10 for i in range(20))]  # the machine slows threefold as it times
+    assert timing_of(slowing).median_ms == pytest.approx(6.0) and not timing_of(slowing).noisy
+    jumpy = [(1.0, 1.5 if i % 2 else 4.5) for i in range(20)]  # ratios 1.5 and 4.5: their median is not known
+    never = timing_of(*[jumpy] * MAX_ROUNDS)
+    assert never.rounds == MAX_ROUNDS and never.ci > CI_WIDTH and never.noisy
+    settled = timing_of(jumpy, steady, steady)  # a disturbed round, then steady ones: the interval narrows
+    assert settled.rounds == 2 and settled.median_ms == 6.0 and not settled.noisy
+
+
+def test_the_medians_interval_is_its_order_statistics():
+    assert median_interval([float(v) for v in range(100)]) == (40.0, 59.0)  # ranks 50 -+ 9.8
+    assert median_interval([5.0]) == (5.0, 5.0)
 
 
 def real_training_peak(model: ConfigaFormer, batch_size: int, seq_len: int) -> float:

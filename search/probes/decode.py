@@ -8,8 +8,9 @@ from typing import Any
 import torch
 
 from .base import Probe, ProbeContext
+from .reference import reference_scale, served_reference
 from .runtimes import served
-from .timing import measure, timed, timing_on
+from .timing import measure, paired, timing_on
 
 
 class DecodeProbe(Probe):
@@ -26,22 +27,29 @@ class DecodeProbe(Probe):
         repeats, warmup = probes["latency_repeats"], probes["latency_warmup"]
         prompt = max(1, length - repeats - warmup)  # the timed steps end at the stated context
         ids = torch.randint(0, context.vocab_size, (batch, length), generator=torch.Generator().manual_seed(0)).to(device)
-        states: list[Any] = []
+        prompt_ids, states = ids[:, :prompt], []
+        server = served(model, probes["runtime"], probes["threads"], device)
+        reference = served_reference(context.vocab_size, length, probes["runtime"], probes["threads"], device)
+        with timing_on(model, device, probes["threads"], exclusive=False):  # exports made and checked, compiles done
+            for runtime in (server, reference):
+                runtime.step(ids[:, prompt:prompt + 1], runtime.prefill(prompt_ids)[1])
         with timing_on(model, device, probes["threads"]) as alone:
-            server = served(model, probes["runtime"], probes["threads"], device)
-            server.prefill(ids[:, :prompt])  # an export is made and checked here, before any call is timed
 
-            def prefill_round() -> list[float]:
-                times = [timed(lambda: server.prefill(ids[:, :prompt]), device) for _ in range(warmup + repeats)]
-                return times[warmup:]
+            def prefill_round() -> list[tuple[float, float]]:
+                pairs = [paired(lambda: server.prefill(prompt_ids), lambda: reference.prefill(prompt_ids), device,
+                                i % 2 == 0) for i in range(warmup + repeats)]
+                return pairs[warmup:]
 
-            def decode_round() -> list[float]:
-                state = [server.prefill(ids[:, :prompt])[1]]  # each step takes the state out and puts the next one back
-                times = [timed(lambda: state.append(server.step(ids[:, p:p + 1], state.pop())[1]), device)
+            def decode_round() -> list[tuple[float, float]]:
+                # each step takes its state out of the list and puts the next one back
+                mine, theirs = [server.prefill(prompt_ids)[1]], [reference.prefill(prompt_ids)[1]]
+                pairs = [paired(lambda: mine.append(server.step(ids[:, p:p + 1], mine.pop())[1]),
+                                lambda: theirs.append(reference.step(ids[:, p:p + 1], theirs.pop())[1]), device, p % 2 == 0)
                          for p in range(prompt, length)]
-                states.append(state[0])
-                return times[warmup:]
+                states.append(mine[0])
+                return pairs[warmup:]
 
-            prefill = measure(prefill_round, alone, server.checked.get("prefill"))
-            decode = measure(decode_round, alone, server.checked.get("decoding"))
+            key = f"{device.type}-{probes['runtime']}-{probes['threads']}t-{{}}-{batch}x{length}-v{context.vocab_size}"
+            prefill = measure(prefill_round, reference_scale(key.format("prefill")), alone, server.checked.get("prefill"))
+            decode = measure(decode_round, reference_scale(key.format("decode")), alone, server.checked.get("decoding"))
         return {"kv_cache_mb": states[-1].nbytes() / 2**20, **decode.metrics("decode"), **prefill.metrics("prefill")}

@@ -10,29 +10,34 @@ import torch
 from configaformer import ConfigaFormer
 
 from .base import Probe, ProbeContext
+from .reference import reference_scale, served_reference
 from .runtimes import served
-from .timing import Timing, measure, timed, timing_on
+from .timing import Timing, measure, paired, timing_on
 
 
-def measure_latency(model: ConfigaFormer, batch_size: int, seq_len: int, device: torch.device,
+def measure_latency(model: ConfigaFormer, batch_size: int, seq_len: int, device: torch.device, vocab_size: int,
                     repeats: int = 20, warmup: int = 3, threads: int = 1, runtime: str = "eager") -> Timing:
-    """The forward pass at [batch_size, seq_len] on `runtime` (runtimes.py): `warmup` untimed calls, then the
-    median of `repeats`."""
+    """The forward pass at [batch_size, seq_len] on `runtime` (runtimes.py), paired with the reference's
+    (timing.py): `warmup` untimed pairs, then `repeats` timed ones a round."""
     ids = torch.zeros(batch_size, seq_len, dtype=torch.long, device=device)
+    server = served(model, runtime, threads, device)
+    reference = served_reference(vocab_size, seq_len, runtime, threads, device)
+    with timing_on(model, device, threads, exclusive=False):  # exports made and checked, compiles done: not timed
+        server.forward(ids), reference.forward(ids)
     with timing_on(model, device, threads) as alone:
-        server = served(model, runtime, threads, device)
-        server.forward(ids)  # an export is made and checked here, before any call is timed
 
-        def one_round() -> list[float]:
-            times = [timed(lambda: server.forward(ids), device) for _ in range(warmup + repeats)]
-            return times[warmup:]
+        def one_round() -> list[tuple[float, float]]:
+            pairs = [paired(lambda: server.forward(ids), lambda: reference.forward(ids), device, i % 2 == 0)
+                     for i in range(warmup + repeats)]
+            return pairs[warmup:]
 
-        return measure(one_round, alone, server.checked.get("forward"))
+        scale = reference_scale(f"{device.type}-{runtime}-{threads}t-forward-{batch_size}x{seq_len}-v{vocab_size}")
+        return measure(one_round, scale, alone, server.checked.get("forward"))
 
 
 class LatencyProbe(Probe):
-    """latency_ms (with latency_cv, latency_rounds, latency_noisy; latency_export_diff on an exporting runtime) at
-    the probe batch and length."""
+    """latency_ms (with latency_cv, latency_ci, latency_rounds, latency_noisy; latency_export_diff on an exporting
+    runtime) at the probe batch and length."""
 
     name = "latency"
     timing = True
@@ -40,5 +45,5 @@ class LatencyProbe(Probe):
     def measure(self, context: ProbeContext) -> dict[str, Any]:
         probes = context.probes
         return measure_latency(context.model, probes["batch_size"], probes["seq_len"], context.device,
-                               probes["latency_repeats"], probes["latency_warmup"], probes["threads"],
+                               context.vocab_size, probes["latency_repeats"], probes["latency_warmup"], probes["threads"],
                                probes["runtime"]).metrics("latency")

@@ -1,14 +1,15 @@
 """The runtime a model is timed on (probes.runtime): where and how it will be served.
 
   eager        PyTorch as it trained;
-  compile      torch.compile (dynamic shapes, so that each decoding step's longer cache does not recompile);
-  onnxruntime  the forward pass, and one decoding step with its cache passed in and out as tensors, exported with
-               torch.onnx and run in an ONNX Runtime session with probes.threads threads.
+  compile      torch.compile of the forward pass, and of the cached run that prefills and decodes (dynamic shapes,
+               so that each decoding step's longer cache does not recompile);
+  onnxruntime  the forward pass, the prefill, and one decoding step with its cache passed in and out as tensors,
+               exported with torch.onnx and run in ONNX Runtime sessions with probes.threads threads.
 
 A runtime gives the timing probes three calls: `forward(ids) -> logits`, `prefill(ids) -> (logits, state)` and
 `step(ids, state) -> (logits, state)`, the state being the decoding cache in the runtime's own form. An export is
-checked against the eager model before anything is timed (the forward's logits; the prefill's and those of the
-CHECKED_STEPS decoding steps after it), its largest absolute difference reported, and the trial refused ('export')
+checked against the eager model before anything is timed (the forward's logits at random tokens; the prefill's
+and those of up to CHECKED_STEPS decoding steps after it), its largest absolute difference reported, and the trial refused ('export')
 above EXPORT_TOLERANCE.
 """
 
@@ -22,6 +23,7 @@ from torch import Tensor
 
 from configaformer import ConfigaFormer, DecodeCache
 from configaformer.decode import token_stream
+from configaformer.ops.dense import Embedding
 
 from ..errors import TrialFailure
 
@@ -33,7 +35,7 @@ CHECKED_STEPS = 4  # decoding steps compared with the eager model after the chec
 class Eager:
     """The model as it trained: the reference every other runtime is checked against."""
 
-    def __init__(self, model: ConfigaFormer, threads: int) -> None:
+    def __init__(self, model: ConfigaFormer) -> None:
         self.model, self.stream, self.output = model, token_stream(model), model.outputs[0]
         self.checked: dict[str, float] = {}
 
@@ -49,18 +51,26 @@ class Eager:
 
 
 class Compiled(Eager):
-    """torch.compile of the forward pass and of a decoding step (one compiled function over the cache)."""
+    """torch.compile of the forward pass (at its one shape) and of the cached run that prefills and decodes (dynamic
+    shapes: a longer prompt or cache does not recompile). Dynamo's caches are reset first: a process that times
+    many models (a reused trial worker, a serving node) would otherwise reach its recompile limit and fall back to
+    eager, timing eager PyTorch under this runtime's name."""
 
-    def __init__(self, model: ConfigaFormer, threads: int) -> None:
-        super().__init__(model, threads)
+    def __init__(self, model: ConfigaFormer) -> None:
+        super().__init__(model)
+        torch.compiler.reset()
         self._forward = torch.compile(lambda ids: model({self.stream: ids})[self.output], dynamic=False)
-        self._step = torch.compile(lambda ids, cache: model({self.stream: ids}, cache=cache)[self.output], dynamic=True)
+        self._cached = torch.compile(lambda ids, cache: model({self.stream: ids}, cache=cache)[self.output], dynamic=True)
 
     def forward(self, ids: Tensor) -> Any:
         return self._forward(ids)
 
+    def prefill(self, ids: Tensor) -> tuple[Any, Any]:
+        cache = DecodeCache()
+        return self._cached(ids, cache), cache
+
     def step(self, ids: Tensor, state: Any) -> tuple[Any, Any]:
-        return self._step(ids, state), state
+        return self._cached(ids, state), state
 
 
 class _DecodingStep(torch.nn.Module):
@@ -88,7 +98,7 @@ class OnnxRuntime:
     def __init__(self, model: ConfigaFormer, threads: int) -> None:
         import onnxruntime
 
-        self.model, self.eager = model, Eager(model, threads)
+        self.model, self.eager = model, Eager(model)
         self.options = onnxruntime.SessionOptions()
         self.options.intra_op_num_threads, self.options.inter_op_num_threads = threads, 1
         self.checked: dict[str, float] = {}
@@ -101,7 +111,8 @@ class OnnxRuntime:
     def forward(self, ids: Tensor) -> Any:
         if self._forward is None:
             self._forward = self._session(_Forward(self.model), (ids,))
-            self._check("forward", self._forward.run(None, {"ids": ids.numpy()})[0], self.eager.forward(ids))
+            tokens = torch.randint(0, _vocab_size(self.model), ids.shape, generator=torch.Generator().manual_seed(0))
+            self._check("forward", self._forward.run(None, {"ids": tokens.numpy()})[0], self.eager.forward(tokens))
         return self._forward.run(None, {"ids": ids.numpy()})[0]
 
     def prefill(self, ids: Tensor) -> tuple[np.ndarray, _OnnxState]:
@@ -115,6 +126,8 @@ class OnnxRuntime:
         return logits, _OnnxState(state.position + ids.shape[1], cached)
 
     def _feed(self, ids: Tensor, state: _OnnxState) -> dict[str, np.ndarray]:
+        if state.position + ids.shape[1] > MAX_CONTEXT:
+            raise TrialFailure("export", f"decoding past {MAX_CONTEXT:,} tokens, the longest context the export takes")
         return dict(zip(self._step_inputs, [ids.numpy(), self._seen[:state.position], *state.cached]))
 
     def _session(self, module: torch.nn.Module, args: tuple, dynamic: Optional[dict] = None) -> Any:
@@ -127,10 +140,12 @@ class OnnxRuntime:
                 warnings.simplefilter("ignore")
                 program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic, verbose=False)
         except Exception as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            raise TrialFailure("export", f"torch.onnx could not export it: {type(err).__name__}: {first}") from None
-        return onnxruntime.InferenceSession(program.model_proto.SerializeToString(), self.options,
-                                            providers=["CPUExecutionProvider"])
+            raise TrialFailure("export", f"torch.onnx could not export it: {_first_line(err)}") from None
+        try:
+            return onnxruntime.InferenceSession(program.model_proto.SerializeToString(), self.options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as err:
+            raise TrialFailure("export", f"ONNX Runtime could not load its export: {_first_line(err)}") from None
 
     def _check(self, what: str, exported: np.ndarray, eager: Tensor) -> None:
         difference = float(np.abs(exported - eager.float().numpy()).max())
@@ -198,10 +213,21 @@ class _Forward(torch.nn.Module):
         return self.model({self.stream: ids})[self.output]
 
 
+def _vocab_size(model: ConfigaFormer) -> int:
+    """The token ids every embedding table of the model takes."""
+    return min(op.table.num_embeddings for op in model.ops if isinstance(op, Embedding))
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def served(model: ConfigaFormer, runtime: str, threads: int, device: torch.device) -> Eager | OnnxRuntime:
-    """The model on `runtime`, ready for the timing probes (onnxruntime: on the CPU)."""
+    """The model on `runtime`, ready for the timing probes (onnxruntime: on the CPU, with `threads` intra-op
+    threads; torch's threads are set by the probe)."""
     if runtime == "onnxruntime":
         if device.type != "cpu":
             raise TrialFailure("export", f"probes.runtime onnxruntime times on the CPU; this trial's device is {device}")
         return OnnxRuntime(model, threads)
-    return Compiled(model, threads) if runtime == "compile" else Eager(model, threads)
+    return Compiled(model) if runtime == "compile" else Eager(model)
