@@ -147,6 +147,13 @@ def resolve(space: SearchSpace, params: Mapping[str, Any], vocab_size: int,
     return model_config, train, config_key(model_config, train)
 
 
+def _needs_flops(space: SearchSpace) -> bool:
+    """Whether the driver's quick screen counts FLOPs: a constraint on them, or on a timing the screen predicts."""
+    from .timing_screen import TIMED
+
+    return any(name == "flops" or name in TIMED for name in space.constraints)
+
+
 def screen(space: SearchSpace, params: Mapping[str, Any], vocab_size: int, quick: bool = False,
            resolved: Optional[tuple[dict, dict, str]] = None) -> Candidate:
     """Resolve params and measure the cheap metrics on a model built on the meta device (no weight is allocated,
@@ -160,7 +167,7 @@ def screen(space: SearchSpace, params: Mapping[str, Any], vocab_size: int, quick
         _check_train(train)
         _check_rungs(space.rungs(), train)
         metrics = dict(_meta_metrics(json.dumps(model_config, sort_keys=True), vocab_size, length,
-                                     probe if not quick or "flops" in space.constraints else None,
+                                     probe if not quick or _needs_flops(space) else None,
                                      DecodeProbe().enabled(space)))
     except ConfigError as err:
         raise TrialFailure("rejected", str(err), {"config_key": key}) from None

@@ -63,6 +63,8 @@ KINDS = _kinds(
          description="refused before training: a cheap metric breaks a constraint"),
     Kind("leaks_future", FAIL, counts=False, owed=False, settles=True,
          description="refused before training: an output reads a later position"),
+    Kind("screened", FAIL, counts=False, owed=False, settles=False,
+         description="refused before training: its timing, predicted from the study's, breaks a timing constraint by far"),
     Kind("interrupted", FAIL, counts=False, owed=True, settles=False,
          description="stopped by Ctrl-C, SIGTERM or its driver's death before it ended"),
     Kind("worker_died", FAIL, counts=False, owed=True, settles=False,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -85,22 +85,6 @@ class TargetPredictor:
         self._predicted: dict[tuple[str, int], tuple[float, float]] = {}  # (key, tokens) -> mean and sd, unscaled
 
     # -- the design -------------------------------------------------------------------------------------------------
-
-    def _encoder(self, data: StudyData) -> Any:
-        """Standardised features of a config: numbers as they are (sizes as logarithms), each choice one-hot."""
-        numeric = sorted({n for f in data.features.values() for n, v in f.items() if _number(v)})
-        choices = sorted({(n, str(v)) for f in data.features.values() for n, v in f.items() if not _number(v)})
-        rows = np.array([[_numeric_value(f.get(n)) for n in numeric] + [float(str(f.get(n)) == v) for n, v in choices]
-                         for f in data.features.values()], dtype=float).reshape(len(data.features), -1)
-        mean, std = (rows.mean(axis=0), rows.std(axis=0)) if len(rows) else (0.0, 1.0)
-        std = np.where(std > 0, std, 1.0)
-
-        def encode(features: Mapping[str, Any]) -> np.ndarray:
-            row = np.array([_numeric_value(features.get(n)) for n in numeric] +
-                           [float(str(features.get(n)) == v) for n, v in choices], dtype=float)
-            return np.nan_to_num((row - mean) / std)
-
-        return encode
 
     def _features(self, key: str) -> np.ndarray:
         if key not in self._encoded:
@@ -178,7 +162,7 @@ class TargetPredictor:
         """Fit on every point of the study, with the budget exponent `alpha` if given, else the likeliest of ALPHAS;
         with `check`, also measure its accuracy config by config (Accuracy)."""
         self.data = data
-        self._encode, self._encoded, self._predicted = self._encoder(data), {}, {}
+        self._encode, self._encoded, self._predicted = feature_encoder(data.features.values()), {}, {}
         keys, tokens, y = self._points(data)
         self._shared, self.alpha = self._fit_shared(keys, tokens, y, ALPHAS if alpha is None else [alpha])
         residuals = y - self._shared.predict(self._shared_rows(keys, tokens, self.alpha))
@@ -248,6 +232,22 @@ class TargetPredictor:
         scale = max(1.0, float(np.sqrt(np.mean(z ** 2))))  # widen only: a sd that undersells the error grows
         coverage = float(np.mean(np.abs(z) <= Z90 * scale))
         return Accuracy(len(checked), budget, _spearman(predicted, measured), coverage, scale)
+
+
+def feature_encoder(features: Iterable[Mapping[str, Any]]) -> Callable[[Mapping[str, Any]], np.ndarray]:
+    """Standardised features of a config, by the configs given: numbers as they are (sizes as logarithms), each
+    choice one-hot."""
+    features = list(features)
+    numeric = sorted({n for f in features for n, v in f.items() if _number(v)})
+    choices = sorted({(n, str(v)) for f in features for n, v in f.items() if not _number(v)})
+
+    def raw(f: Mapping[str, Any]) -> list[float]:
+        return [_numeric_value(f.get(n)) for n in numeric] + [float(str(f.get(n)) == v) for n, v in choices]
+
+    rows = np.array([raw(f) for f in features], dtype=float).reshape(len(features), -1)
+    mean, std = (rows.mean(axis=0), rows.std(axis=0)) if len(rows) else (0.0, 1.0)
+    std = np.where(std > 0, std, 1.0)
+    return lambda f: np.nan_to_num((np.array(raw(f), dtype=float) - mean) / std)
 
 
 def _number(value: Any) -> bool:

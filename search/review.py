@@ -142,13 +142,24 @@ class Review:
                  + (f", {len(failed)} failed ({tally(failed)})" if failed else "")
                  + (f"; {len(free)} refused before training or owed again ({tally(free)})" if free else "")
                  + (f"; {plural(reused, 'repeat')} of a settled config reused its result" if reused else "")]
-        lines += self.ladder_lines() + self.baseline_lines() + self.retrain_lines()
+        lines += self.ladder_lines() + self.screen_lines() + self.baseline_lines() + self.retrain_lines()
         if self.front:
             lines.append(f"Pareto front ({plural(len(self.front), 'trial')}):")
         elif complete:
             lines.append(f"Pareto front: empty, every complete trial breaks a constraint (see `configaformer-search "
                          f"trials {out_dir}`)")
         return lines
+
+    def screen_lines(self) -> list[str]:
+        """With a timing constraint: the trainings the timing screen saved, and how well it predicts."""
+        screen = self.study.user_attrs.get("timing_screen")
+        if not screen:
+            return []
+        accuracy = "; ".join(f"{name} predicted within 10% for {a['within_10pct']:.0%} of {a['configs']} configs left out "
+                             f"one at a time" for name, a in screen["accuracy"].items())
+        return [f"timing screen: {plural(screen['refused'], 'config')} refused before training as far over a timing "
+                f"constraint, from the timings of {plural(screen['measured'], 'measured config')}"
+                + (f"; {accuracy}" if accuracy else "")]
 
     @functools.cached_property
     def retrained(self) -> dict[int, dict[int, Any]]:

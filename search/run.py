@@ -212,7 +212,8 @@ def _search(space: SearchSpace, store: Any, vocab_size: int, out_dir: Path, budg
         except KeyboardInterrupt:
             driver.interrupt()  # owed again, as after a kill, but known now
             raise
-        store.set_study_attrs(**driver.predictions())  # with a target: every trial's loss there, as it now stands
+        store.set_study_attrs(**driver.predictions(), **driver.screen_summary())  # with a target: every trial's loss
+        # there, as it now stands; with a timing constraint, what the timing screen refused and how well it predicts
         with contextlib.suppress(OSError):
             checkpoints.rmdir()  # empty once every trial has ended
     measured = _measured(store)

@@ -231,3 +231,36 @@ def test_a_driver_stops_with_one_line_once_its_patience_runs_out(tmp_path, postg
     assert 2 <= time.monotonic() - started < 30
     fault = storage_fault(postgres_url, caught.value)
     assert fault is not None and "the study storage failed" in str(fault) and str(fault).count("\n") == 0
+
+
+TIMED = FIFO.replace("width: {choice: [32, 48, 64]}", "width: {choice: [32, 48, 64, 96]}") \
+    .replace("depth: {int: [1, 3]}", "depth: {int: [1, 8]}") \
+    .replace("objectives: {val_loss: min, peak_mem_mb: min}",
+             "objectives: {val_loss: min, decode_ms: min}\nconstraints: {decode_ms: {max: 2.0}}")
+
+
+def timed_record(driver, params, key, rung):
+    """A synthetic record with the config's real cheap metrics and a decode time that grows with width and depth."""
+    from configaformer_search.candidate import screen
+
+    cheap = screen(driver.space, params, 256, quick=True).metrics
+    return {**synthetic_record(driver, params, key, rung), **cheap, "decode_ms": params["width"] * params["depth"] / 100}
+
+
+def test_configs_predicted_far_over_a_timing_bound_are_refused_before_training(tmp_path):
+    from configaformer_search.timing_screen import MIN_MEASURED
+
+    d = driver(tmp_path, TIMED, trials=16, seed=3)
+    SyntheticCluster(d, slots=2, record=timed_record).run()
+    study = read_study(f"sqlite:///{tmp_path / 'study.db'}")
+    trained = [t for t in study.trials if t.finished and t.outcome.counts]
+    screened = [t for t in study.trials if t.user_attrs.get("reason") == "screened"]
+    assert len(trained) == 16 and len(screened) >= 3  # the budget measured; the refusals took no place of it
+    for t in screened:  # each over the bound in truth (no config that meets it is refused), and said so
+        assert t.params["width"] * t.params["depth"] / 100 > 2.0, t.params
+        assert t.user_attrs["message"].startswith("decode_ms predicted") and "> max 2" in t.user_attrs["message"]
+    first_screened = min(t.number for t in screened)
+    assert sum(t.number < first_screened for t in trained) >= MIN_MEASURED  # nothing refused before enough timings
+    summary = d.screen_summary()["timing_screen"]
+    assert summary["refused"] == len(screened) and summary["measured"] == 16
+    assert summary["accuracy"]["decode_ms"]["configs"] == 16 and summary["accuracy"]["decode_ms"]["within_10pct"] > 0.5

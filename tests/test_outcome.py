@@ -24,6 +24,7 @@ DECLARED = {
     "rejected": ("FAIL", False, False, True),
     "constraint": ("FAIL", False, False, True),
     "leaks_future": ("FAIL", False, False, True),
+    "screened": ("FAIL", False, False, False),
     "interrupted": ("FAIL", False, True, False),
     "worker_died": ("FAIL", False, True, False),
     "withdrawn": ("FAIL", False, False, False),

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .. import outcome
+from ..errors import TrialFailure
 from ..outcome import INTERRUPTED, WORKER_DIED
 from ..progress import Progress
 from ..space import SearchSpace
 from ..storage import StudyStore
+from ..timing_screen import TimingScreen
 from ..trial import checkpoint_path
 from .claims import Claims
 from .promotions import Promotions, rung_entry
@@ -58,6 +60,7 @@ class Driver:
         self.claims = Claims(store, self.state, trials)
         self.promotions = Promotions(list(space.objectives.values()), space.search["reduction_factor"], self.last_rung, store)
         self.targets = TargetModel(space, self.promotions.invalidate) if space.target else None
+        self.timing_screen = TimingScreen.of(space.constraints)  # refuses configs predicted far over a timing bound
         if self.targets is not None and TARGET in self.objectives:  # climbs by the optimistic end of the target loss
             index = self.objectives.index(TARGET)
             self.promotions.adjust = lambda key, values: [*values[:index], self.targets.predict(key).optimistic(),
@@ -92,6 +95,8 @@ class Driver:
         self.store.fail_stale()
         ended, results = self.state.reread()
         self.promotions.learn(results)
+        for trial in ended:  # other drivers' trials, and a resumed study's
+            self._learn_timings(trial.user_attrs, trial.params)
         if self.targets is not None:
             for result in results:
                 self.targets.learn(result.key, result.extra)
@@ -236,6 +241,10 @@ class Driver:
         if key in self.parked:
             self.parked[key].append(suggestion)
             return REPEAT
+        if suggestion.refusal is None and self.timing_screen is not None and "baseline" not in suggestion.attrs:
+            why = self.timing_screen.refusal(suggestion.params, suggestion.metrics)
+            if why is not None:
+                suggestion.refusal = TrialFailure("screened", why, dict(suggestion.metrics))
         if suggestion.refusal is not None:
             failure = suggestion.refusal
             result = outcome.failed(failure.kind, failure.message, **failure.metrics)
@@ -379,6 +388,7 @@ class Driver:
         if "baseline" in suggestion.attrs:  # kept off the budget and the front, whatever it measured
             record = {**record, "baseline": suggestion.attrs["baseline"]}
         told = self.store.record(suggestion.trial, suggestion.trial_id, record)
+        self._learn_timings(record, suggestion.params)
         self.state.learn_record(suggestion.number, {**suggestion.attrs, **record}, told,
                                 [record.get(name) for name in self.objectives], self._feasible(record))
         if trained:
@@ -386,6 +396,20 @@ class Driver:
         elif told.kind.name != "withdrawn":
             self.progress.free(suggestion.number, record)
         return told
+
+    def _learn_timings(self, record: dict[str, Any], params: dict[str, Any]) -> None:
+        """A config measured at some budget teaches the timing screen its timings (its own, not a reused result's)."""
+        if self.timing_screen is not None and outcome.is_measured(record) and record.get("reused_from") is None:
+            self.timing_screen.learn(record["config_key"], params, record)
+
+    def screen_summary(self) -> dict[str, Any]:
+        """What the timing screen did and how well it predicts, as the study keeps it for the review."""
+        if self.timing_screen is None:
+            return {}
+        refused = sum(told.kind.name == "screened" for told in self.state.ended.values())
+        return {"timing_screen": {"refused": refused, "measured": len(self.timing_screen.measured),
+                                  "accuracy": {name: {"within_10pct": share, "configs": count}
+                                               for name, (share, count) in self.timing_screen.accuracy().items()}}}
 
     @staticmethod
     def _feasible(record: dict[str, Any]) -> bool:

@@ -31,6 +31,7 @@ class Suggestion:
     key: str
     refusal: Optional[TrialFailure] = None
     attrs: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # its cheap metrics (sizes; FLOPs when a screen needs them)
 
     @property
     def number(self) -> int:
@@ -57,7 +58,7 @@ def draw(store: StudyStore, space: SearchSpace, vocab_size: int) -> Suggestion:
         candidate = screen(space, params, vocab_size, quick=True, resolved=resolved)
     except TrialFailure as failure:
         return Suggestion(trial, trial_id, params, failure.metrics.get("config_key", ""), failure, attrs)
-    return Suggestion(trial, trial_id, params, candidate.key, None, attrs)
+    return Suggestion(trial, trial_id, params, candidate.key, None, attrs, candidate.metrics)
 
 
 @dataclass

@@ -1,0 +1,108 @@
+"""The timing screen: a config predicted to break a timing constraint (constraints.decode_ms: {max: 2.0}) by far is
+refused before it trains.
+
+Each constrained timing is predicted by a Bayesian linear regression (scikit-learn's BayesianRidge) of its logarithm
+on what the cheap screen knows of a config (its choices, and its size and FLOPs on a log scale), fitted on the
+study's own measured timings and refitted as they arrive. A config is refused only when even the optimistic end of
+its one-sided 95% interval breaks the bound: one near the limit trains and is measured, as any other. Until
+MIN_MEASURED configs carry a timing, nothing is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+
+from .metrics import METRICS
+from .predictor import config_features, feature_encoder
+
+TIMED = tuple(name for name, metric in METRICS.items() if metric.source in ("latency", "decode") and name.endswith("_ms"))
+MIN_MEASURED = 8  # configs with a measured timing before the screen refuses on it
+Z95 = 1.6449  # the optimistic end of a one-sided 95% interval
+WITHIN = 0.10  # the screen's accuracy: the share of held-out configs it predicts within 10%
+
+Fit = Callable[[Mapping[str, Any]], tuple[float, float]]  # features -> the log timing's mean and sd
+
+
+class TimingScreen:
+    """Learns measured timings (`learn`), refuses what they predict far over a bound (`refusal`), and says how well
+    it predicts (`accuracy`)."""
+
+    def __init__(self, limits: Mapping[str, Mapping[str, float]]) -> None:
+        self.limits = dict(limits)
+        self.measured: dict[str, tuple[dict[str, Any], dict[str, float]]] = {}  # config key -> features, timings
+        self._fits: dict[str, tuple[int, Optional[Fit]]] = {}  # timing -> (points it was fitted on, the fit)
+
+    @classmethod
+    def of(cls, constraints: Mapping[str, Mapping[str, float]]) -> Optional[TimingScreen]:
+        """The screen of a space's timing constraints; None when it has none."""
+        limits = {name: bound for name, bound in constraints.items() if name in TIMED}
+        return cls(limits) if limits else None
+
+    def learn(self, key: str, params: Mapping[str, Any], metrics: Mapping[str, Any]) -> None:
+        """A measured config's timings (those constrained), with its features."""
+        timings = {name: float(metrics[name]) for name in self.limits
+                   if isinstance(metrics.get(name), (int, float)) and math.isfinite(metrics[name]) and metrics[name] > 0}
+        if timings:
+            self.measured[key] = (config_features(params, metrics), timings)
+
+    def refusal(self, params: Mapping[str, Any], metrics: Mapping[str, Any]) -> Optional[str]:
+        """Why a config is refused (its predicted timing far over a bound), or None."""
+        features = config_features(params, metrics)
+        for name, bound in self.limits.items():
+            fit = self._fit(name)
+            if fit is None:
+                continue
+            mean, sd = fit(features)
+            low, high = math.exp(mean - Z95 * sd), math.exp(mean + Z95 * sd)
+            points = self._fits[name][0]
+            if "max" in bound and low > bound["max"]:
+                return (f"{name} predicted {math.exp(mean):.3g} ms (95% sure above {low:.3g}) > max {bound['max']:.4g}, "
+                        f"by the timings of {points} measured configs")
+            if "min" in bound and high < bound["min"]:
+                return (f"{name} predicted {math.exp(mean):.3g} ms (95% sure below {high:.3g}) < min {bound['min']:.4g}, "
+                        f"by the timings of {points} measured configs")
+        return None
+
+    def accuracy(self) -> dict[str, tuple[float, int]]:
+        """For each constrained timing with enough configs: the share of configs, each left out of the fit in turn,
+        predicted within WITHIN of what it measured, and how many were checked."""
+        found = {}
+        for name in self.limits:
+            rows = self._rows(name)
+            if len(rows) <= MIN_MEASURED:
+                continue
+            hits = 0
+            for i, (features, ms) in enumerate(rows):
+                mean, _ = _regression(rows[:i] + rows[i + 1:])(features)
+                hits += abs(math.exp(mean) / ms - 1) <= WITHIN
+            found[name] = (hits / len(rows), len(rows))
+        return found
+
+    def _rows(self, name: str) -> list[tuple[dict[str, Any], float]]:
+        return [(features, timings[name]) for features, timings in self.measured.values() if name in timings]
+
+    def _fit(self, name: str) -> Optional[Fit]:
+        """The fit of one timing, made again only when it has new points."""
+        rows = self._rows(name)
+        fitted = self._fits.get(name)
+        if fitted is None or fitted[0] != len(rows):
+            self._fits[name] = fitted = (len(rows), _regression(rows) if len(rows) >= MIN_MEASURED else None)
+        return fitted[1]
+
+
+def _regression(rows: list[tuple[dict[str, Any], float]]) -> Fit:
+    """BayesianRidge of log ms on the standardised features; its predictive mean and sd (noise included)."""
+    from sklearn.linear_model import BayesianRidge
+
+    encode = feature_encoder(features for features, _ in rows)
+    x = np.array([encode(features) for features, _ in rows])
+    model = BayesianRidge(max_iter=500).fit(x, np.log([ms for _, ms in rows]))
+
+    def predict(features: Mapping[str, Any]) -> tuple[float, float]:
+        mean, sd = model.predict(encode(features)[None, :], return_std=True)
+        return float(mean[0]), float(sd[0])
+
+    return predict
