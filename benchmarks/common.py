@@ -155,6 +155,13 @@ def reference_of(points: Sequence[Sequence[float]], directions: Sequence[str], m
     return [w + margin * abs(w) if d.startswith("min") else w - margin * abs(w) for w, d in zip(worst, directions)]
 
 
+def agreement(first: list[float], second: list[float], gap: float = 0.10) -> float:
+    """The share of pairs at least `gap` apart (in both runs' mean) that the two runs order alike."""
+    pairs = [(i, j) for i in range(len(first)) for j in range(i + 1, len(first))
+             if abs(first[i] + second[i] - first[j] - second[j]) >= gap * (first[i] + second[i] + first[j] + second[j]) / 2]
+    return sum((first[i] - first[j]) * (second[i] - second[j]) > 0 for i, j in pairs) / len(pairs) if pairs else float("nan")
+
+
 def drive(space: Any, url: str, trials: int, resources: Any, sampler: str = "random", seed: int = 0,
           scratch: Path | None = None) -> Any:
     """Run `trials` measured configs of `space` into a study at `url` as a search does (the driver, its heartbeat and

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import add_json_argument, print_table, target, write_results  # noqa: E402
+from common import add_json_argument, agreement, print_table, target, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMINGS = ("latency_ms", "decode_ms", "prefill_ms")
@@ -31,13 +31,6 @@ def searched(space: Path, configs: int, out: Path, seed: int) -> dict[str, dict[
     result = search(space, trials=configs, out=out, sampler="random", seed=seed, fresh=True, verbosity=0)
     return {t.user_attrs["config_key"]: {m: t.user_attrs[m] for m in TIMINGS if m in t.user_attrs}
             for t in read_study(result.url).trials if t.finished and t.outcome.counts and "config_key" in t.user_attrs}
-
-
-def agreement(first: list[float], second: list[float], gap: float = 0.10) -> float:
-    """The share of pairs at least `gap` apart (in both runs' mean) that the two runs order alike."""
-    pairs = [(i, j) for i in range(len(first)) for j in range(i + 1, len(first))
-             if abs(first[i] + second[i] - first[j] - second[j]) >= gap * (first[i] + second[i] + first[j] + second[j]) / 2]
-    return sum((first[i] - first[j]) * (second[i] - second[j]) > 0 for i, j in pairs) / len(pairs) if pairs else float("nan")
 
 
 def main() -> None:
