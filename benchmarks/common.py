@@ -295,6 +295,28 @@ def scored_front(front: list[tuple[dict, list[float]]], objectives: Sequence[str
              for name in objectives] for params, _ in front if retrained.get(content_id(params)) is not None]
 
 
+def score_fronts(runs: list[dict], space_path: Path, mult: int, log: Path, work: Path) -> list[float]:
+    """Every run's front retrained at `mult` x (retrain, cached in `log`; Ray must be running) and remeasured
+    (remeasure), and each run's `hv` set: the hypervolume of its scored front against one reference point for all
+    (the worst of each objective over every scored member, plus 10%). Returns that reference."""
+    from configaformer_search.space import load_space
+
+    space = load_space(space_path)
+    objectives, directions = list(space.objectives), list(space.objectives.values())
+    members = [params for run in runs for params, _ in run["front"]]
+    start = time.perf_counter()
+    retrained = retrain(space_path, members, mult, log, work)
+    print(f"retrained in {time.perf_counter() - start:.0f} s", flush=True)
+    remeasured = remeasure(space_path, members)
+    points = [scored_front(run["front"], objectives, retrained, remeasured) for run in runs]
+    if not any(points):
+        raise SystemExit(f"no front member was retrained: see {work}")
+    reference = reference_of([p for run_points in points for p in run_points], directions)
+    for run, run_points in zip(runs, points):
+        run["hv"] = hypervolume_of(run_points, reference, directions)
+    return reference
+
+
 def _plain(value: Any) -> Any:
     """JSON as the standard has it: a NaN or infinite float (a figure with too few points) becomes null."""
     if isinstance(value, float):

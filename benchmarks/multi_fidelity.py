@@ -28,12 +28,11 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (add_json_argument, brief_space, hypervolume_of, print_table, reference_of, remeasure,  # noqa: E402
-                    retrain, run_search, scored_front, target, variant, write_results)
+from common import (add_json_argument, brief_space, print_table, run_search, score_fronts, target,  # noqa: E402
+                    variant, write_results)
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = {"tpe": ("fifo", "tpe"), "random": ("fifo", "random"), "asha": ("asha", "tpe")}  # scheduler, sampler
@@ -71,7 +70,6 @@ def main() -> None:
     spaces = {scheduler: brief_space(base, work, scheduler=scheduler) for scheduler in ("fifo", "asha")}
     space = load_space(spaces["fifo"])
     budget = space.train["tokens"]
-    directions = list(space.objectives.values())
     print(f"space {Path(args.space).name} at {budget:,} tokens a config; asha's rungs at "
           f"{', '.join(f'{t:,}' for t in load_space(spaces['asha']).rungs())} tokens; work folder {work}", flush=True)
     runs = []
@@ -83,23 +81,9 @@ def main() -> None:
                               for method in methods if method != "asha"]
             print(f"seed {seed}: " + ", ".join(f"{r['method']} {r['configs']} configs in {r['seconds']:.0f} s"
                                                for r in runs[-len(methods):]), flush=True)
-        start = time.perf_counter()
-        retrained = retrain(spaces["fifo"], [params for run in runs for params, _ in run["front"]], args.mult,
-                            work / "retrained.jsonl", work)
-    print(f"retrained in {time.perf_counter() - start:.0f} s")
-
-    remeasured = remeasure(spaces["fifo"], [params for run in runs for params, _ in run["front"]])
-
-    def points(run: dict) -> list[list[float]]:
-        return scored_front(run["front"], list(space.objectives), retrained, remeasured)
-
-    everything = [p for run in runs for p in points(run)]
-    if not everything:
-        raise SystemExit(f"no front member was retrained: see {work}")
-    reference = reference_of(everything, directions)
+        reference = score_fronts(runs, spaces["fifo"], args.mult, work / "retrained.jsonl", work)
     rows = []
     for run in runs:
-        run["hv"] = hypervolume_of(points(run), reference, directions)
         rows.append({"method": run["method"], "seed": run["seed"], "configs": run["configs"], "complete": run["complete"],
                      "tokens": f"{run['tokens']:,}", "front": len(run["front"]), "retrained_hv": f"{run['hv']:.4g}",
                      "seconds": f"{run['seconds']:.0f}"})

@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (RESULTS, add_json_argument, brief_space, hypervolume_of, print_table, reference_of,  # noqa: E402
-                    content_id, remeasure, retrain, run_search, scored_front, variant, write_results)
+from common import (RESULTS, add_json_argument, brief_space, content_id, print_table, run_search,  # noqa: E402
+                    score_fronts, variant, write_results)
 
 ROOT = Path(__file__).resolve().parent.parent
 SEARCHED = {"random": "random", "tpe": "tpe", "nsga2": "nsga2"}  # method -> sampler, every config the full budget
@@ -206,7 +206,6 @@ def main() -> None:
     spaces = {scheduler: brief_space(base, work, scheduler=scheduler) for scheduler in ("fifo", "asha")}
     space = load_space(spaces["fifo"])
     budget, tokens = space.train["tokens"], args.trials * space.train["tokens"]
-    directions = list(space.objectives.values())
     print(f"space {Path(args.space).name} at {budget:,} tokens a config, {tokens:,} tokens for asha; rungs of asha "
           f"and moasha at {', '.join(f'{t:,}' for t in load_space(spaces['asha']).rungs())}; work folder {work}", flush=True)
     decisions = dominating_result_decisions()
@@ -227,21 +226,8 @@ def main() -> None:
                 else:
                     runs.append(run_moasha(spaces["asha"], method, seed, spend))
                 say(runs[-1])
-        start = time.perf_counter()
-        members = [params for run in runs for params, _ in run["front"]]
-        retrained = retrain(spaces["fifo"], members, args.mult, work / "retrained.jsonl" if args.quick else retrained_cache(spaces["fifo"]), work)
-    print(f"retrained in {time.perf_counter() - start:.0f} s")
-    remeasured = remeasure(spaces["fifo"], members)
-
-    def points(run: dict) -> list[list[float]]:
-        return scored_front(run["front"], list(space.objectives), retrained, remeasured)
-
-    everything = [p for run in runs for p in points(run)]
-    if not everything:
-        raise SystemExit(f"no front member was retrained: see {work}")
-    reference = reference_of(everything, directions)
-    for run in runs:
-        run["hv"] = hypervolume_of(points(run), reference, directions)
+        reference = score_fronts(runs, spaces["fifo"], args.mult,
+                                 work / "retrained.jsonl" if args.quick else retrained_cache(spaces["fifo"]), work)
     print_table([{"method": r["method"], "repeat": r["seed"], "configs": r["configs"], "complete": r["complete"],
                   "tokens": f"{r['tokens']:,}", "front": len(r["front"]), "retrained_hv": f"{r['hv']:.4g}",
                   "seconds": f"{r['seconds']:.0f}", "dominating_stopped": r.get("dominating_stopped", "")} for r in runs],
