@@ -1,7 +1,7 @@
 """Does the timing protocol rank configs the same way on an idle machine and beside a busy one? K configs of a space
 (drawn at random, untrained: a timing does not depend on the weights) are timed by the search's own probes in this
 process, once on an idle machine, then again in reverse order beside one busy process (a training loop on one
-thread, as when two trials share the machine), on each runtime. For latency_ms and decode_ms: Spearman between the
+thread, as when two trials share the machine; `--busy N` for more), on each runtime. For latency_ms and decode_ms: Spearman between the
 two runs, and the share of config pairs at least 10% apart whose order agrees.
 
     python benchmarks/latency_agreement.py                                  # 16 configs of spaces/serving.yaml
@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--configs", type=int, default=16)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--runtimes", default="eager,onnxruntime", help="comma-separated: eager, compile, onnxruntime")
+    parser.add_argument("--busy", type=int, default=1, help="busy processes beside the second run (default 1, as when "
+                        "two trials share a machine)")
     add_json_argument(parser, "latency_agreement")
     args = parser.parse_args()
 
@@ -91,12 +93,13 @@ def main() -> None:
         space.probes["runtime"] = runtime
         start = time.perf_counter()
         idle = timed(space, candidates, vocab_size)
-        busy_process = subprocess.Popen([sys.executable, "-c", BUSY])
+        busy_processes = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(args.busy)]
         try:
             time.sleep(2)  # under way
             busy = timed(space, candidates[::-1], vocab_size)
         finally:
-            busy_process.kill()
+            for process in busy_processes:
+                process.kill()
         for metric in TIMINGS:
             first, second = [idle[c.key][metric] for c in candidates], [busy[c.key][metric] for c in candidates]
             rows.append({"runtime": runtime, "timing": metric, "configs": len(candidates),

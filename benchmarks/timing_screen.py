@@ -63,19 +63,20 @@ def main() -> None:
                     verbosity=0)
     study = read_study(result.url)
     summary = study.user_attrs.get("timing_screen") or {"refused": 0, "measured": 0, "accuracy": {}}
-    refused = [t for t in study.trials if t.user_attrs.get("reason") == "screened"]
+    refusals = [t for t in study.trials if t.user_attrs.get("reason") == "screened"]  # a config drawn again is refused again
+    refused = list({t.user_attrs["config_key"]: t for t in refusals}.values())  # each config once
     trained = [t for t in study.trials if t.finished and t.outcome.counts]
     candidates = [screen(space, space.sample(FixedTrial(t.params)), vocab_size) for t in refused]
     truth = timed(space, candidates, vocab_size) if candidates else {}
     over = sum(m[TIMING] > bound for m in truth.values())
     measured_over = sum((t.user_attrs.get(TIMING) or 0) > bound for t in trained)
     accuracy = summary["accuracy"].get(TIMING, {})
-    rows = [{"trained": len(trained), "trained_over_bound": measured_over, "refused": len(refused),
+    rows = [{"trained": len(trained), "trained_over_bound": measured_over, "refusals": len(refusals), "refused": len(refused),
              "refused_truly_over": over, "held_out_within_10pct": accuracy.get("within_10pct"),
              "held_out_configs": accuracy.get("configs")}]
     print_table([{k: f"{v:.2f}" if isinstance(v, float) else v for k, v in r.items()} for r in rows], list(rows[0]))
-    print(f"the screen saved {len(refused)} trainings of {len(refused) + len(trained)}; "
-          f"{over} of the {len(refused)} it refused really take over {bound:.4g} ms")
+    print(f"the screen saved {len(refused)} trainings (configs it refused, {len(refusals)} refusals) beside the "
+          f"{len(trained)} it let train; {over} of the {len(refused)} configs it refused really take over {bound:.4g} ms")
     share = over / len(refused) if refused else float("nan")
     write_results("timing_screen", {"space": Path(args.space).name, "settings": SETTINGS, "bound_ms": bound,
                                     "trials": args.trials, "rows": rows,

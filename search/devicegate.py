@@ -25,7 +25,7 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     """The device as the machine knows it: the CPU, or the physical GPU (a Ray worker sees its GPU as cuda:0)."""
     if device.type != "cuda":
         return device.type
@@ -46,7 +46,7 @@ class DeviceGate:
 
     def __init__(self, device: torch.device, folder: Path) -> None:
         self.device = device
-        name = _device_name(device)
+        name = device_name(device)
         self._gate = open(folder / f"configaformer-{name}-gate.lock", "a")
         self._use = open(folder / f"configaformer-{name}-use.lock", "a")
         self._mutex = threading.RLock()
@@ -58,7 +58,7 @@ class DeviceGate:
         device = torch.device(device)
         folder = Path(folder or tempfile.gettempdir())
         with cls._made:
-            key = (str(folder), _device_name(device), os.getpid(), threading.get_ident())
+            key = (str(folder), device_name(device), os.getpid(), threading.get_ident())
             if key not in cls._gates:
                 cls._gates[key] = cls(device, folder)
             return cls._gates[key]

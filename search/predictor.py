@@ -16,6 +16,7 @@ narrowed.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
@@ -266,7 +267,8 @@ def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 def config_features(params: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
     """What the predictor knows of a config before training it: its searched params and its cheap size metrics."""
-    features = {f"param:{k}": v for k, v in params.items()}
+    features = {f"param:{k}": v if isinstance(v, (str, int, float, bool, type(None))) else json.dumps(v)
+                for k, v in params.items()}  # a list or mapping choice as the JSON text Optuna stores: one spelling
     features.update({f"log_{k}": math.log(metrics[k]) for k in ("nonemb_params", "params", "flops")
                      if _number(metrics.get(k)) and metrics[k] > 0})  # sizes on a log scale
     return features

@@ -22,6 +22,7 @@ TIMED = tuple(name for name, metric in METRICS.items() if metric.source in ("lat
 MIN_MEASURED = 8  # configs with a measured timing before the screen refuses on it
 Z95 = 1.6449  # the optimistic end of a one-sided 95% interval
 WITHIN = 0.10  # the screen's accuracy: the share of held-out configs it predicts within 10%
+SIZES = ("params", "nonemb_params", "flops")  # the cheap metrics a config must come with to be judged
 
 Fit = Callable[[Mapping[str, Any]], tuple[float, float]]  # features -> the log timing's mean and sd
 
@@ -33,7 +34,9 @@ class TimingScreen:
     def __init__(self, limits: Mapping[str, Mapping[str, float]]) -> None:
         self.limits = dict(limits)
         self.measured: dict[str, tuple[dict[str, Any], dict[str, float]]] = {}  # config key -> features, timings
-        self._fits: dict[str, tuple[int, Optional[Fit]]] = {}  # timing -> (points it was fitted on, the fit)
+        self.refused: set[str] = set()  # the configs refused (a config drawn again may be refused again)
+        self._learnt = 0  # timings taken in so far: a fit is made again when this moves on
+        self._fits: dict[str, tuple[int, Optional[Fit]]] = {}  # timing -> (what it was fitted after, the fit)
 
     @classmethod
     def of(cls, constraints: Mapping[str, Mapping[str, float]]) -> Optional[TimingScreen]:
@@ -47,17 +50,27 @@ class TimingScreen:
                    if isinstance(metrics.get(name), (int, float)) and math.isfinite(metrics[name]) and metrics[name] > 0}
         if timings:
             self.measured[key] = (config_features(params, metrics), timings)
+            self._learnt += 1
 
-    def refusal(self, params: Mapping[str, Any], metrics: Mapping[str, Any]) -> Optional[str]:
-        """Why a config is refused (its predicted timing far over a bound), or None."""
-        features = config_features(params, metrics)
+    def refusal(self, key: str, params: Mapping[str, Any], metrics: Mapping[str, Any]) -> Optional[str]:
+        """Why a config is refused (its predicted timing far over a bound), or None. A config measured already is
+        judged by what it measured; one whose sizes the screen was not told is not judged."""
+        if key in self.measured or not all(metrics.get(size) for size in SIZES):
+            return None
+        why = self._verdict(config_features(params, metrics))
+        if why is not None:
+            self.refused.add(key)
+        return why
+
+    def _verdict(self, features: Mapping[str, Any]) -> Optional[str]:
+        """The first bound the features' predicted timing breaks even at the optimistic end of its interval."""
         for name, bound in self.limits.items():
             fit = self._fit(name)
             if fit is None:
                 continue
             mean, sd = fit(features)
             low, high = math.exp(mean - Z95 * sd), math.exp(mean + Z95 * sd)
-            points = self._fits[name][0]
+            points = len(self._rows(name))
             if "max" in bound and low > bound["max"]:
                 return (f"{name} predicted {math.exp(mean):.3g} ms (95% sure above {low:.3g}) > max {bound['max']:.4g}, "
                         f"by the timings of {points} measured configs")
@@ -86,10 +99,10 @@ class TimingScreen:
 
     def _fit(self, name: str) -> Optional[Fit]:
         """The fit of one timing, made again only when it has new points."""
-        rows = self._rows(name)
         fitted = self._fits.get(name)
-        if fitted is None or fitted[0] != len(rows):
-            self._fits[name] = fitted = (len(rows), _regression(rows) if len(rows) >= MIN_MEASURED else None)
+        if fitted is None or fitted[0] != self._learnt:
+            rows = self._rows(name)
+            self._fits[name] = fitted = (self._learnt, _regression(rows) if len(rows) >= MIN_MEASURED else None)
         return fitted[1]
 
 

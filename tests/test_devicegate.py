@@ -15,7 +15,7 @@ from helpers import TINY_SPACE, write_space
 
 from configaformer import ConfigaFormer
 from configaformer_search import trial
-from configaformer_search.devicegate import DeviceGate, _device_name
+from configaformer_search.devicegate import DeviceGate, device_name
 from configaformer_search.probes.timing import MAX_ROUNDS, Timing
 from configaformer_search.space import load_space
 
@@ -280,14 +280,14 @@ def test_a_trial_waiting_in_its_report_does_not_hold_the_device(tmp_path, contex
 
 def test_each_device_has_lock_files_of_its_own(tmp_path, monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert _device_name(torch.device("cpu")) == "cpu"
-    assert _device_name(torch.device("cuda")) == "cuda0" and _device_name(torch.device("cuda", 2)) == "cuda2"
+    assert device_name(torch.device("cpu")) == "cpu"
+    assert device_name(torch.device("cuda")) == "cuda0" and device_name(torch.device("cuda", 2)) == "cuda2"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # a Ray worker sees its physical GPUs renumbered from 0
-    assert _device_name(torch.device("cuda", 0)) == "cuda3" and _device_name(torch.device("cuda", 1)) == "cuda5"
-    assert _device_name(torch.device("cuda")) == "cuda3"
-    assert _device_name(torch.device("cpu")) == "cpu"
+    assert device_name(torch.device("cuda", 0)) == "cuda3" and device_name(torch.device("cuda", 1)) == "cuda5"
+    assert device_name(torch.device("cuda")) == "cuda3"
+    assert device_name(torch.device("cpu")) == "cpu"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
-    assert _device_name(torch.device("cuda", 0)) == "cuda7"
+    assert device_name(torch.device("cuda", 0)) == "cuda7"
 
     seen_as_0 = DeviceGate.of(torch.device("cuda", 0))  # physical GPU 7 in this process
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")

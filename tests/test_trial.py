@@ -142,8 +142,9 @@ def test_pairs_are_timed_until_the_median_ratio_is_known_closely_enough_and_drif
 
 
 def test_the_medians_interval_is_its_order_statistics():
-    assert median_interval([float(v) for v in range(100)]) == (40.0, 59.0)  # ranks 50 -+ 9.8
-    assert median_interval([5.0]) == (5.0, 5.0)
+    assert median_interval([float(v) for v in range(100)]) == (39.0, 60.0)  # ranks 40 and 61, 1-based
+    assert median_interval([float(v) for v in range(20)]) == (4.0, 15.0)  # ranks 5 and 16
+    assert median_interval([5.0] * 5) == (-math.inf, math.inf)  # five say nothing of the median
 
 
 def real_training_peak(model: ConfigaFormer, batch_size: int, seq_len: int) -> float:

@@ -42,8 +42,8 @@ class DrawingProcess:
         reply = self._connection.recv()
         if isinstance(reply, str):
             raise RuntimeError(reply)
-        trial_id, params, key, refusal, attrs = reply
-        return Suggestion(store.trial(trial_id), trial_id, params, key, refusal, attrs)
+        trial_id, params, key, refusal, attrs, metrics = reply
+        return Suggestion(store.trial(trial_id), trial_id, params, key, refusal, attrs, metrics)
 
     def close(self) -> None:
         """Stop the process: at once if it is drawing (its trial's heartbeat then goes stale)."""
@@ -74,7 +74,7 @@ def _serve(connection: Any, url: str, study_name: str, space: SearchSpace, sampl
         store.patience = Patience(patience)  # an outage is waited out here too, quietly (the driver says so)
         while connection.recv():
             drawn = draw(store, space, vocab_size)
-            connection.send((drawn.trial_id, drawn.params, drawn.key, drawn.refusal, drawn.attrs))
+            connection.send((drawn.trial_id, drawn.params, drawn.key, drawn.refusal, drawn.attrs, drawn.metrics))
     except (EOFError, OSError, KeyboardInterrupt):
         return  # the driver is gone
     except Exception as err:  # a storage fault: the driver meets it again when it asks itself

@@ -241,8 +241,9 @@ class Driver:
         if key in self.parked:
             self.parked[key].append(suggestion)
             return REPEAT
-        if suggestion.refusal is None and self.timing_screen is not None and "baseline" not in suggestion.attrs:
-            why = self.timing_screen.refusal(suggestion.params, suggestion.metrics)
+        if suggestion.refusal is None and self.timing_screen is not None and not suggestion.attrs:  # not a baseline,
+            # a resume or a retry: what was queued is owed its training
+            why = self.timing_screen.refusal(key, suggestion.params, suggestion.metrics)
             if why is not None:
                 suggestion.refusal = TrialFailure("screened", why, dict(suggestion.metrics))
         if suggestion.refusal is not None:
@@ -388,7 +389,7 @@ class Driver:
         if "baseline" in suggestion.attrs:  # kept off the budget and the front, whatever it measured
             record = {**record, "baseline": suggestion.attrs["baseline"]}
         told = self.store.record(suggestion.trial, suggestion.trial_id, record)
-        self._learn_timings(record, suggestion.params)
+        self._learn_timings({**suggestion.attrs, **record}, suggestion.params)
         self.state.learn_record(suggestion.number, {**suggestion.attrs, **record}, told,
                                 [record.get(name) for name in self.objectives], self._feasible(record))
         if trained:
@@ -399,17 +400,18 @@ class Driver:
 
     def _learn_timings(self, record: dict[str, Any], params: dict[str, Any]) -> None:
         """A config measured at some budget teaches the timing screen its timings (its own, not a reused result's)."""
-        if self.timing_screen is not None and outcome.is_measured(record) and record.get("reused_from") is None:
+        if self.timing_screen is not None and outcome.is_measured(record) and record.get("reused_from") is None \
+                and record.get("baseline") is None:  # a baseline's own layer config has no searched params to learn
             self.timing_screen.learn(record["config_key"], params, record)
 
     def screen_summary(self) -> dict[str, Any]:
         """What the timing screen did and how well it predicts, as the study keeps it for the review."""
         if self.timing_screen is None:
             return {}
-        refused = sum(told.kind.name == "screened" for told in self.state.ended.values())
-        return {"timing_screen": {"refused": refused, "measured": len(self.timing_screen.measured),
+        screen = self.timing_screen
+        return {"timing_screen": {"refused": len(screen.refused), "measured": len(screen.measured),
                                   "accuracy": {name: {"within_10pct": share, "configs": count}
-                                               for name, (share, count) in self.timing_screen.accuracy().items()}}}
+                                               for name, (share, count) in screen.accuracy().items()}}}
 
     @staticmethod
     def _feasible(record: dict[str, Any]) -> bool:

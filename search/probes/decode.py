@@ -29,7 +29,8 @@ class DecodeProbe(Probe):
         ids = torch.randint(0, context.vocab_size, (batch, length), generator=torch.Generator().manual_seed(0)).to(device)
         prompt_ids, states = ids[:, :prompt], []
         server = served(model, probes["runtime"], probes["threads"], device)
-        reference = served_reference(context.vocab_size, length, probes["runtime"], probes["threads"], device)
+        reference = served_reference(context.vocab_size, length, probes["runtime"], probes["threads"], device,
+                                     tuple(prompt_ids.shape))
         with timing_on(model, device, probes["threads"], exclusive=False):  # exports made and checked, compiles done
             for runtime in (server, reference):
                 runtime.step(ids[:, prompt:prompt + 1], runtime.prefill(prompt_ids)[1])
@@ -49,7 +50,10 @@ class DecodeProbe(Probe):
                 states.append(mine[0])
                 return pairs[warmup:]
 
-            key = f"{device.type}-{probes['runtime']}-{probes['threads']}t-{{}}-{batch}x{length}-v{context.vocab_size}"
-            prefill = measure(prefill_round, reference_scale(key.format("prefill")), alone, server.checked.get("prefill"))
-            decode = measure(decode_round, reference_scale(key.format("decode")), alone, server.checked.get("decoding"))
+            def scale(call: str) -> Any:
+                return reference_scale(call, (batch, length), context.vocab_size, probes["runtime"], probes["threads"],
+                                       device, alone)
+
+            prefill = measure(prefill_round, scale("prefill"), alone, server.checked.get("prefill"))
+            decode = measure(decode_round, scale("decode"), alone, server.checked.get("decoding"))
         return {"kv_cache_mb": states[-1].nbytes() / 2**20, **decode.metrics("decode"), **prefill.metrics("prefill")}

@@ -21,7 +21,7 @@ def measure_latency(model: ConfigaFormer, batch_size: int, seq_len: int, device:
     (timing.py): `warmup` untimed pairs, then `repeats` timed ones a round."""
     ids = torch.zeros(batch_size, seq_len, dtype=torch.long, device=device)
     server = served(model, runtime, threads, device)
-    reference = served_reference(vocab_size, seq_len, runtime, threads, device)
+    reference = served_reference(vocab_size, seq_len, runtime, threads, device, tuple(ids.shape))
     with timing_on(model, device, threads, exclusive=False):  # exports made and checked, compiles done: not timed
         server.forward(ids), reference.forward(ids)
     with timing_on(model, device, threads) as alone:
@@ -31,7 +31,7 @@ def measure_latency(model: ConfigaFormer, batch_size: int, seq_len: int, device:
                      for i in range(warmup + repeats)]
             return pairs[warmup:]
 
-        scale = reference_scale(f"{device.type}-{runtime}-{threads}t-forward-{batch_size}x{seq_len}-v{vocab_size}")
+        scale = reference_scale("forward", tuple(ids.shape), vocab_size, runtime, threads, device, alone)
         return measure(one_round, scale, alone, server.checked.get("forward"))
 
 

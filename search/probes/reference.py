@@ -4,7 +4,8 @@ A timing probe times its candidate interleaved with this model on the same runti
 slows the machine while it measures (a busy neighbour, a frequency change) slows both and cancels in their ratio.
 The ratio becomes milliseconds through the reference's own time on this machine, measured once, the first time a
 probe asks for it with the device to itself, and kept beside the device gate's lock files (the temporary folder), so
-that every trial a machine times shares one scale.
+that every trial a machine times shares one scale. The file names the device, the call, its shape, the runtime, the
+threads and the versions that shape a timing; the first probe to write it wins, and every probe uses what is on disk.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import torch
 
 from configaformer import ConfigaFormer
 
+from ..devicegate import device_name
 from .runtimes import served
 
 REFERENCE_WIDTH, REFERENCE_DEPTH = 64, 2  # a small GPT-style stack: cheap beside any candidate, same kind of work
+REFERENCE_VERSION = 1  # moves on whenever the reference model changes, so that no scale of the old one is reused
 
 
 def reference_model(vocab_size: int, max_length: int) -> ConfigaFormer:
@@ -36,27 +39,48 @@ def reference_model(vocab_size: int, max_length: int) -> ConfigaFormer:
 
 
 @lru_cache(maxsize=8)
-def served_reference(vocab_size: int, max_length: int, runtime: str, threads: int, device: torch.device) -> Any:
-    """The reference on `runtime`, made once per process (an export is made at its first call)."""
+def served_reference(vocab_size: int, max_length: int, runtime: str, threads: int, device: torch.device,
+                     shape: tuple[int, ...]) -> Any:
+    """The reference on `runtime` for calls of `shape`, made once per process (an export is made at its first
+    call, at that shape)."""
     return served(reference_model(vocab_size, max_length).to(device), runtime, threads, device)
 
 
-def reference_scale(key: str) -> Callable[[list[float]], float]:
-    """What a probe's measure() scales its median ratio by: the reference's time here for `key`, which the first
-    probe to ask on this machine sets to the median of its own reference times."""
-    return lambda times: nominal_ms(key, lambda: statistics.median(times))
+def reference_scale(call: str, shape: tuple[int, ...], vocab_size: int, runtime: str, threads: int,
+                    device: torch.device, alone: bool) -> Callable[[list[float]], float]:
+    """What a probe's measure() scales its median ratio by: the reference's time here for this call, which the first
+    probe on this machine to time it with the device to itself sets to the median of its own reference times (a
+    probe that was not alone uses a scale on disk, or its own without keeping it)."""
+    versions = f"torch{torch.__version__}" + (f"-ort{_onnxruntime_version()}" if runtime == "onnxruntime" else "")
+    key = (f"r{REFERENCE_VERSION}-{device_name(device)}-{runtime}-{threads}t-{call}-{'x'.join(map(str, shape))}"
+           f"-v{vocab_size}-{versions}")
+    return lambda times: nominal_ms(key, lambda: statistics.median(times), keep=alone)
 
 
-def nominal_ms(key: str, measure: Callable[[], float], folder: Path | None = None) -> float:
-    """The reference's time (ms) for `key` (the call, its shape, runtime and threads) on this machine: read back, or
-    measured now with `measure` and kept for every later probe (written whole or not at all)."""
+def _onnxruntime_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def nominal_ms(key: str, measure: Callable[[], float], folder: Path | None = None, keep: bool = True) -> float:
+    """The reference's time (ms) for `key` on this machine: read back, or measured now with `measure` and, if
+    `keep`, kept for every later probe. The first writer wins: a file is made whole under a name of its own, then
+    linked into place only if no other probe's is there, and whatever is in place is what every probe uses."""
     path = Path(folder or tempfile.gettempdir()) / f"configaformer-reference-{key}.json"
     try:
         return float(json.loads(path.read_text())["ms"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
     ms = measure()
+    if not keep:
+        return ms
     partial = path.with_suffix(f".{os.getpid()}.tmp")
     partial.write_text(json.dumps({"ms": ms}))
-    partial.replace(path)
-    return ms
+    try:
+        os.link(partial, path)  # fails if another probe's scale got there first
+    except FileExistsError:
+        pass
+    finally:
+        partial.unlink(missing_ok=True)
+    return float(json.loads(path.read_text())["ms"])

@@ -22,6 +22,7 @@ from ..steps import autocast
 
 CI_WIDTH = 0.02  # a median ratio known within 2% (its 95% interval's half-width) is steady: no more pairs
 MAX_ROUNDS = 6  # rounds of pairs at most; the interval narrows as the square root of the pairs
+MIN_PAIRS = 6  # fewer pairs than this bound no interval of their median
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,14 @@ def cv(times: list[float]) -> float:
 
 
 def median_interval(values: list[float]) -> tuple[float, float]:
-    """A distribution-free 95% interval of the median of `values`: the order statistics n/2 -+ 1.96 sqrt(n) / 2
-    (the binomial's normal approximation), clipped to the sample."""
-    ordered, n = sorted(values), len(values)
-    half = 1.96 * math.sqrt(n) / 2
-    return ordered[max(0, math.floor(n / 2 - half))], ordered[min(n - 1, math.ceil(n / 2 + half) - 1)]
+    """A distribution-free 95% interval of the median of `values`: the order statistics of ranks
+    floor(n/2 - 1.96 sqrt(n) / 2) and ceil(1 + n/2 + 1.96 sqrt(n) / 2) (1-based; the binomial's normal
+    approximation). Under MIN_PAIRS values it is unbounded: so few say nothing of the median."""
+    n = len(values)
+    if n < MIN_PAIRS:
+        return -math.inf, math.inf
+    ordered, half = sorted(values), 1.96 * math.sqrt(n) / 2
+    return ordered[max(0, math.floor(n / 2 - half) - 1)], ordered[min(n - 1, math.ceil(1 + n / 2 + half) - 1)]
 
 
 @contextlib.contextmanager
