@@ -65,10 +65,12 @@ METRICS = {m.name: m for m in (
     Metric("nonemb_params", "", "parameters outside token and position embedding tables", SHAPE, key=True),
     Metric("peak_mem_mb", "MiB", "peak memory of a training step at the train batch size", "memory"),
     Metric("peak_mem_source", "", "'measured' on CUDA, 'estimated' (FakeTensor tracking) elsewhere", "memory", key=True),
-    *timed("latency", "median forward time at the probe batch and length", "latency"),
+    *timed("latency", "forward time at the probe batch and length: the median ratio to the reference model's, in "
+                      "the reference's ms on this machine", "latency"),
     Metric("kv_cache_mb", "MiB", "bytes of the decoding cache at the probe batch and probes.decode_context tokens", "decode"),
-    *timed("decode", "median time of one cached decoding step at that context, after a prefill", "decode"),
-    *timed("prefill", "median time of the prefill up to that context", "decode"),
+    *timed("decode", "time of one cached decoding step at that context, after a prefill (as latency_ms: against the "
+                     "reference)", "decode"),
+    *timed("prefill", "time of the prefill up to that context (as latency_ms: against the reference)", "decode"),
 )}
 CHEAP_METRICS = tuple(name for name, metric in METRICS.items() if metric.cheap)
 KEY_COLUMNS = tuple(name for name, metric in METRICS.items() if metric.key)
