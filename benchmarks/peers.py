@@ -1,7 +1,7 @@
 """Peers side by side: the project's successive halving against other search methods, at one token budget.
 
 One space (default: spaces/small.yaml at a quarter of its brief budget, so that three repeats of six methods end in
-about an hour on 2 cores) and one budget. The same trial function trains every config
+about a quarter of an hour on 2 cores) and one budget. The same trial function trains every config
 (`configaformer_search.trial.run`: the same recipe, probes and seeds), for
   asha                 the project's successive halving with TPE, given the tokens of N trainings at the space's full
                        budget (`--trials N`); its budget is not a cap (configs promoted as it runs out finish), so it
@@ -16,9 +16,10 @@ about an hour on 2 cores) and one budget. The same trial function trains every c
                        config that dominates its whole rung can be stopped. Here the order is inverted into ranks.
 Every method's front (complete, feasible, non-dominated) is trained again from scratch at `--mult` times the budget
 (once per config, cached by config in benchmarks/results/peers_retrained-<recipe>.jsonl, one file per space and
-settings, shared by the methods that found it), and scored the same way: the hypervolume of its members' retrained val_loss with their memory and latency
-measured again here, one config at a time on an idle machine (the same conditions for every front, however its
-method ran its trials), against one reference point for all (the worst of each objective over every retrained member, plus 10%).
+settings, shared by the methods that found it), and scored the same way: the hypervolume of its members' retrained
+val_loss with their memory and latency measured again here, one config at a time on an idle machine (the same
+conditions for every front, however its method ran its trials), against one reference point for all (the worst of
+each objective over every retrained member, plus 10%).
 Prints each run, then each method's mean and spread over `--repeats` sampler seeds, with the tokens it spent.
 
     pip install -e '.[peers]'
