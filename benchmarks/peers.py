@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (RESULTS, add_json_argument, brief_space, content_id, print_table, run_search,  # noqa: E402
@@ -199,6 +200,7 @@ def main() -> None:
     from configaformer_search.space import load_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    threads = torch.get_num_threads()  # MOASHA's in-process trials set one thread; the results file names the machine's
     settings = args.set if args.set is not None else SETTINGS
     if args.quick:
         args.repeats, args.trials, args.mult, settings = 1, 2, 2, QUICK_SETTINGS
@@ -254,6 +256,7 @@ def main() -> None:
                    "asha_tokens": tokens, "repeats": args.repeats, "mult": args.mult, "reference": reference,
                    "dominating_result_decisions": decisions, "methods": summary,
                    "runs": [{k: v for k, v in r.items() if k != "front"} | {"front": len(r["front"])} for r in runs]}
+        torch.set_num_threads(threads)
         write_results("peers", figures, {}, args.json)
 
 
