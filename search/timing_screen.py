@@ -15,7 +15,9 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
+from .errors import TrialFailure
 from .metrics import METRICS
+from .outcome import is_measured
 from .predictor import config_features, feature_encoder
 
 TIMED = tuple(name for name, metric in METRICS.items() if metric.source in ("latency", "decode") and name.endswith("_ms"))
@@ -51,6 +53,24 @@ class TimingScreen:
         if timings:
             self.measured[key] = (config_features(params, metrics), timings)
             self._learnt += 1
+
+    def learn_record(self, record: Mapping[str, Any], params: Mapping[str, Any]) -> None:
+        """A trial's record, learnt if it measured its own config at some budget (not a reused result, and not a
+        baseline, whose own layer config has no searched params to learn from)."""
+        if is_measured(record) and record.get("reused_from") is None and record.get("baseline") is None:
+            self.learn(record["config_key"], params, record)
+
+    def screen(self, suggestion: Any) -> Optional[TrialFailure]:
+        """The refusal of a drawn suggestion, or None. Only a plain suggestion is judged: a baseline, a resume or a
+        retry was queued, and is owed its training."""
+        why = None if suggestion.attrs else self.refusal(suggestion.key, suggestion.params, suggestion.metrics)
+        return None if why is None else TrialFailure("screened", why, dict(suggestion.metrics))
+
+    def summary(self) -> dict[str, Any]:
+        """What the screen refused and how well it predicts, as the study keeps it for the review."""
+        return {"refused": len(self.refused), "measured": len(self.measured),
+                "accuracy": {name: {"within_10pct": share, "configs": count}
+                             for name, (share, count) in self.accuracy().items()}}
 
     def refusal(self, key: str, params: Mapping[str, Any], metrics: Mapping[str, Any]) -> Optional[str]:
         """Why a config is refused (its predicted timing far over a bound), or None. A config measured already is

@@ -1,6 +1,7 @@
 """The search driver without Ray: hands each free slot a config to measure, answers whether a trial that reached a
-rung goes on, and records each trial's outcome in the study, until the study holds the budget, whichever driver
-measured it. Ray Tune reaches it through tune.py; tests and benchmarks drive it directly.
+rung goes on (its rung scheduler's answer, scheduler.py), and records each trial's outcome in the study, until the
+study holds the budget, whichever driver measured it. Ray Tune reaches it through tune.py; tests and benchmarks drive
+it directly.
 
 Several drivers may share a study. They stay apart through claims in the study that exactly one of them can take
 (claims.py): a config is trained by the one trial that claimed it, and repeats of it wait for that trial's result;
@@ -13,12 +14,10 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .. import outcome
-from ..errors import TrialFailure
 from ..outcome import INTERRUPTED, WORKER_DIED
 from ..progress import Progress
 from ..space import SearchSpace
@@ -26,23 +25,12 @@ from ..storage import StudyStore
 from ..timing_screen import TimingScreen
 from ..trial import checkpoint_path
 from .claims import Claims
-from .promotions import Promotions, rung_entry
 from .state import StudyState
-from .suggestions import NEW, REFUSED, REPEAT, Streak, Suggestion, draw
-from .targets import TARGET, TargetModel
+from .scheduler import Running, RungScheduler
+from .suggestions import NEW, REFUSED, REPEAT, Streak, Suggestion, draw, worker_died
 
 REFRESH_S = 2.0  # how often a driver rereads what the other drivers on its study have done
 WAIT, DONE = "wait", "done"  # what `next` answers when it has no config for a slot: ask again later, or the search is over
-
-
-@dataclass
-class Running:
-    """A trial this driver measures: in training in a slot, or waiting at a rung."""
-
-    suggestion: Suggestion
-    spending: int  # the least training tokens it will have spent when it next stops
-    rung: Optional[int] = None  # where it waits, once stopped at a rung
-    record: dict[str, Any] = field(default_factory=dict)  # the rung's record, told if it never goes on
 
 
 class Driver:
@@ -58,15 +46,10 @@ class Driver:
         self.checkpoints = checkpoints if self.last_rung else None  # where trials keep their state at each rung
         self.state = StudyState(store)
         self.claims = Claims(store, self.state, trials)
-        self.promotions = Promotions(list(space.objectives.values()), space.search["reduction_factor"], self.last_rung, store)
-        self.targets = TargetModel(space, self.promotions.invalidate) if space.target else None
+        self.rungs = RungScheduler(space, store, progress)  # successive halving: who goes on, who waits at a rung
+        self.promotions, self.targets, self.paused = self.rungs.promotions, self.rungs.targets, self.rungs.paused
         self.timing_screen = TimingScreen.of(space.constraints)  # refuses configs predicted far over a timing bound
-        if self.targets is not None and TARGET in self.objectives:  # climbs by the optimistic end of the target loss
-            index = self.objectives.index(TARGET)
-            self.promotions.adjust = lambda key, values: [*values[:index], self.targets.predict(key).optimistic(),
-                                                          *values[index + 1:]]
         self.live: dict[str, Running] = {}  # slot -> the trial training there
-        self.paused: dict[str, Running] = {}  # config key -> its trial waiting at a rung
         self.ready: deque[Suggestion] = deque()  # asked ahead, not yet handed to a slot
         self.parked: dict[str, list[Suggestion]] = {}  # config key -> repeats waiting for its result
         self.foreign: dict[str, int] = {}  # config key -> the number of another driver's trial training it
@@ -94,13 +77,9 @@ class Driver:
         start = time.perf_counter()
         self.store.fail_stale()
         ended, results = self.state.reread()
-        self.promotions.learn(results)
+        self.rungs.learn(results)
         for trial in ended:  # other drivers' trials, and a resumed study's
-            self._learn_timings(trial.user_attrs, trial.params)
-        if self.targets is not None:
-            for result in results:
-                self.targets.learn(result.key, result.extra)
-            self.targets.refit()
+            self._timings_seen(trial.user_attrs, trial.params)
         for key, number in list(self.foreign.items()):
             if number in self.state.ended:
                 self._foreign_ended(key, number)
@@ -150,24 +129,16 @@ class Driver:
         trials in training will."""
         if self.tokens is None:
             return True
-        waiting = sum(r.record.get("tokens_spent", 0) for r in self.paused.values())
-        return self.state.spent + waiting + sum(r.spending for r in self.live.values()) < self.tokens
+        spending = sum(r.spending for r in self.live.values())
+        return self.state.spent + self.rungs.waiting_tokens() + spending < self.tokens
 
     def _room(self, ahead: int = 0) -> bool:
         """Whether another new config may start, beside those holding places and `ahead` asked ahead."""
         return self.stop_reason is None and self._tokens_left() and self.claims.free_places() > ahead
 
-    def _others(self, waiting_too: bool) -> bool:
-        """Whether another driver's trial holds a place and has not ended: training (or waiting at a rung, too)."""
-        mine = {s.number for s in self.mine()}
-        return any(place.trial not in mine and place.trial not in self.state.ended and (waiting_too or place.waiting is None)
-                   for place in self.state.places.values())
-
-    def _others_open(self) -> bool:
-        """Whether a trial that is not this driver's has not ended (another driver's, or a dead one's until it is
-        failed as stale): the search ends with nothing left running."""
-        mine = {s.number for s in self.mine()}
-        return any(number not in mine and number not in self.state.ended for number in self.state.open)
+    def _others(self) -> bool:
+        """Whether another driver's trial holds a place and trains (has not ended, and waits at no rung)."""
+        return self.state.others_train({s.number for s in self.mine()})
 
     # -- handing out configs -------------------------------------------------------------------------------------
 
@@ -203,13 +174,15 @@ class Driver:
             if started is not None:
                 return started
         self._release_ready()  # no new config will start now
-        if self.live or self._others(waiting_too=False):
+        if self.live or self._others():
             return WAIT  # a result may change a rung's ranking, or a trial fail and be owed again
         promoted = self._promote(slot, draining=True)
         if promoted is not None:
             return promoted
-        self._release_paused()
-        waiting = self.parked or self.drawing or self._others_open()  # repeats here wait for other drivers' results
+        for running in self.rungs.release():  # the end: those still waiting at a rung are told as stopped there
+            self._finish(running, running.record)
+        mine = {s.number for s in self.mine()}
+        waiting = self.parked or self.drawing or self.state.others_open(mine)  # repeats here wait for others' results
         return WAIT if waiting else DONE
 
     def _stop(self, reason: str) -> None:
@@ -241,11 +214,8 @@ class Driver:
         if key in self.parked:
             self.parked[key].append(suggestion)
             return REPEAT
-        if suggestion.refusal is None and self.timing_screen is not None and not suggestion.attrs:  # not a baseline,
-            # a resume or a retry: what was queued is owed its training
-            why = self.timing_screen.refusal(key, suggestion.params, suggestion.metrics)
-            if why is not None:
-                suggestion.refusal = TrialFailure("screened", why, dict(suggestion.metrics))
+        if suggestion.refusal is None and self.timing_screen is not None:
+            suggestion.refusal = self.timing_screen.screen(suggestion)
         if suggestion.refusal is not None:
             failure = suggestion.refusal
             result = outcome.failed(failure.kind, failure.message, **failure.metrics)
@@ -289,54 +259,23 @@ class Driver:
     def _promote(self, slot: str, draining: bool) -> Optional[dict[str, Any]]:
         """A trial waiting at a rung that now ranks well enough there to go on, handed to the slot to continue from
         its kept state; None if there is none."""
-        if not self.paused:
+        running = self.rungs.resume(draining)
+        if running is None:
             return None
-        key = self.promotions.next({k: r.rung for k, r in self.paused.items()}, draining)
-        if key is None:
-            return None
-        running = self.paused.pop(key)
         self.claims.wait(running.suggestion.number, None)
-        running.spending = running.record.get("tokens_spent", 0) + self.budgets[running.rung + 1] - self.budgets[running.rung]
         self.live[slot] = running
-        self.store.write(running.suggestion.trial_id, {"promoted": self.promotions.went_on(key)})
-        self.progress.promoted(running.suggestion.number, running.rung)
         return self._trial_config(running.suggestion)
 
     # -- results -------------------------------------------------------------------------------------------------
 
     def reached_rung(self, slot: str, record: dict[str, Any]) -> bool:
-        """A trial measured at a rung: its result recorded (with the trial, and in the rung table); answers
-        whether it goes on (always at the full budget, or for a result without its objectives)."""
+        """A trial measured at a rung: the rung scheduler records it and answers whether it goes on."""
         with self.lock:
             running = self.live.get(slot)
-            entry = rung_entry(record, self.objectives)
-            if running is None or entry is None or not outcome.is_measured(record) or "rung" not in record:
+            if running is None or not outcome.is_measured(record) or "rung" not in record:
                 return True
-            rung, suggestion = int(record["rung"]), running.suggestion
-            if suggestion.attrs.get("baseline") is not None:  # measured at the full budget, ranked against no one
-                if self.targets is not None:  # its curve, for its own loss at the target
-                    self.targets.learn(suggestion.key, self.targets.extra(suggestion.params, record))
-                return True
-            rungs = dict(suggestion.attrs.get("rungs") or {})  # a resumed config's earlier rungs among them
-            if str(rung) not in rungs:
-                rungs[str(rung)] = {"tokens_trained": record["tokens_trained"], "values": entry[0], "penalty": entry[1]}
-                suggestion.attrs["rungs"] = rungs
-                extra = self.targets.extra(suggestion.params, record) if self.targets is not None else None
-                self.promotions.record(rung, suggestion.key, *entry, extra)
-                if self.targets is not None:
-                    self.targets.learn(suggestion.key, extra)
-                    self.targets.refit()
-            if rung >= self.last_rung:
-                self.store.write(suggestion.trial_id, {"rungs": rungs})
-                return True
-            draining = not self._room() and len(self.live) == 1 and not self._others(waiting_too=False)
-            goes_on = self.promotions.decide(rung, suggestion.key, draining)
-            self.store.write(suggestion.trial_id, {"rungs": rungs, "promoted": self.promotions.went_on(suggestion.key)})
-            if goes_on:
-                running.spending = record.get("tokens_spent", 0) + self.budgets[rung + 1] - self.budgets[rung]
-            shown = {**record, **self.targets.fields(suggestion.key)} if self.targets is not None else record
-            self.progress.rung(suggestion.number, rung, shown, goes_on)
-            return goes_on
+            return self.rungs.reached(running, record, lambda: not self._room() and len(self.live) == 1
+                                      and not self._others())
 
     def ended(self, slot: str, record: Optional[dict[str, Any]]) -> None:
         """A trial's worker is done with it: its last record (None when the worker died). Stopped at a rung, it
@@ -345,11 +284,10 @@ class Driver:
             running = self.live.pop(slot, None)
             if running is None:
                 return
-            record = self._worker_died(running.suggestion) if record is None else record
+            record = worker_died(self.store, running.suggestion) if record is None else record
             if outcome.is_measured(record) and record.get("rung", self.last_rung) < self.last_rung:
                 record = outcome.stopped(f"stopped at rung {record['rung']} ({record['tokens_trained']:,} tokens)", **record)
-                running.rung, running.record = record["rung"], record
-                self.paused[running.suggestion.key] = running
+                self.rungs.wait(running, record)
                 self.claims.wait(running.suggestion.number, running.rung)
                 return
             self._finish(running, record)
@@ -361,7 +299,7 @@ class Driver:
             if outcome.is_stopped(record):
                 record = outcome.predicted(f"predicted from rung {record['rung']} ({record['tokens_trained']:,} tokens)",
                                            **record)
-            record = {**record, **self.targets.fields(suggestion.key)}
+            record = self.rungs.shown(suggestion.key, record)
         told = self._tell(suggestion, record, trained=True)
         if told.counts:
             self.streak.measured()
@@ -389,7 +327,7 @@ class Driver:
         if "baseline" in suggestion.attrs:  # kept off the budget and the front, whatever it measured
             record = {**record, "baseline": suggestion.attrs["baseline"]}
         told = self.store.record(suggestion.trial, suggestion.trial_id, record)
-        self._learn_timings({**suggestion.attrs, **record}, suggestion.params)
+        self._timings_seen({**suggestion.attrs, **record}, suggestion.params)
         self.state.learn_record(suggestion.number, {**suggestion.attrs, **record}, told,
                                 [record.get(name) for name in self.objectives], self._feasible(record))
         if trained:
@@ -398,35 +336,17 @@ class Driver:
             self.progress.free(suggestion.number, record)
         return told
 
-    def _learn_timings(self, record: dict[str, Any], params: dict[str, Any]) -> None:
-        """A config measured at some budget teaches the timing screen its timings (its own, not a reused result's)."""
-        if self.timing_screen is not None and outcome.is_measured(record) and record.get("reused_from") is None \
-                and record.get("baseline") is None:  # a baseline's own layer config has no searched params to learn
-            self.timing_screen.learn(record["config_key"], params, record)
+    def _timings_seen(self, record: dict[str, Any], params: dict[str, Any]) -> None:
+        if self.timing_screen is not None:
+            self.timing_screen.learn_record(record, params)
 
     def screen_summary(self) -> dict[str, Any]:
         """What the timing screen did and how well it predicts, as the study keeps it for the review."""
-        if self.timing_screen is None:
-            return {}
-        screen = self.timing_screen
-        return {"timing_screen": {"refused": len(screen.refused), "measured": len(screen.measured),
-                                  "accuracy": {name: {"within_10pct": share, "configs": count}
-                                               for name, (share, count) in screen.accuracy().items()}}}
+        return {} if self.timing_screen is None else {"timing_screen": self.timing_screen.summary()}
 
     @staticmethod
     def _feasible(record: dict[str, Any]) -> bool:
         return all(value <= 0 for value in (record.get("constraints") or {}).values())
-
-    def _worker_died(self, suggestion: Suggestion) -> dict[str, Any]:
-        """A trial whose process died (killed, crashed, its node lost) is owed again once, with the same params;
-        if its retry dies too, it fails for good."""
-        retry_of = suggestion.attrs.get("retry_of")
-        if retry_of is not None:
-            return outcome.failed("worker_died_twice",
-                                  f"its worker died, as the worker of trial #{retry_of} with the same config did")
-        kept = {k: v for k, v in suggestion.attrs.items() if k in ("baseline", "rungs", "promoted", "resumes")}
-        self.store.enqueue(suggestion.params, {**kept, "retry_of": suggestion.number})
-        return outcome.failed(WORKER_DIED, "its worker process died (killed, crashed or its node lost); the config is run again")
 
     def _release_ready(self) -> None:
         """Suggestions asked ahead that no trial will measure: recorded as withdrawn (not counted)."""
@@ -434,12 +354,6 @@ class Driver:
             suggestion = self.ready.popleft()
             self._tell(suggestion, outcome.failed("withdrawn", "asked ahead, and not needed by the end of the search",
                                                   config_key=suggestion.key))
-
-    def _release_paused(self) -> None:
-        """At the end of the search, the trials still waiting at a rung are told as stopped there."""
-        for key in list(self.paused):
-            running = self.paused.pop(key)
-            self._finish(running, running.record)
 
     def predictions(self) -> dict[str, Any]:
         """With a target: the predictor fitted on everything and checked config by config, and every measured

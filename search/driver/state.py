@@ -82,6 +82,16 @@ class StudyState:
         self.reread_places()
         return trials, results
 
+    def others_train(self, mine: set[int]) -> bool:
+        """Whether a trial not in `mine` holds a place and trains: it has not ended and waits at no rung."""
+        return any(place.trial not in mine and place.trial not in self.ended and place.waiting is None
+                   for place in self.places.values())
+
+    def others_open(self, mine: set[int]) -> bool:
+        """Whether a trial not in `mine` has not ended (another driver's, or a dead one's until it is failed as
+        stale): a search ends with nothing left running."""
+        return any(number not in mine and number not in self.ended for number in self.open)
+
     def reread_places(self) -> None:
         """The budget's places as the study holds them now."""
         self.places = {int(key[len(PLACE):]): Place(int(key[len(PLACE):]), value["trial"], value.get("waiting"))

@@ -61,6 +61,21 @@ def draw(store: StudyStore, space: SearchSpace, vocab_size: int) -> Suggestion:
     return Suggestion(trial, trial_id, params, candidate.key, None, attrs, candidate.metrics)
 
 
+def worker_died(store: StudyStore, suggestion: Suggestion) -> dict[str, Any]:
+    """The record of a trial whose process died (killed, crashed, its node lost): its config is owed again once,
+    queued with the same params; if its retry dies too, it fails for good."""
+    from .. import outcome
+
+    retry_of = suggestion.attrs.get("retry_of")
+    if retry_of is not None:
+        return outcome.failed("worker_died_twice",
+                              f"its worker died, as the worker of trial #{retry_of} with the same config did")
+    kept = {k: v for k, v in suggestion.attrs.items() if k in ("baseline", "rungs", "promoted", "resumes")}
+    store.enqueue(suggestion.params, {**kept, "retry_of": suggestion.number})
+    return outcome.failed(outcome.WORKER_DIED, "its worker process died (killed, crashed or its node lost); the config "
+                                               "is run again")
+
+
 @dataclass
 class Streak:
     """Suggestions in a row that cost nothing: repeats (the space may be exhausted) and refusals by reason (the
