@@ -81,9 +81,9 @@ def train_missing(space: Any, corpus: Any, configs: list[tuple[dict, Any]], part
     base = space.train["tokens"]
     budgets = [int(base * m) for m in MULTS]
     done = cached()
-    for index, (params, candidate) in enumerate(configs):
-        if index % parts != part or all((config_id(params), b) in done for b in budgets):
-            continue
+    missing = [(index, params, candidate) for index, (params, candidate) in enumerate(configs)
+               if not all((config_id(params), b) in done for b in budgets)]
+    for index, params, candidate in missing[part::parts]:
         start = time.perf_counter()
         cfg = {**candidate.train, "tokens": budgets[-1]}
         candidate.train = cfg
@@ -230,7 +230,7 @@ def main() -> None:
     parser.add_argument("--space", default=str(ROOT / "spaces" / "small.yaml"))
     parser.add_argument("--configs", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0, help="of the random sample of configs")
-    parser.add_argument("--part", default="0/1", help="train only configs i, i+n, ... of the sample (i/n): parallel runs")
+    parser.add_argument("--part", default="0/1", help="train only the i-th of n shares of the configs the cache lacks (i/n): parallel runs")
     parser.add_argument("--train-only", action="store_true", help="train what the cache lacks, compare nothing")
     add_json_argument(parser, "target_budget")
     args = parser.parse_args()

@@ -88,6 +88,7 @@ class Agreement:
     rho_budgets_mean: float  # the two seeds' mean at the budget against the longer budget
     tau_budgets_mean: float
     rho_proxy: float  # non-embedding parameters (more is better) against the longer budget
+    rho_predictor: float = math.nan  # with a target: the study-level predictor, given the brief curves, against it
     rho_first_rung: float = math.nan  # successive halving's first rung against the full budget (one seed)
     tau_first_rung: float = math.nan
 
@@ -116,11 +117,18 @@ class Calibration:
         fifo, and with a target, whose ladder starts at the budget)."""
         return [r for r in self.space.rungs() if r <= self.space.train["tokens"]]
 
+    @property
+    def curve(self) -> list[int]:
+        """With a target, the brief curve's budgets below the budget, which a search measures on the way and the
+        predictor of the loss at the target learns from; none without one."""
+        return self.space.curve_points() if self.space.target else []
+
     def config_runs(self, config: Config) -> tuple[Run, Run, Run]:
-        """A config's runs: the first seed at the budget (at each rung), the second seed, the longer run."""
+        """A config's runs: the first seed at the budget (at each rung and curve point), the second seed, the longer
+        run."""
         first, second, third = self.seeds
-        rungs = tuple(self.rungs) if len(self.rungs) > 1 else ()
-        return Run(config, first, 1, rungs), Run(config, second, 1), Run(config, third, self.mult)
+        budgets = sorted({*self.rungs, *self.curve})
+        return Run(config, first, 1, tuple(budgets) if len(budgets) > 1 else ()), Run(config, second, 1), Run(config, third, self.mult)
 
     def runs(self) -> list[Run]:
         """Every run, the long one of each config first: the longest work starts early and the tail stays short."""
@@ -181,8 +189,23 @@ class Calibration:
             if f"{metric}@rung0" in done:
                 first = done[f"{metric}@rung0"].to_numpy(dtype=float)
                 agreement.rho_first_rung, agreement.tau_first_rung = spearman(first, a), kendall(first, a)
+            if metric == "val_loss" and self.curve and len(done) >= 3:
+                agreement.rho_predictor = spearman(self.predicted([self.configs[i] for i in done.index]), long)
             found.append(agreement)
         return found
+
+    def predicted(self, configs: Sequence[Config]) -> list[float]:
+        """Each config's val_loss at the longer budget as the search's predictor would tell it, fitted on what the
+        first seed's runs measured at and below the budget (as a search's first rung, before anything climbs)."""
+        from .predictor import StudyData, TargetPredictor, config_features
+
+        data, budget = StudyData(), configs[0].tokens
+        for config in configs:
+            at = self.results[self.config_runs(config)[0].name].get("at") or {}
+            data.add(config.key, config_features(config.params, config.metrics),
+                     {int(tokens): values["val_loss"] for tokens, values in at.items() if "val_loss" in values})
+        predictor = TargetPredictor(budget, budget * self.mult).fit(data, check=False)
+        return [predictor.predict(config.key).mean for config in configs]
 
 
 def sample_configs(space: SearchSpace, vocab_size: int, count: int) -> list[Config]:
@@ -318,6 +341,9 @@ def verdict(calibration: Calibration, agreement: Agreement) -> list[str]:
                      "so that the front is told means")
     if agreement.rho_proxy >= rho:
         lines.append(f"non-embedding parameters rank the configs as well as this training does (rho {agreement.rho_proxy:.2f})")
+    if agreement.rho_predictor > rho:
+        lines.append(f"the predictor of the loss at the target, from the brief curves alone, ranks them better (rho "
+                     f"{agreement.rho_predictor:.2f}): a search's val_loss_at_target is the better guide")
     return lines
 
 
@@ -339,6 +365,8 @@ def describe(calibration: Calibration) -> list[str]:
             rows.append((f"first rung ({calibration.rungs[0]:,}) vs {budget:,}",
                          f"Spearman {a.rho_first_rung:.2f}, Kendall {a.tau_first_rung:.2f}"))
         rows.append((f"non-embedding params vs {calibration.mult}x", f"Spearman {a.rho_proxy:.2f}"))
+        if not math.isnan(a.rho_predictor):
+            rows.append((f"the predictor (brief curves) vs {calibration.mult}x", f"Spearman {a.rho_predictor:.2f}"))
         width = max(len(name) for name, _ in rows) + 2
         lines += [f"{label(a.objective)}, {plural(a.configs, 'config')}:",
                   f"  seed-to-seed sd {a.seed_sd:.3g}, spread across configs {a.spread:.3g} (sd of their two-seed means)",

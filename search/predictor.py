@@ -1,15 +1,20 @@
 """The validation loss a config would reach at the user's training budget (train.target_tokens), predicted from the
 study's own measurements at every budget, with an uncertainty.
 
-One model for the whole study, so that configs lend each other strength: a Bayesian linear regression (scikit-learn's
-BayesianRidge, its prior and noise fitted to the data) of each measured loss on a power law in the budget,
-L(c, t) = E_c + A_c * (t / t_brief) ** -alpha, with one alpha for the study (chosen by the marginal likelihood),
-and each config's E_c and A_c linear in its features (its searched choices, its size in parameters and FLOPs) plus
-an offset of its own, shrunk towards the shared fit. A config measured only briefly is predicted mostly from configs
-like it that climbed further; one measured at the target is not predicted at all.
+One model for the whole study, so that configs lend each other strength, in two parts:
+
+- a scaling law shared by all configs, L(N, t) = E + A (N / N_median)^-a + B (t / t_brief)^-b, in the config's
+  non-embedding parameters N and the budget t, fitted to every measured point by least squares (scipy);
+- each config's departure from the law, a Gaussian process over the log budget (scikit-learn): a departure of its
+  own, correlated between nearby budgets and forgotten with distance, plus one shared with configs of like features
+  (its searched choices, its sizes), and the noise of a measurement, all fitted by the marginal likelihood.
+
+So a config measured only briefly is predicted near the law at its size, moved by what its own curve says (the less,
+the further the target lies past it) and by what configs like it that climbed further measured. A config measured at
+the target is not predicted at all.
 
 How far to trust it is measured on the study itself: each config measured past the brief budget is left out of the
-fit beyond its brief points, predicted at its longest budget, and compared with what it measured there (Spearman over
+fit beyond its brief points, predicted at its longest budget, and compared with what it measured (Spearman over
 those configs, and how often the interval held the truth). The intervals are widened by what that check finds, never
 narrowed.
 """
@@ -18,14 +23,17 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-ALPHAS = tuple(np.round(np.linspace(0.05, 1.0, 20), 3))  # the budget exponents tried
 Z90 = 1.6449  # a two-sided 90% interval is mean +- Z90 sd
 MIN_CHECKED = 3  # configs measured past the brief budget before the predictor's accuracy can be stated
+MAX_FIT_POINTS = 600  # the kernel is fitted on at most this many points (the configs that climbed first); every
+# prediction is still conditioned on all of them
+SIZE = "log_nonemb_params"  # the feature the law's size term reads
 
 
 @dataclass(frozen=True)
@@ -74,29 +82,18 @@ class TargetPredictor:
 
     def __init__(self, brief_tokens: int, target_tokens: int) -> None:
         self.brief, self.target = brief_tokens, target_tokens
-        self.alpha = 0.5
+        self.law = np.zeros(5)  # E, log A, a, log B, b of the shared scaling law
+        self.kernel: Any = None  # the fitted kernel of the departures (a later fit may keep it: `fit(like=...)`)
+        self.features = 0  # how many standardised features a config has (choices one-hot): the kernel's width
         self.scale = 1.0
         self.accuracy: Optional[Accuracy] = None
-        self._shared: Any = None  # the shared fit (BayesianRidge over the features)
-        self._own: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # key -> its own offset and slope: mean, covariance
-        self._noise = 0.0  # the variance of a measurement around its config's own curve
-        self._spread = 0.0  # the prior variance of a config's own offset and slope
+        self._departures: Any = None  # the Gaussian process of the departures from the law, conditioned on all points
+        self._median_size = 0.0
         self._encode: Any = None
-        self._encoded: dict[str, np.ndarray] = {}  # key -> its standardised features, encoded once
+        self._index: dict[str, int] = {}  # key -> the config's column value: one per config, so that its own term is its own
         self._predicted: dict[tuple[str, int], tuple[float, float]] = {}  # (key, tokens) -> mean and sd, unscaled
 
     # -- the design -------------------------------------------------------------------------------------------------
-
-    def _features(self, key: str) -> np.ndarray:
-        if key not in self._encoded:
-            self._encoded[key] = self._encode(self.data.features[key])
-        return self._encoded[key]
-
-    def _shared_rows(self, keys: Sequence[str], tokens: np.ndarray, alpha: float) -> np.ndarray:
-        """The shared terms of (config, tokens) pairs: the features, the budget's power, and their products."""
-        z = np.array([self._features(key) for key in keys]).reshape(len(keys), -1)
-        phi = ((tokens / self.brief) ** -alpha)[:, None]
-        return np.hstack([z, phi, phi * z])
 
     def _points(self, data: StudyData, leave_out: Optional[str] = None) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Every (config, tokens, loss) point; `leave_out` keeps only that config's points up to the brief budget."""
@@ -109,66 +106,88 @@ class TargetPredictor:
                     losses.append(loss)
         return keys, np.array(tokens), np.array(losses)
 
-    def _fit_shared(self, keys: Sequence[str], tokens: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> tuple[Any, float]:
-        """The shared fit with the budget exponent (of `alphas`) that the data makes most likely."""
-        from sklearn.linear_model import BayesianRidge
+    def _size(self, keys: Sequence[str]) -> np.ndarray:
+        """Each config's log non-embedding parameters about the study's median (the median where it is unknown)."""
+        return np.array([_numeric_value(self.data.features.get(key, {}).get(SIZE, self._median_size))
+                         for key in keys]) - self._median_size
 
-        best = None
-        for alpha in alphas:
-            model = BayesianRidge(compute_score=True, max_iter=500).fit(self._shared_rows(keys, tokens, alpha), y)
-            if best is None or model.scores_[-1] > best[0]:
-                best = (model.scores_[-1], model, alpha)
-        return best[1], best[2]
+    def _law(self, law: np.ndarray, keys: Sequence[str], tokens: np.ndarray) -> np.ndarray:
+        floor, log_a, a, log_b, b = law
+        return floor + np.exp(log_a - a * self._size(keys)) + np.exp(log_b - b * np.log(tokens / self.brief))
 
-    def _own_terms(self, keys: Sequence[str], tokens: np.ndarray, residuals: np.ndarray,
-                   only: Optional[str] = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Each config's own offset and slope (on the budget's power): its residuals from the shared fit, shrunk
-        towards zero by the spread configs show beyond the noise (a Gaussian prior, a 2x2 posterior each)."""
-        by_key: dict[str, list[int]] = {}
-        for i, key in enumerate(keys):
-            if only is None or key == only:
-                by_key.setdefault(key, []).append(i)
-        own = {}
-        prior = np.eye(2) / max(self._spread, 1e-12)
-        for key, rows in by_key.items():
-            f = np.stack([np.ones(len(rows)), (tokens[rows] / self.brief) ** -self.alpha], axis=1)
-            cov = np.linalg.inv(f.T @ f / self._noise + prior)
-            own[key] = (cov @ f.T @ residuals[rows] / self._noise, cov)
-        return own
+    def _fit_law(self, keys: Sequence[str], tokens: np.ndarray, y: np.ndarray, start: Optional[np.ndarray] = None) -> np.ndarray:
+        """The shared law by least squares; its floor below every measured loss, its exponents positive."""
+        from scipy.optimize import least_squares
 
-    def _variances(self, keys: Sequence[str], tokens: np.ndarray, residuals: np.ndarray) -> tuple[float, float]:
-        """The noise of a measurement around its config's own least-squares curve, and the spread of the configs'
-        own offsets and slopes beyond it (the method of moments over all configs)."""
-        by_key: dict[str, list[int]] = {}
-        for i, key in enumerate(keys):
-            by_key.setdefault(key, []).append(i)
-        within, dof, total, size = 0.0, 0, 0.0, 0.0
-        for rows in by_key.values():
-            f = np.stack([np.ones(len(rows)), (tokens[rows] / self.brief) ** -self.alpha], axis=1)
-            r = residuals[rows]
-            if len(rows) > 2:
-                fitted = f @ np.linalg.lstsq(f, r, rcond=None)[0]
-                within += float(np.sum((r - fitted) ** 2))
-                dof += len(rows) - 2
-            total += float(r @ r)
-            size += float(np.sum(f * f))
-        noise = within / dof if dof else 1.0 / self._shared.alpha_
-        noise = max(noise, 1e-10)
-        spread = max((total - noise * len(residuals)) / max(size, 1e-12), noise * 1e-3)
-        return noise, spread
+        floor = max(float(y.min()), 1e-6)
+        low, high = np.array([0.0, -12.0, 0.0, -12.0, 0.0]), np.array([floor, 5.0, 2.0, 5.0, 3.0])
+        if start is None:
+            start = np.array([0.5 * floor, math.log(0.1), 0.3, math.log(max(float(y.max() - y.min()), 1e-3)), 0.5])
+        start = np.clip(start, low + 1e-9, high - 1e-9)
+        return least_squares(lambda law: self._law(law, keys, tokens) - y, start, bounds=(low, high)).x
+
+    def _design(self, keys: Sequence[str], tokens: np.ndarray) -> np.ndarray:
+        """The departures' inputs: the log budget, the config's own column value and its standardised features."""
+        z = np.array([self._features(key) for key in keys]).reshape(len(keys), -1)
+        return np.column_stack([np.log(tokens / self.brief), [self._index[key] for key in keys], z])
+
+    def _features(self, key: str) -> np.ndarray:
+        return self._encode(self.data.features.get(key, {}))
+
+    def _new_kernel(self, features: int) -> Any:
+        """Its own departure (over the budget, within one config), one shared by configs of like features (over the
+        budget and the features), and the noise; each term's size and length scales left to the marginal likelihood."""
+        from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+
+        from .kernels import OnColumns
+
+        def over_budget() -> Any:
+            return OnColumns(RBF(1.0, (0.1, 20.0)), [0])
+
+        same_config = OnColumns(RBF(0.01, "fixed"), [1])  # 1 within a config, 0 between (their values differ by 1)
+        kernel = ConstantKernel(1e-2, (1e-6, 1.0)) * over_budget() * same_config + WhiteKernel(1e-4, (1e-8, 1e-1))
+        if features:
+            alike = OnColumns(RBF(math.sqrt(features), (0.3, 100.0)), list(range(2, 2 + features)))
+            kernel += ConstantKernel(1e-3, (1e-6, 1.0)) * over_budget() * alike
+        return kernel
+
+    def _condition(self, kernel: Any, keys: Sequence[str], tokens: np.ndarray, departures: np.ndarray,
+                   optimise: bool) -> Any:
+        """The Gaussian process of the departures given these points, its kernel fitted to them if `optimise`."""
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.gaussian_process import GaussianProcessRegressor
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return GaussianProcessRegressor(kernel, optimizer="fmin_l_bfgs_b" if optimise else None).fit(
+                self._design(keys, tokens), departures)
 
     # -- fitting and predicting ---------------------------------------------------------------------------------
 
-    def fit(self, data: StudyData, check: bool = True, alpha: Optional[float] = None) -> TargetPredictor:
-        """Fit on every point of the study, with the budget exponent `alpha` if given, else the likeliest of ALPHAS;
-        with `check`, also measure its accuracy config by config (Accuracy)."""
+    def fit(self, data: StudyData, check: bool = True, like: Optional[TargetPredictor] = None) -> TargetPredictor:
+        """Fit on every point of the study, keeping the kernel of a former fit `like` this one where its features
+        are the same (a fit that skips the kernel's search), else fitting one; with `check`, also measure its accuracy
+        config by config (Accuracy)."""
         self.data = data
-        self._encode, self._encoded, self._predicted = feature_encoder(data.features.values()), {}, {}
+        broken = next((key for key, f in data.features.items() if not all(map(math.isfinite, map(_numeric_value, f.values())))), None)
+        if broken is not None:
+            raise ValueError(f"config {broken} has a feature that is not a finite number: {data.features[broken]}")
+        self._encode, self._predicted = feature_encoder(data.features.values()), {}
+        self._index = {key: i for i, key in enumerate(dict.fromkeys([*data.features, *data.points]))}
+        sizes = [_numeric_value(f[SIZE]) for f in data.features.values() if SIZE in f]
+        self._median_size = float(np.median(sizes)) if sizes else 0.0
         keys, tokens, y = self._points(data)
-        self._shared, self.alpha = self._fit_shared(keys, tokens, y, ALPHAS if alpha is None else [alpha])
-        residuals = y - self._shared.predict(self._shared_rows(keys, tokens, self.alpha))
-        self._noise, self._spread = self._variances(keys, tokens, residuals)
-        self._own = self._own_terms(keys, tokens, residuals)
+        self.law = self._fit_law(keys, tokens, y)
+        departures = y - self._law(self.law, keys, tokens)
+        self.features = len(self._features(keys[0]))
+        if like is not None and like.features == self.features:
+            self.kernel = like.kernel
+        else:
+            chosen = self._fitting_sample(data)
+            rows = [i for i, key in enumerate(keys) if key in chosen]
+            self.kernel = self._condition(self._new_kernel(self.features), [keys[i] for i in rows], tokens[rows],
+                                          departures[rows], optimise=True).kernel_
+        self._departures = self._condition(self.kernel, keys, tokens, departures, optimise=False)
         self.scale = 1.0
         if check:
             self.accuracy = self._check(data)
@@ -177,24 +196,25 @@ class TargetPredictor:
         # fit, and a fit runs in the background.
         keys = [key for key, points in data.points.items() if self.target not in points and key in data.features]
         if keys:
-            predicted = self._raw(self._shared, [self._own.get(key) for key in keys], keys, self.target)
+            predicted = self._raw(self._departures, self.law, keys, self.target)
             self._predicted.update(zip([(key, self.target) for key in keys], predicted))
         return self
 
-    def _raw(self, shared: Any, own: Sequence[Optional[tuple[np.ndarray, np.ndarray]]], keys: Sequence[str],
-             tokens: int) -> list[tuple[float, float]]:
-        """Mean and sd of a measurement of each of `keys` (with its own terms, None for a config with no points) at
-        `tokens`: the shared fit's, its own terms', and the noise (the shared fit's mean and variance as
-        BayesianRidge.predict gives them, without its checks on the input), for all keys in a few array operations."""
-        x = self._shared_rows(keys, np.full(len(keys), float(tokens)), self.alpha)
-        f = np.array([1.0, (tokens / self.brief) ** -self.alpha])
-        unknown = (np.zeros(2), np.eye(2) * self._spread)
-        own_means, own_covs = map(np.array, zip(*(terms or unknown for terms in own)))
-        means = x @ shared.coef_ + shared.intercept_ + own_means @ f
-        centred = x - shared.X_offset_
-        variances = (np.einsum("ij,jk,ik->i", centred, shared.sigma_, centred)
-                     + np.einsum("j,ijk,k->i", f, own_covs, f) + self._noise)
-        return [(float(mean), math.sqrt(max(float(variance), 0.0))) for mean, variance in zip(means, variances)]
+    def _fitting_sample(self, data: StudyData) -> set[str]:
+        """The configs the kernel is fitted on: all, or up to MAX_FIT_POINTS points, those with most points first."""
+        chosen, total = set(), 0
+        for key in sorted(data.points, key=lambda k: -len(data.points[k])):  # stable: the study's order among equals
+            if total + len(data.points[key]) > MAX_FIT_POINTS and chosen:
+                break
+            chosen.add(key)
+            total += len(data.points[key])
+        return chosen
+
+    def _raw(self, departures: Any, law: np.ndarray, keys: Sequence[str], tokens: int) -> list[tuple[float, float]]:
+        """Mean and sd of a measurement of each of `keys` at `tokens`: the law's, plus the departure's."""
+        at = np.full(len(keys), float(tokens))
+        mean, sd = departures.predict(self._design(keys, at), return_std=True)
+        return [(float(m), float(s)) for m, s in zip(self._law(law, keys, at) + mean, sd)]
 
     def predict(self, key: str, tokens: Optional[int] = None) -> Prediction:
         """The config's loss at `tokens` (default the target): measured where it was, else predicted."""
@@ -204,14 +224,16 @@ class TargetPredictor:
         if tokens in points:
             return Prediction(points[tokens], 0.0, True, last)
         if (key, tokens) not in self._predicted:  # fixed until the next fit: promotions ask for it at every ranking
-            self._predicted[key, tokens] = self._raw(self._shared, [self._own.get(key)], [key], tokens)[0]
+            if key not in self._index:  # a config first seen since the fit: only its features' share is known
+                self._index[key] = len(self._index)
+            self._predicted[key, tokens] = self._raw(self._departures, self.law, [key], tokens)[0]
         mean, sd = self._predicted[key, tokens]
         return Prediction(mean, sd * self.scale, False, last)
 
     def _check(self, data: StudyData) -> Accuracy:
         """Leave each config measured past the brief budget out of the fit beyond its brief points, predict its
-        loss at the longest budget that at least MIN_CHECKED configs reached, and compare. The budget exponent and
-        the variances are the full fit's; the shared fit and the config's own terms are fitted again without it."""
+        loss at the longest budget that at least MIN_CHECKED configs reached, and compare. The kernel is the full
+        fit's; the law and the departures are fitted again without those points."""
         beyond = [t for points in data.points.values() for t in points if t > self.brief]
         budgets = sorted({t for t in beyond if sum(t in p for p in data.points.values()) >= MIN_CHECKED}, reverse=True)
         if not budgets:
@@ -223,9 +245,9 @@ class TargetPredictor:
         predicted, measured, z = [], [], []
         for key in checked:
             keys, tokens, y = self._points(data, leave_out=key)
-            shared, _ = self._fit_shared(keys, tokens, y, [self.alpha])
-            residuals = y - shared.predict(self._shared_rows(keys, tokens, self.alpha))
-            mean, sd = self._raw(shared, [self._own_terms(keys, tokens, residuals, only=key).get(key)], [key], budget)[0]
+            law = self._fit_law(keys, tokens, y, start=self.law)
+            departures = self._condition(self.kernel, keys, tokens, y - self._law(law, keys, tokens), optimise=False)
+            mean, sd = self._raw(departures, law, [key], budget)[0]
             predicted.append(mean)
             measured.append(data.points[key][budget])
             z.append((data.points[key][budget] - mean) / max(sd, 1e-9))
@@ -234,6 +256,11 @@ class TargetPredictor:
         coverage = float(np.mean(np.abs(z) <= Z90 * scale))
         return Accuracy(len(checked), budget, _spearman(predicted, measured), coverage, scale)
 
+    def describe(self) -> dict[str, Any]:
+        """The fitted law and kernel, as the study keeps them for the review."""
+        floor, log_a, a, log_b, b = (float(v) for v in self.law)
+        return {"law": {"floor": floor, "size_term": math.exp(log_a), "size_exponent": a, "budget_term": math.exp(log_b),
+                        "budget_exponent": b}, "kernel": repr(self.kernel)}
 
 def feature_encoder(features: Iterable[Mapping[str, Any]]) -> Callable[[Mapping[str, Any]], np.ndarray]:
     """Standardised features of a config, by the configs given: numbers as they are (sizes as logarithms), each

@@ -159,3 +159,27 @@ def test_calibrate_refuses_too_few_configs_before_writing_anything(tmp_path, cap
     err = capsys.readouterr().err
     assert err.strip() == "configaformer-search: error: --configs: expected at least 3 configs to rank, got 2"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_calibrate_of_a_space_with_a_target_reports_how_the_predictor_ranks(tmp_path, ray_local, capsys):
+    from configaformer_search.predictor import StudyData, TargetPredictor, config_features
+
+    space_path = write_space(tmp_path, SPACE.replace("eval_tokens: 4096}", "eval_tokens: 4096, target_tokens: 262144}"))
+    out = tmp_path / "out"
+    assert main(["calibrate", str(space_path), "--configs", "4", "--mult", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    table = pd.read_csv(out / "calibration.csv", index_col="config")
+    summary = pd.read_csv(out / "calibration_summary.csv").iloc[0]
+    # The first seed's run measures the brief curve a search measures (its points below the budget); the predictor,
+    # fitted on those curves alone, is ranked against the longer runs.
+    curve = load_space(space_path).curve_points()
+    data, first = StudyData(), {r["config"]: r for r in runs_of(out) if r["seed"] == 0}
+    for config, record in sorted(first.items()):
+        assert sorted(map(int, record["at"])) == [*curve, 16384]
+        data.add(str(config), config_features(params_of(table, config), record),
+                 {int(t): v["val_loss"] for t, v in record["at"].items()})
+    predictor = TargetPredictor(16384, 32768).fit(data, check=False)
+    predicted = [predictor.predict(str(config)).mean for config in table.index]
+    assert summary["rho_predictor"] == pytest.approx(spearman(predicted, table["val_loss@2x"]))
+    assert "the predictor (brief curves) vs 2x:" in printed and f"Spearman {summary['rho_predictor']:.2f}" in printed

@@ -19,7 +19,7 @@ from ..storage import StoredTrial
 
 REFIT_S = 5.0  # past EAGER_CONFIGS configs, the predictor is fitted again at most this often while results arrive
 EAGER_CONFIGS = 50  # up to this many configs, a fit takes milliseconds: every new result gets one
-REGROW = 1.25  # in the background, the budget exponent is chosen again once the study has grown by this factor
+REGROW = 1.25  # in the background, the kernel is fitted again once the study has grown by this factor
 TARGET, MEASURED_AS = "val_loss_at_target", "val_loss"  # the objective, and what a rung measures of it
 
 
@@ -35,7 +35,7 @@ class TargetModel:
         self._fitting: Optional[threading.Thread] = None
         self._scale = 1.0  # how much the last check widened the intervals: kept until the next check
         self.failure: Optional[str] = None  # why the last fit failed, if it did
-        self._chosen: tuple[int, Optional[float]] = (0, None)  # configs when the budget exponent was chosen, and it
+        self._chosen: tuple[int, Optional[TargetPredictor]] = (0, None)  # configs when a kernel was last fitted, and that fit
 
     def extra(self, params: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
         """What a rung result carries for the predictor: the config's features and its curve so far."""
@@ -68,17 +68,17 @@ class TargetModel:
         self._fitting.start()
 
     def _fit(self, data: StudyData, check: bool) -> None:
-        configs, alpha = self._chosen
-        keep = not check and alpha is not None and len(data.points) < REGROW * configs  # the exponent barely moves
+        configs, former = self._chosen
+        keep = not check and former is not None and len(data.points) < REGROW * configs  # the kernel barely moves
         try:
-            predictor = TargetPredictor(self.brief, self.target).fit(data, check=check, alpha=alpha if keep else None)
+            predictor = TargetPredictor(self.brief, self.target).fit(data, check=check, like=former if keep else None)
         except (np.linalg.LinAlgError, ValueError, FloatingPointError) as err:  # a fit that fails numerically
             self.failure = f"{type(err).__name__}: {err}"  # the last predictor stands; the summary says why
             logging.getLogger(__name__).warning("the target predictor could not be fitted: %s", self.failure)
             return
         self.failure = None
         if not keep:
-            self._chosen = (len(data.points), predictor.alpha)
+            self._chosen = (len(data.points), predictor)
         if check:
             self._scale = predictor.scale
         else:
@@ -119,7 +119,7 @@ class TargetModel:
         if predictor is None:
             return {"configs": len(self.data.points), "fitted": False, **failed}
         accuracy = predictor.accuracy
-        return {"configs": len(self.data.points), "fitted": True, "alpha": predictor.alpha, "brief_tokens": self.brief,
+        return {"configs": len(self.data.points), "fitted": True, **predictor.describe(), "brief_tokens": self.brief,
                 "target_tokens": self.target, "longest_tokens": max(t for p in self.data.points.values() for t in p),
                 **({} if accuracy is None else {"checked_configs": accuracy.configs, "checked_at_tokens": accuracy.tokens,
                                                 "spearman": accuracy.spearman, "coverage": accuracy.coverage,
