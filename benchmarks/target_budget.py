@@ -20,7 +20,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -172,9 +172,27 @@ def front_hypervolume(scores: list[float], others: np.ndarray, truth: list[float
     return hypervolume(np.column_stack([np.array(truth), others])[reported], reference)
 
 
+def rankings(keys: list[str], truth: dict[str, dict[int, float]], metrics: dict[str, dict], features: dict[str, dict],
+             base: int, budgets: list[int]) -> dict[str, tuple[list[float], int, Optional[list[Any]]]]:
+    """Each way of ranking `keys` by their loss at the last budget: its scores (lower is better), the tokens it
+    spent, and for the predictor its predictions (measured or with an sd)."""
+    curves = {k: {t: v for t, v in truth[k].items() if t <= base} for k in keys}
+    per_config = shared_power_law(curves, base, budgets[-1])
+    methods: dict[str, tuple[list[float], int, Optional[list[Any]]]] = {
+        "1x loss": ([truth[k][base] for k in keys], int(len(keys) * base * 1.2), None),
+        "non-embedding params": ([-metrics[k]["nonemb_params"] for k in keys], 0, None),
+        "FLOPs": ([-metrics[k]["flops"] for k in keys], 0, None),
+        "per-config curve (shared alpha)": ([per_config[k] for k in keys], int(len(keys) * base * 1.35), None)}
+    for top in (budgets[3], budgets[4]):
+        predictions, spent = ladder(keys, truth, features, base, top, budgets[-1])
+        methods[f"predictor, ladder to {top // base}x"] = ([predictions[k].mean for k in keys], spent,
+                                                           [predictions[k] for k in keys])
+    return methods
+
+
 def compare(space: Any, configs: list[tuple[dict, Any]], probes: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
     from configaformer_search.pareto import front_mask, hypervolume
-    from configaformer_search.predictor import config_features
+    from configaformer_search.predictor import Z90, config_features
     from configaformer_search.ranking import spearman
 
     base = space.train["tokens"]
@@ -193,33 +211,43 @@ def compare(space: Any, configs: list[tuple[dict, Any]], probes: dict[str, dict[
     points = np.column_stack([final, others])
     reference = points.max(axis=0) * 1.1
     best_volume = hypervolume(points[front_mask(points)], reference)
-    curves = {k: {t: v for t, v in truth[k].items() if t <= base} for k in keys}
-    per_config = shared_power_law(curves, base, budgets[-1])
-    brief_cost = int(len(keys) * base * 1.2)
-    methods = {"1x loss": ([truth[k][base] for k in keys], brief_cost),
-               "non-embedding params": ([-metrics[k]["nonemb_params"] for k in keys], 0),
-               "FLOPs": ([-metrics[k]["flops"] for k in keys], 0),
-               "per-config curve (shared alpha)": ([per_config[k] for k in keys], int(len(keys) * base * 1.35))}
-    coverage = {}
-    for top in (budgets[3], budgets[4]):
-        predictions, spent = ladder(keys, truth, features, base, top, budgets[-1])
-        label = f"predictor, ladder to {top // base}x"
-        methods[label] = ([predictions[k].mean for k in keys], spent)
-        held = [predictions[k].measured or abs(truth[k][budgets[-1]] - predictions[k].mean) <= 1.6449 * predictions[k].sd
-                for k in keys]
-        coverage[label] = sum(held) / len(held)
     rows = []
-    for name, (scores, spent) in methods.items():
-        rows.append({"ranking": name, "spearman": spearman(scores, final), "pairs": pairwise(scores, final),
-                     "hypervolume": front_hypervolume(scores, others, final, reference) / best_volume, "tokens": spent,
-                     **({"coverage_90": coverage[name]} if name in coverage else {})})
+    for name, (scores, spent, predictions) in rankings(keys, truth, metrics, features, base, budgets).items():
+        row = {"ranking": name, "spearman": spearman(scores, final), "pairs": pairwise(scores, final),
+               "hypervolume": front_hypervolume(scores, others, final, reference) / best_volume, "tokens": spent}
+        if predictions is not None:  # how often the predicted configs' 90% intervals held the truth
+            held = [abs(t - p.mean) <= Z90 * p.sd for p, t in zip(predictions, final) if not p.measured]
+            row["coverage_90"] = sum(held) / len(held)
+        rows.append(row)
     print(f"\n{len(keys)} configs of {Path(args.space).name}, truth at {budgets[-1]:,} tokens ({MULTS[-1]:g}x):")
     print_table([{k: (f"{v:.2f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else v) for k, v in r.items()}
                  for r in rows], ["ranking", "spearman", "pairs", "hypervolume", "tokens", "coverage_90"])
+    spread = subsets(keys, truth, metrics, features, base, budgets, args.subsets)
+    print(f"\nSpearman with the truth over {args.subsets} random subsets of {len(keys) * 2 // 3} configs "
+          "(each method run afresh on each): mean ± sd (lowest)")
+    for name, values in spread.items():
+        print(f"  {name:34s} {np.mean(values):.2f} ± {np.std(values):.2f} ({np.min(values):.2f})")
     predictor = rows[-1]
-    write_results("target_budget", {"configs": len(keys), "truth_tokens": budgets[-1], "rows": rows},
+    write_results("target_budget", {"configs": len(keys), "truth_tokens": budgets[-1], "rows": rows,
+                                    "subsets": {name: {"configs": len(keys) * 2 // 3, "spearman": values}
+                                                for name, values in spread.items()}},
                   {"predictor_spearman": target(predictor["spearman"], SPEARMAN_GOAL),
                    "predictor_hypervolume": target(predictor["hypervolume"], HYPERVOLUME_GOAL)}, args.json)
+
+
+def subsets(keys: list[str], truth: dict[str, dict[int, float]], metrics: dict[str, dict], features: dict[str, dict],
+            base: int, budgets: list[int], count: int) -> dict[str, list[float]]:
+    """Each method's Spearman with the truth on `count` random two-thirds of the configs: how much one sample's
+    figure owes to the configs drawn."""
+    from configaformer_search.ranking import spearman
+
+    rng, found = np.random.default_rng(0), {}
+    for _ in range(count):
+        chosen = [str(k) for k in rng.choice(keys, len(keys) * 2 // 3, replace=False)]
+        final = [truth[k][budgets[-1]] for k in chosen]
+        for name, (scores, _, _) in rankings(chosen, truth, metrics, features, base, budgets).items():
+            found.setdefault(name, []).append(spearman(scores, final))
+    return found
 
 
 def main() -> None:
@@ -232,6 +260,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="of the random sample of configs")
     parser.add_argument("--part", default="0/1", help="train only the i-th of n shares of the configs the cache lacks (i/n): parallel runs")
     parser.add_argument("--train-only", action="store_true", help="train what the cache lacks, compare nothing")
+    parser.add_argument("--subsets", type=int, default=20, help="random two-thirds of the configs to rank again")
     add_json_argument(parser, "target_budget")
     args = parser.parse_args()
     torch.set_num_threads(1)
