@@ -25,7 +25,7 @@ import json
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Collection, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -51,6 +51,18 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class Widening:
+    """How the check widened the intervals so that they cover as they claim: a factor on every sd (the error of a
+    config left out), and the sd of the law's own extrapolation, added to every prediction."""
+
+    scale: float = 1.0
+    law_sd: float = 0.0
+
+    def sd(self, sd: float) -> float:
+        return math.hypot(sd * self.scale, self.law_sd)
+
+
+@dataclass(frozen=True)
 class Accuracy:
     """How the predictor did on the study's own configs, left out one at a time."""
 
@@ -58,7 +70,7 @@ class Accuracy:
     tokens: int  # the budget they were checked at (the longest with enough configs)
     spearman: float  # of predicted against measured loss there (nan under MIN_CHECKED configs)
     coverage: float  # share of the checked configs whose 90% interval held the measured loss
-    scale: float  # how much the intervals were widened so that they cover as they claim
+    widening: Widening  # what the intervals were widened by
 
 
 @dataclass
@@ -85,7 +97,7 @@ class TargetPredictor:
         self.law = np.zeros(5)  # E, log A, a, log B, b of the shared scaling law
         self.kernel: Any = None  # the fitted kernel of the departures (a later fit may keep it: `fit(like=...)`)
         self.features = 0  # how many standardised features a config has (choices one-hot): the kernel's width
-        self.scale = 1.0
+        self.widening = Widening()
         self.accuracy: Optional[Accuracy] = None
         self._departures: Any = None  # the Gaussian process of the departures from the law, conditioned on all points
         self._median_size = 0.0
@@ -95,12 +107,12 @@ class TargetPredictor:
 
     # -- the design -------------------------------------------------------------------------------------------------
 
-    def _points(self, data: StudyData, leave_out: Optional[str] = None) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Every (config, tokens, loss) point; `leave_out` keeps only that config's points up to the brief budget."""
+    def _points(self, data: StudyData, brief_only: Collection[str] = ()) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Every (config, tokens, loss) point, but those of the configs `brief_only` past the brief budget."""
         keys, tokens, losses = [], [], []
         for key, points in data.points.items():
             for t, loss in points.items():
-                if key != leave_out or t <= self.brief:
+                if key not in brief_only or t <= self.brief:
                     keys.append(key)
                     tokens.append(float(t))
                     losses.append(loss)
@@ -188,10 +200,10 @@ class TargetPredictor:
             self.kernel = self._condition(self._new_kernel(self.features), [keys[i] for i in rows], tokens[rows],
                                           departures[rows], optimise=True).kernel_
         self._departures = self._condition(self.kernel, keys, tokens, departures, optimise=False)
-        self.scale = 1.0
+        self.widening = Widening()
         if check:
             self.accuracy = self._check(data)
-            self.scale = self.accuracy.scale
+            self.widening = self.accuracy.widening
         # Every config's loss at the target, at once: the driver's promotions rank a rung's configs by it after each
         # fit, and a fit runs in the background.
         keys = [key for key, points in data.points.items() if self.target not in points and key in data.features]
@@ -228,33 +240,39 @@ class TargetPredictor:
                 self._index[key] = len(self._index)
             self._predicted[key, tokens] = self._raw(self._departures, self.law, [key], tokens)[0]
         mean, sd = self._predicted[key, tokens]
-        return Prediction(mean, sd * self.scale, False, last)
+        return Prediction(mean, self.widening.sd(sd), False, last)
 
     def _check(self, data: StudyData) -> Accuracy:
         """Leave each config measured past the brief budget out of the fit beyond its brief points, predict its
         loss at the longest budget that at least MIN_CHECKED configs reached, and compare. The kernel is the full
-        fit's; the law and the departures are fitted again without those points."""
+        fit's; the law and the departures are fitted again without those points. The intervals are widened by that
+        error (a factor), and by the error the study as it stood before anything climbed (every config's points past
+        the brief budget left out) makes beyond its sds: the law's own extrapolation, which leaving out one config at
+        a time keeps anchored by the others."""
         beyond = [t for points in data.points.values() for t in points if t > self.brief]
         budgets = sorted({t for t in beyond if sum(t in p for p in data.points.values()) >= MIN_CHECKED}, reverse=True)
         if not budgets:
             reached = max(beyond, default=self.brief)
             return Accuracy(sum(any(t > self.brief for t in p) for p in data.points.values()), reached, math.nan,
-                            math.nan, 1.0)
+                            math.nan, Widening())
         budget = budgets[0]
         checked = [key for key, points in data.points.items() if budget in points]
-        predicted, measured, z = [], [], []
-        for key in checked:
-            keys, tokens, y = self._points(data, leave_out=key)
+
+        def predicted(brief_only: Collection[str], keys_asked: Sequence[str]) -> np.ndarray:
+            keys, tokens, y = self._points(data, brief_only)
             law = self._fit_law(keys, tokens, y, start=self.law)
             departures = self._condition(self.kernel, keys, tokens, y - self._law(law, keys, tokens), optimise=False)
-            mean, sd = self._raw(departures, law, [key], budget)[0]
-            predicted.append(mean)
-            measured.append(data.points[key][budget])
-            z.append((data.points[key][budget] - mean) / max(sd, 1e-9))
-        z = np.array(z)
+            return np.array(self._raw(departures, law, keys_asked, budget)).reshape(-1, 2)
+
+        measured = np.array([data.points[key][budget] for key in checked])
+        alone = np.vstack([predicted({key}, [key]) for key in checked])
+        before = predicted(set(data.points), checked)
+        z = (measured - alone[:, 0]) / np.maximum(alone[:, 1], 1e-9)
         scale = max(1.0, float(np.sqrt(np.mean(z ** 2))))  # widen only: a sd that undersells the error grows
+        unexplained = np.mean((measured - before[:, 0]) ** 2) - np.mean((scale * before[:, 1]) ** 2)
+        widening = Widening(scale, math.sqrt(max(0.0, float(unexplained))))
         coverage = float(np.mean(np.abs(z) <= Z90 * scale))
-        return Accuracy(len(checked), budget, _spearman(predicted, measured), coverage, scale)
+        return Accuracy(len(checked), budget, _spearman(alone[:, 0], measured), coverage, widening)
 
     def describe(self) -> dict[str, Any]:
         """The fitted law and kernel, as the study keeps them for the review."""

@@ -222,7 +222,9 @@ class Review:
         if predictor.get("checked_configs", 0) >= 3 and predictor.get("spearman") == predictor.get("spearman"):
             lines.append(f"the predictor, checked on {predictor['checked_configs']} configs left out one at a time at "
                          f"{predictor['checked_at_tokens']:,} tokens: Spearman {predictor['spearman']:.2f}; its 90% intervals "
-                         f"held {predictor['coverage']:.0%} of them (widened {predictor['interval_scale']:.1f}x)")
+                         f"held {predictor['coverage']:.0%} of them (widened {predictor['interval_scale']:.1f}x"
+                         + (f", plus an sd of {predictor['law_sd']:.3f} for the law's own extrapolation"
+                            if predictor.get("law_sd") else "") + ")")
         else:
             lines.append(f"the predictor is unchecked: {predictor.get('checked_configs', 0)} configs were measured past the "
                          f"brief budget, at least 3 at one budget are needed to check it")

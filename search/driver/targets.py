@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from ..predictor import Prediction, StudyData, TargetPredictor, config_features
+from ..predictor import Prediction, StudyData, TargetPredictor, Widening, config_features
 from ..space import SearchSpace
 from ..storage import StoredTrial
 
@@ -33,7 +33,7 @@ class TargetModel:
         self.refitted = refitted  # told when a fit in the background has replaced the predictor
         self._fitted_at, self._changed = -math.inf, False
         self._fitting: Optional[threading.Thread] = None
-        self._scale = 1.0  # how much the last check widened the intervals: kept until the next check
+        self._widening = Widening()  # how the last check widened the intervals: kept until the next check
         self.failure: Optional[str] = None  # why the last fit failed, if it did
         self._chosen: tuple[int, Optional[TargetPredictor]] = (0, None)  # configs when a kernel was last fitted, and that fit
 
@@ -80,9 +80,9 @@ class TargetModel:
         if not keep:
             self._chosen = (len(data.points), predictor)
         if check:
-            self._scale = predictor.scale
+            self._widening = predictor.widening
         else:
-            predictor.scale = self._scale
+            predictor.widening = self._widening
         predictor.data = self.data  # predictions read the points learnt since the fit too
         self.predictor = predictor
         self.refitted()
@@ -123,4 +123,5 @@ class TargetModel:
                 "target_tokens": self.target, "longest_tokens": max(t for p in self.data.points.values() for t in p),
                 **({} if accuracy is None else {"checked_configs": accuracy.configs, "checked_at_tokens": accuracy.tokens,
                                                 "spearman": accuracy.spearman, "coverage": accuracy.coverage,
-                                                "interval_scale": accuracy.scale}), **failed}
+                                                "interval_scale": accuracy.widening.scale,
+                                                "law_sd": accuracy.widening.law_sd}), **failed}
