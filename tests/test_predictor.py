@@ -163,3 +163,23 @@ def test_a_fit_that_fails_numerically_keeps_the_last_predictor_and_says_why(tmp_
     model.refit(force=True)
     assert model.predictor is fitted  # the last good fit stands
     assert model.summary()["fit_failure"].startswith("ValueError") and "could not be fitted" in caplog.text
+
+
+def test_a_config_confirmed_on_several_seeds_carries_their_spread_and_is_learnt_at_their_mean(tmp_path):
+    from configaformer_search.driver.targets import TargetModel
+
+    model = TargetModel(load_space(write_space(tmp_path, LADDER)))
+    model.brief, model.target = BRIEF, TARGET
+    for width, depth in CONFIGS[:6]:
+        record = {"tokens_trained": 4000, "val_loss": law(width, depth, 4000), "nonemb_params": 100 * width * depth,
+                  "curve": {str(t): law(width, depth, t) for t in (250, 500, 1000, 4000)}}  # the first seed's run
+        if (width, depth) == CONFIGS[0]:  # the mean of its seeds, with their spread
+            record.update(val_loss=law(width, depth, 4000) - 0.01, val_loss_sd=0.02)
+        model.learn(f"{width}x{depth}", model.extra({"width": width, "depth": depth}, record))
+    model.refit(force=True)
+    confirmed, single = (model.fields(f"{w}x{d}") for w, d in CONFIGS[:2])
+    assert model.data.points["32x1"][4000] == law(32, 1, 4000) - 0.01  # the seeds' mean, not the first seed's
+    assert model.data.points["32x1"][1000] == law(32, 1, 1000)
+    spread = model.predict("32x1").sd
+    assert confirmed["val_loss_at_target_sd"] == pytest.approx(math.hypot(spread, 0.02))
+    assert single["val_loss_at_target_sd"] == pytest.approx(model.predict("32x2").sd)

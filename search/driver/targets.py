@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from ..metrics import SD_SUFFIX
 from ..predictor import Prediction, StudyData, TargetPredictor, Widening, config_features
 from ..space import SearchSpace
 from ..storage import StoredTrial
@@ -29,6 +30,7 @@ class TargetModel:
     def __init__(self, space: SearchSpace, refitted: Callable[[], None] = lambda: None) -> None:
         self.brief, self.target = space.train["tokens"], space.target
         self.data = StudyData()
+        self.seed_sd: dict[str, float] = {}  # key -> the seeds' spread at its last rung, for configs confirmed on several
         self.predictor: Optional[TargetPredictor] = None
         self.refitted = refitted  # told when a fit in the background has replaced the predictor
         self._fitted_at, self._changed = -math.inf, False
@@ -38,15 +40,22 @@ class TargetModel:
         self._chosen: tuple[int, Optional[TargetPredictor]] = (0, None)  # configs when a kernel was last fitted, and that fit
 
     def extra(self, params: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
-        """What a rung result carries for the predictor: the config's features and its curve so far."""
-        return {"features": config_features(params, record), "curve": record.get("curve") or
-                {str(record["tokens_trained"]): record["val_loss"]}}
+        """What a rung result carries for the predictor: the config's features and its curve so far; confirmed on
+        several seeds, its last point is their mean and the spread of its seeds goes with it."""
+        curve = dict(record.get("curve") or {})
+        curve[str(record["tokens_trained"])] = record["val_loss"]
+        extra = {"features": config_features(params, record), "curve": curve}
+        if isinstance(record.get(MEASURED_AS + SD_SUFFIX), (int, float)):
+            extra["seed_sd"] = record[MEASURED_AS + SD_SUFFIX]
+        return extra
 
     def learn(self, key: str, extra: dict[str, Any]) -> None:
         if "features" in extra:
             before = dict(self.data.points.get(key, {}))
             self.data.add(key, extra["features"], extra.get("curve") or {})
             self._changed = self._changed or self.data.points[key] != before
+        if "seed_sd" in extra:
+            self.seed_sd[key] = float(extra["seed_sd"])
 
     def refit(self, force: bool = False, check: bool = False) -> None:
         """Fit again if anything new was learnt (and REFIT_S has passed, past EAGER_CONFIGS configs): in the
@@ -99,9 +108,11 @@ class TargetModel:
         return self.predictor.predict(key)
 
     def fields(self, key: str) -> dict[str, Any]:
-        """What a trial's record says of its target loss: the value, its sd, measured or not, and how far it reached."""
+        """What a trial's record says of its target loss: the value, its sd (with the spread of its seeds, for a
+        config confirmed on several), measured or not, and how far it reached."""
         prediction = self.predict(key)
-        return {TARGET: prediction.mean, f"{TARGET}_sd": prediction.sd, "target_measured": prediction.measured,
+        sd = math.hypot(prediction.sd, self.seed_sd.get(key, 0.0))
+        return {TARGET: prediction.mean, TARGET + SD_SUFFIX: sd, "target_measured": prediction.measured,
                 "target_reach": self.target / prediction.last_tokens if prediction.last_tokens else math.inf}
 
     def final(self, trials: Sequence[StoredTrial]) -> dict[str, Any]:
