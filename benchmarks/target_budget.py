@@ -215,13 +215,15 @@ def compare(space: Any, configs: list[tuple[dict, Any]], probes: dict[str, dict[
     for name, (scores, spent, predictions) in rankings(keys, truth, metrics, features, base, budgets).items():
         row = {"ranking": name, "spearman": spearman(scores, final), "pairs": pairwise(scores, final),
                "hypervolume": front_hypervolume(scores, others, final, reference) / best_volume, "tokens": spent}
-        if predictions is not None:  # how often the predicted configs' 90% intervals held the truth
-            held = [abs(t - p.mean) <= Z90 * p.sd for p, t in zip(predictions, final) if not p.measured]
-            row["coverage_90"] = sum(held) / len(held)
+        if predictions is not None:  # how often the predicted configs' 90% intervals held the truth, and how wide
+            predicted = [(p, t) for p, t in zip(predictions, final) if not p.measured]
+            row["coverage_90"] = float(np.mean([abs(t - p.mean) <= Z90 * p.sd for p, t in predicted]))
+            row["half_width_90"] = float(np.median([Z90 * p.sd for p, _ in predicted]))
         rows.append(row)
     print(f"\n{len(keys)} configs of {Path(args.space).name}, truth at {budgets[-1]:,} tokens ({MULTS[-1]:g}x):")
     print_table([{k: (f"{v:.2f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else v) for k, v in r.items()}
-                 for r in rows], ["ranking", "spearman", "pairs", "hypervolume", "tokens", "coverage_90"])
+                 for r in rows], ["ranking", "spearman", "pairs", "hypervolume", "tokens", "coverage_90", "half_width_90"])
+    print(f"(half_width_90: the median predicted config's, in nats; the truth's sd over the configs is {np.std(final):.3f})")
     spread = subsets(keys, truth, metrics, features, base, budgets, args.subsets)
     print(f"\nSpearman with the truth over {args.subsets} random subsets of {len(keys) * 2 // 3} configs "
           "(each method run afresh on each): mean ± sd (lowest)")

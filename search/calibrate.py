@@ -13,6 +13,7 @@ only what is missing. The tables (`calibration.csv` a config each, `calibration_
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,7 +205,13 @@ class Calibration:
             at = self.results[self.config_runs(config)[0].name].get("at") or {}
             data.add(config.key, config_features(config.params, config.metrics),
                      {int(tokens): values["val_loss"] for tokens, values in at.items() if "val_loss" in values})
-        predictor = TargetPredictor(budget, budget * self.mult).fit(data, check=False)
+        if len({tokens for points in data.points.values() for tokens in points}) < 2:
+            return [math.nan] * len(configs)  # a single budget: nothing to tell how the loss falls with more tokens
+        try:
+            predictor = TargetPredictor(budget, budget * self.mult).fit(data, check=False)
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError) as err:  # the other rankings stand; this one is left blank
+            logging.getLogger(__name__).warning("the predictor could not be fitted on the brief curves: %s", err)
+            return [math.nan] * len(configs)
         return [predictor.predict(config.key).mean for config in configs]
 
 
@@ -339,9 +346,9 @@ def verdict(calibration: Calibration, agreement: Agreement) -> list[str]:
     if not round(agreement.rho_seeds, 2) >= GOOD_AGREEMENT:
         lines.append(f"seeds reorder the configs (rho {agreement.rho_seeds:.2f} between two): set search.confirm_seeds "
                      "so that the front is told means")
-    if agreement.rho_proxy >= rho:
+    if round(agreement.rho_proxy, 2) >= round(rho, 2):
         lines.append(f"non-embedding parameters rank the configs as well as this training does (rho {agreement.rho_proxy:.2f})")
-    if agreement.rho_predictor > rho:
+    if round(agreement.rho_predictor, 2) > round(rho, 2):
         lines.append(f"the predictor of the loss at the target, from the brief curves alone, ranks them better (rho "
                      f"{agreement.rho_predictor:.2f}): a search's val_loss_at_target is the better guide")
     return lines

@@ -31,9 +31,14 @@ import numpy as np
 
 Z90 = 1.6449  # a two-sided 90% interval is mean +- Z90 sd
 MIN_CHECKED = 3  # configs measured past the brief budget before the predictor's accuracy can be stated
-MAX_FIT_POINTS = 600  # the kernel is fitted on at most this many points (the configs that climbed first); every
+MAX_FIT_POINTS = 600  # the kernel is fitted on at most this many points (the configs with most points first); every
 # prediction is still conditioned on all of them
 SIZE = "log_nonemb_params"  # the feature the law's size term reads
+KERNEL_RESTARTS = 2  # the kernel's search starts again this many times from random settings (seeded: fits repeat)
+
+# A length scale at its bound, or a search stopped at its step limit, is an answer here, not a warning per fit; set
+# once, for the module, since a fit runs in a thread of its own and catching warnings is not thread-safe.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"sklearn\.gaussian_process")  # ConvergenceWarning's base
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,15 @@ class Widening:
 
     def sd(self, sd: float) -> float:
         return math.hypot(sd * self.scale, self.law_sd)
+
+
+@dataclass(frozen=True)
+class KernelFit:
+    """A fitted kernel of the departures and the feature width it was fitted for: a later fit of the same width
+    may keep it rather than search again (`TargetPredictor.fit(kernel=...)`)."""
+
+    features: int
+    kernel: Any
 
 
 @dataclass(frozen=True)
@@ -95,12 +109,12 @@ class TargetPredictor:
     def __init__(self, brief_tokens: int, target_tokens: int) -> None:
         self.brief, self.target = brief_tokens, target_tokens
         self.law = np.zeros(5)  # E, log A, a, log B, b of the shared scaling law
-        self.kernel: Any = None  # the fitted kernel of the departures (a later fit may keep it: `fit(like=...)`)
-        self.features = 0  # how many standardised features a config has (choices one-hot): the kernel's width
+        self.kernel = KernelFit(0, None)  # the fitted kernel of the departures, for its width of features
         self.widening = Widening()
         self.accuracy: Optional[Accuracy] = None
         self._departures: Any = None  # the Gaussian process of the departures from the law, conditioned on all points
         self._median_size = 0.0
+        self._budgets = 0  # how many budgets were measured: with one, the law's budget term rests on its start
         self._encode: Any = None
         self._index: dict[str, int] = {}  # key -> the config's column value: one per config, so that its own term is its own
         self._predicted: dict[tuple[str, int], tuple[float, float]] = {}  # (key, tokens) -> mean and sd, unscaled
@@ -124,11 +138,11 @@ class TargetPredictor:
                          for key in keys]) - self._median_size
 
     def _law(self, law: np.ndarray, keys: Sequence[str], tokens: np.ndarray) -> np.ndarray:
-        floor, log_a, a, log_b, b = law
-        return floor + np.exp(log_a - a * self._size(keys)) + np.exp(log_b - b * np.log(tokens / self.brief))
+        return _law_at(law, self._size(keys), np.log(tokens / self.brief))
 
     def _fit_law(self, keys: Sequence[str], tokens: np.ndarray, y: np.ndarray, start: Optional[np.ndarray] = None) -> np.ndarray:
-        """The shared law by least squares; its floor below every measured loss, its exponents positive."""
+        """The shared law by least squares: its floor between 0 and the lowest loss measured, its exponents between 0
+        and 2 (size) or 3 (budget); with a single budget measured, the budget exponent stays at its start."""
         from scipy.optimize import least_squares
 
         floor = max(float(y.min()), 1e-6)
@@ -136,7 +150,10 @@ class TargetPredictor:
         if start is None:
             start = np.array([0.5 * floor, math.log(0.1), 0.3, math.log(max(float(y.max() - y.min()), 1e-3)), 0.5])
         start = np.clip(start, low + 1e-9, high - 1e-9)
-        return least_squares(lambda law: self._law(law, keys, tokens) - y, start, bounds=(low, high)).x
+        if len(set(tokens.tolist())) < 2:  # nothing to tell the budget exponent by: hold it where it starts
+            low[4], high[4] = start[4] - 1e-9, start[4] + 1e-9
+        sizes, log_budgets = self._size(keys), np.log(tokens / self.brief)
+        return least_squares(lambda law: _law_at(law, sizes, log_budgets) - y, start, bounds=(low, high)).x
 
     def _design(self, keys: Sequence[str], tokens: np.ndarray) -> np.ndarray:
         """The departures' inputs: the log budget, the config's own column value and its standardised features."""
@@ -166,20 +183,17 @@ class TargetPredictor:
     def _condition(self, kernel: Any, keys: Sequence[str], tokens: np.ndarray, departures: np.ndarray,
                    optimise: bool) -> Any:
         """The Gaussian process of the departures given these points, its kernel fitted to them if `optimise`."""
-        from sklearn.exceptions import ConvergenceWarning
         from sklearn.gaussian_process import GaussianProcessRegressor
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            return GaussianProcessRegressor(kernel, optimizer="fmin_l_bfgs_b" if optimise else None).fit(
-                self._design(keys, tokens), departures)
+        search = {"optimizer": "fmin_l_bfgs_b", "n_restarts_optimizer": KERNEL_RESTARTS} if optimise else {"optimizer": None}
+        return GaussianProcessRegressor(kernel, random_state=0, **search).fit(self._design(keys, tokens), departures)
 
     # -- fitting and predicting ---------------------------------------------------------------------------------
 
-    def fit(self, data: StudyData, check: bool = True, like: Optional[TargetPredictor] = None) -> TargetPredictor:
-        """Fit on every point of the study, keeping the kernel of a former fit `like` this one where its features
-        are the same (a fit that skips the kernel's search), else fitting one; with `check`, also measure its accuracy
-        config by config (Accuracy)."""
+    def fit(self, data: StudyData, check: bool = True, kernel: Optional[KernelFit] = None) -> TargetPredictor:
+        """Fit on every point of the study, keeping a former fit's `kernel` where it was fitted for as many features
+        (a fit that skips the kernel's search), else searching one; with `check`, also measure its accuracy config by
+        config (Accuracy)."""
         self.data = data
         broken = next((key for key, f in data.features.items() if not all(map(math.isfinite, map(_numeric_value, f.values())))), None)
         if broken is not None:
@@ -190,16 +204,17 @@ class TargetPredictor:
         self._median_size = float(np.median(sizes)) if sizes else 0.0
         keys, tokens, y = self._points(data)
         self.law = self._fit_law(keys, tokens, y)
+        self._budgets = len(set(tokens.tolist()))
         departures = y - self._law(self.law, keys, tokens)
-        self.features = len(self._features(keys[0]))
-        if like is not None and like.features == self.features:
-            self.kernel = like.kernel
+        features = len(self._features(keys[0]))
+        if kernel is not None and kernel.features == features:
+            self.kernel = kernel
         else:
             chosen = self._fitting_sample(data)
             rows = [i for i, key in enumerate(keys) if key in chosen]
-            self.kernel = self._condition(self._new_kernel(self.features), [keys[i] for i in rows], tokens[rows],
-                                          departures[rows], optimise=True).kernel_
-        self._departures = self._condition(self.kernel, keys, tokens, departures, optimise=False)
+            self.kernel = KernelFit(features, self._condition(self._new_kernel(features), [keys[i] for i in rows],
+                                                              tokens[rows], departures[rows], optimise=True).kernel_)
+        self._departures = self._condition(self.kernel.kernel, keys, tokens, departures, optimise=False)
         self.widening = Widening()
         if check:
             self.accuracy = self._check(data)
@@ -261,24 +276,35 @@ class TargetPredictor:
         def predicted(brief_only: Collection[str], keys_asked: Sequence[str]) -> np.ndarray:
             keys, tokens, y = self._points(data, brief_only)
             law = self._fit_law(keys, tokens, y, start=self.law)
-            departures = self._condition(self.kernel, keys, tokens, y - self._law(law, keys, tokens), optimise=False)
+            departures = self._condition(self.kernel.kernel, keys, tokens, y - self._law(law, keys, tokens),
+                                         optimise=False)
             return np.array(self._raw(departures, law, keys_asked, budget)).reshape(-1, 2)
 
         measured = np.array([data.points[key][budget] for key in checked])
         alone = np.vstack([predicted({key}, [key]) for key in checked])
-        before = predicted(set(data.points), checked)
         z = (measured - alone[:, 0]) / np.maximum(alone[:, 1], 1e-9)
         scale = max(1.0, float(np.sqrt(np.mean(z ** 2))))  # widen only: a sd that undersells the error grows
-        unexplained = np.mean((measured - before[:, 0]) ** 2) - np.mean((scale * before[:, 1]) ** 2)
+        unexplained = 0.0  # a study with nothing at or below the brief budget has no "before" to measure it by
+        if any(t <= self.brief for points in data.points.values() for t in points):
+            before = predicted(set(data.points), checked)
+            unexplained = np.mean((measured - before[:, 0]) ** 2) - np.mean((scale * before[:, 1]) ** 2)
         widening = Widening(scale, math.sqrt(max(0.0, float(unexplained))))
-        coverage = float(np.mean(np.abs(z) <= Z90 * scale))
+        widened = np.array([widening.sd(sd) for sd in alone[:, 1]])
+        coverage = float(np.mean(np.abs(measured - alone[:, 0]) <= Z90 * widened))  # of the intervals as reported
         return Accuracy(len(checked), budget, _spearman(alone[:, 0], measured), coverage, widening)
 
     def describe(self) -> dict[str, Any]:
         """The fitted law and kernel, as the study keeps them for the review."""
         floor, log_a, a, log_b, b = (float(v) for v in self.law)
         return {"law": {"floor": floor, "size_term": math.exp(log_a), "size_exponent": a, "budget_term": math.exp(log_b),
-                        "budget_exponent": b}, "kernel": repr(self.kernel)}
+                        "budget_exponent": b, "budgets_measured": self._budgets}, "kernel": repr(self.kernel.kernel)}
+
+
+def _law_at(law: np.ndarray, sizes: np.ndarray, log_budgets: np.ndarray) -> np.ndarray:
+    """The shared law at log sizes about the median and log budgets about the brief one."""
+    floor, log_a, a, log_b, b = law
+    return floor + np.exp(log_a - a * sizes) + np.exp(log_b - b * log_budgets)
+
 
 def feature_encoder(features: Iterable[Mapping[str, Any]]) -> Callable[[Mapping[str, Any]], np.ndarray]:
     """Standardised features of a config, by the configs given: numbers as they are (sizes as logarithms), each

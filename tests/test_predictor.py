@@ -183,3 +183,60 @@ def test_a_config_confirmed_on_several_seeds_carries_their_spread_and_is_learnt_
     spread = model.predict("32x1").sd
     assert confirmed["val_loss_at_target_sd"] == pytest.approx(math.hypot(spread, 0.02))
     assert single["val_loss_at_target_sd"] == pytest.approx(model.predict("32x2").sd)
+
+
+def test_a_kernel_on_some_columns_matches_its_kernel_on_those_columns_with_true_gradients():
+    from scipy.optimize import approx_fprime
+    from sklearn.gaussian_process.kernels import RBF
+
+    from configaformer_search.kernels import OnColumns
+
+    x = np.random.default_rng(0).normal(size=(7, 3))
+    kernel, inner = OnColumns(RBF([0.7, 1.3]), [0, 2]), RBF([0.7, 1.3])
+    value, gradient = kernel(x, eval_gradient=True)
+    assert np.allclose(value, inner(x[:, [0, 2]])) and np.allclose(kernel.diag(x), 1.0)
+
+    def at(theta):
+        kernel.theta = theta
+        return kernel(x)[2, 5]
+
+    numeric = approx_fprime(kernel.theta, at, 1e-7)
+    assert np.allclose(gradient[2, 5], numeric, atol=1e-5) and np.abs(numeric).max() > 1e-3
+
+
+def test_the_kernel_is_searched_again_when_the_features_change_and_kept_while_they_do_not(tmp_path):
+    from configaformer_search.driver.targets import TargetModel
+
+    model = TargetModel(load_space(write_space(tmp_path, LADDER)))
+    model.brief, model.target = BRIEF, TARGET
+    model.data = study(CONFIGS[:6], CONFIGS[:6:2])
+    model.refit(force=True)
+    first = model.predictor.kernel
+    model.data.add("new-choice", config_features({"width": 40, "depth": 2, "norm": "rms"}, {"nonemb_params": 8000}),
+                   {250: 2.4, 500: 2.2, 1000: 2.1})  # one more one-hot column: the former kernel no longer fits
+    model.refit(force=True)
+    second = model.predictor.kernel
+    assert second is not first and second.features == first.features + 1
+    model.data.add("48x5", config_features({"width": 48, "depth": 5, "norm": "rms"}, {"nonemb_params": 24000}),
+                   {250: 2.5, 500: 2.3})
+    model.refit(force=True)
+    assert model.predictor.kernel is second  # the study grew by under a quarter: the kernel stands
+
+
+def test_a_study_measured_at_one_budget_holds_the_laws_budget_exponent_and_the_review_says_so(tmp_path):
+    from configaformer_search.driver.targets import TargetModel
+    from configaformer_search.review import build_review
+    from configaformer_search.storage import StudyView
+
+    model = TargetModel(load_space(write_space(tmp_path, LADDER)))
+    model.brief, model.target = BRIEF, TARGET
+    for width, depth in CONFIGS[:8]:  # one budget, past the brief one: the exponent would move if it were free
+        model.data.add(f"{width}x{depth}", config_features({"width": width, "depth": depth},
+                                                            {"nonemb_params": 100 * width * depth}),
+                       {4000: law(width, depth, 4000)})
+    model.refit(force=True, check=True)
+    summary = model.summary()
+    assert summary["law"]["budgets_measured"] == 1 and summary["law"]["budget_exponent"] == pytest.approx(0.5, abs=1e-6)
+    study = StudyView("one-budget", ("minimize",), ("val_loss_at_target",), {"predictor": summary}, [])
+    assert any("saw a single budget" in line and "assumed (exponent 0.50)" in line
+               for line in build_review(study).ladder_lines())

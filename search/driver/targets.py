@@ -14,13 +14,13 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..metrics import SD_SUFFIX
-from ..predictor import Prediction, StudyData, TargetPredictor, Widening, config_features
+from ..predictor import KernelFit, Prediction, StudyData, TargetPredictor, Widening, config_features
 from ..space import SearchSpace
 from ..storage import StoredTrial
 
 REFIT_S = 5.0  # past EAGER_CONFIGS configs, the predictor is fitted again at most this often while results arrive
-EAGER_CONFIGS = 50  # up to this many configs, a fit takes milliseconds: every new result gets one
-REGROW = 1.25  # in the background, the kernel is fitted again once the study has grown by this factor
+EAGER_CONFIGS = 50  # up to this many configs, a fit is cheap: every new result gets one
+REGROW = 1.25  # in the background, the kernel is searched again once the study has grown by this factor
 TARGET, MEASURED_AS = "val_loss_at_target", "val_loss"  # the objective, and what a rung measures of it
 
 
@@ -37,7 +37,7 @@ class TargetModel:
         self._fitting: Optional[threading.Thread] = None
         self._widening = Widening()  # how the last check widened the intervals: kept until the next check
         self.failure: Optional[str] = None  # why the last fit failed, if it did
-        self._chosen: tuple[int, Optional[TargetPredictor]] = (0, None)  # configs when a kernel was last fitted, and that fit
+        self._kernel: tuple[int, Optional[KernelFit]] = (0, None)  # the last kernel searched, and the configs it saw
 
     def extra(self, params: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
         """What a rung result carries for the predictor: the config's features and its curve so far; confirmed on
@@ -77,17 +77,17 @@ class TargetModel:
         self._fitting.start()
 
     def _fit(self, data: StudyData, check: bool) -> None:
-        configs, former = self._chosen
+        configs, former = self._kernel
         keep = not check and former is not None and len(data.points) < REGROW * configs  # the kernel barely moves
         try:
-            predictor = TargetPredictor(self.brief, self.target).fit(data, check=check, like=former if keep else None)
+            predictor = TargetPredictor(self.brief, self.target).fit(data, check=check, kernel=former if keep else None)
         except (np.linalg.LinAlgError, ValueError, FloatingPointError) as err:  # a fit that fails numerically
             self.failure = f"{type(err).__name__}: {err}"  # the last predictor stands; the summary says why
             logging.getLogger(__name__).warning("the target predictor could not be fitted: %s", self.failure)
             return
         self.failure = None
-        if not keep:
-            self._chosen = (len(data.points), predictor)
+        if predictor.kernel is not former:  # searched afresh (asked to, or the features' width changed)
+            self._kernel = (len(data.points), predictor.kernel)
         if check:
             self._widening = predictor.widening
         else:
