@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from .choices import SAMPLERS
 from .errors import UsageError
@@ -110,16 +110,18 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     import signal
 
     from .console import fitted
-    from .retrain import retrain
+    from .retrain import ALL_TRIALS, retrain
     from .tables import front_frame, retrained_columns
     from .run import stopped_by
 
-    trials = None
-    if args.trials:
+    trials: Any = None
+    if args.trials == "all":
+        trials = ALL_TRIALS
+    elif args.trials:
         try:
             trials = [int(n) for n in args.trials.split(",")]
         except ValueError:
-            raise UsageError(f"--trials {args.trials}: expected trial numbers such as 3,7,12") from None
+            raise UsageError(f"--trials {args.trials}: expected trial numbers such as 3,7,12, or all") from None
     say = (lambda text: None) if args.quiet else print
     try:
         review = retrain(args.dir, args.storage, args.mult, args.seeds, trials, args.address, args.gpus_per_trial,
@@ -203,7 +205,8 @@ def _parser() -> argparse.ArgumentParser:
     retrain.add_argument("--mult", type=float, help="the budget, as a multiple of the space's train.tokens "
                                                     "(default: its target_tokens, else 4)")
     retrain.add_argument("--seeds", type=int, default=1, help="seeds per config (default 1)")
-    retrain.add_argument("--trials", help="these trial numbers instead of the front and the baselines, e.g. 3,7,12")
+    retrain.add_argument("--trials", help="these trial numbers instead of the front and the baselines, e.g. 3,7,12; or "
+                                          "all: every complete trial, to check the search's ranking and intervals there")
     retrain.add_argument("--address", help="join this Ray cluster instead of a local Ray")
     retrain.add_argument("--gpus-per-trial", type=float, help="GPU share per run")
     retrain.add_argument("--concurrency", type=int, help="runs at a time (default: what the cluster fits)")

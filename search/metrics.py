@@ -9,6 +9,7 @@ from typing import Optional
 
 SHAPE = "shape"  # known from the model's shapes before any weight exists: the cheap screen measures it
 TRAINING = "training"  # made by the training run (at each rung of a multi-fidelity search)
+TARGET = "val_loss_at_target"  # the accuracy objective of a space with train.target_tokens
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def timed(name: str, description: str, probe: str) -> tuple[Metric, ...]:
 METRICS = {m.name: m for m in (
     Metric("val_loss", "nats/token", "cross-entropy on the space's validation windows after the training budget", TRAINING,
            seeded=True),
-    Metric("val_loss_at_target", "nats/token", "val_loss at train.target_tokens: measured where the config reached it, "
+    Metric(TARGET, "nats/token", "val_loss at train.target_tokens: measured where the config reached it, "
                                                "else predicted from the study's measurements (its sd beside it)", "predictor"),
     Metric("target_measured", "", "whether val_loss_at_target was measured at the target rather than predicted",
            "predictor", key=True),

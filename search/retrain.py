@@ -14,13 +14,14 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 from .errors import UsageError
 from .progress import plural
 
 PREFIX = "retrain:"  # study attribute retrain:<trial number>:<tokens>:<seed> -> the run's record
 WEIGHTS = "retrained"  # the run folder's subfolder of trained weights, <trial>-<tokens>-seed<seed>.pt
+ALL_TRIALS = "all"  # retrain every complete trial: what checks the search's ranking and intervals at the new budget
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,9 @@ def weights_path(out_dir: Path, number: int, tokens: int, seed: int) -> Path:
 
 
 def retrain(out_dir: Path, storage: Optional[str] = None, mult: Optional[float] = None, seeds: int = 1,
-            trials: Optional[Sequence[int]] = None, address: Optional[str] = None, gpus_per_trial: Optional[float] = None,
+            trials: Union[Sequence[int], str, None] = None, address: Optional[str] = None, gpus_per_trial: Optional[float] = None,
             concurrency: Optional[int] = None, say: Callable[[str], None] = print) -> Any:
-    """Retrain (or resume retraining) a run folder's front and baselines, or `trials`, at `mult` times the space's
+    """Retrain (or resume retraining) a run folder's front and baselines, or `trials` (numbers, or ALL_TRIALS), at `mult` times the space's
     budget (default: to its train.target_tokens, else 4x) on `seeds` seeds; returns the review with the results.
     Raises UsageError for bad input before anything is trained; KeyboardInterrupt keeps every result that ended."""
     from .cluster import check_address, plan_resources, ray_session
@@ -125,6 +126,35 @@ def retrain(out_dir: Path, storage: Optional[str] = None, mult: Optional[float] 
     return read_review(url)
 
 
+def front_held(rows: Sequence[Any], measured: dict[int, float], directions: Sequence[str]) -> str:
+    """How many of the reported front's members among the retrained `rows` are on the front of those rows, their first
+    objective as retrained (`measured`, by trial number), the others as the search measured them."""
+    from .pareto import front_mask, minimised
+
+    members = [row for row in rows if row.on_front]
+    if not members:
+        return ""
+    points = minimised([(measured[row.number], *row.values[1:]) for row in rows], list(directions))
+    there = {row.number for row, on in zip(rows, front_mask(points)) if on}
+    return (f"; {sum(row.number in there for row in members)} of the {plural(len(members), 'front member')} "
+            f"retrained are on the front there ({len(there)} configs)")
+
+
+def intervals_held(rows: Sequence[Any], measured: dict[int, float], tokens: int, predictor: dict[str, Any]) -> str:
+    """At the target budget of a search with one (its `predictor` summary): how many of the retrained configs whose
+    loss there was predicted had the measurement inside their 90% interval."""
+    from .metrics import TARGET
+    from .predictor import Z90
+
+    if predictor.get("target_tokens") != tokens:
+        return ""
+    predicted = [row for row in rows if not row.metrics.get("target_measured") and row.sd(TARGET) > 0]
+    if not predicted:
+        return ""
+    held = sum(abs(measured[row.number] - row.values[0]) <= Z90 * row.sd(TARGET) for row in predicted)
+    return f"; the 90% intervals of {TARGET} held {held} of the {plural(len(predicted), 'predicted config')}"
+
+
 def _space_of(review: Any, out_dir: Path) -> Any:
     """The space the search ran, as the study recorded it."""
     from .space import load_space
@@ -138,8 +168,10 @@ def _space_of(review: Any, out_dir: Path) -> Any:
     return load_space(path)
 
 
-def _chosen(review: Any, trials: Optional[Sequence[int]]) -> list[Any]:
-    """The trials to retrain: those named, or the front and the baselines."""
+def _chosen(review: Any, trials: Union[Sequence[int], str, None]) -> list[Any]:
+    """The trials to retrain: those named, every complete one, or the front and the baselines."""
+    if trials == ALL_TRIALS:
+        return [t for t in review.complete if t.values is not None and (t.params or t.baseline)]
     if trials is None:
         chosen = [*review.front, *review.baselines]
         if not chosen:

@@ -17,14 +17,13 @@ from typing import Any, Optional
 import numpy as np
 
 from . import front as fronts
-from .metrics import METRICS, NOTE_METRICS, SD_SUFFIX, label
+from .metrics import METRICS, NOTE_METRICS, SD_SUFFIX, TARGET, label
 from .outcome import is_stopped, reason
 from .pareto import ParetoFront, hypervolume, minimised
 from .progress import plural
 from .storage import StoredTrial, StudyView, read_study
 
 PACKAGES = ("configaformer", "torch", "optuna", "ray", "fvcore", "plotly", "scikit-learn")
-TARGET = "val_loss_at_target"  # a search with train.target_tokens ranks by it
 # User attributes that hold structures rather than scalars (kept as JSON-able values, left out of tables).
 STRUCTURED_ATTRS = ("model_config", "train", "timings", "constraints", "rungs", "seed_results", "promoted", "curve", "at")
 TRIAL_NOTES = ("reason", "message", "violations", "reused_from", *NOTE_METRICS)
@@ -179,20 +178,22 @@ class Review:
         return columns
 
     def retrain_lines(self) -> list[str]:
-        """For each retrained budget: how the search's ranking agrees with it, and whether the pick held."""
+        """For each retrained budget: how the search's ranking agrees with it, whether the pick held, whether the
+        front held, and, at the target, how often the predicted intervals held what was measured."""
         from .ranking import spearman
+        from .retrain import front_held, intervals_held
 
         lines = []
         brief = self.study.user_attrs.get("train_tokens") or 1
         budgets = sorted({tokens for by_tokens in self.retrained.values() for tokens in by_tokens})
-        searched = {t.number: t.values[0] for t in self.trials if t.values is not None and not t.baseline}
+        searched = {t.number: t for t in self.trials if t.values is not None and not t.baseline}
         for tokens in budgets:
-            results = {n: r[tokens] for n, r in self.retrained.items() if tokens in r and n in searched}
-            seeds = max(len(r.values) for r in results.values()) if results else 0
+            results = {n: r[tokens].mean for n, r in self.retrained.items() if tokens in r and n in searched}
+            seeds = max(len(r[tokens].values) for n, r in self.retrained.items() if n in results) if results else 0
             if len(results) < 2:
                 continue
-            numbers = sorted(results, key=lambda n: results[n].mean)
-            rho = spearman([searched[n] for n in numbers], [results[n].mean for n in numbers])
+            numbers = sorted(results, key=results.get)
+            rho = spearman([searched[n].values[0] for n in numbers], [results[n] for n in numbers])
             line = (f"retrained at {tokens:,} tokens ({tokens / brief:g}x) on {plural(seeds, 'seed')}: "
                     f"{plural(len(results), 'config')}; the search's {self.names[0]} ranks them at Spearman {rho:.2f} there")
             if self.front:
@@ -200,7 +201,9 @@ class Review:
                 if pick in results:
                     place = numbers.index(pick) + 1
                     line += f"; the pick #{pick} is {_ordinal(place)} of {len(results)} there" + (" (it held)" if place == 1 else "")
-            lines.append(line)
+            rows = [searched[n] for n in numbers]
+            lines.append(line + front_held(rows, results, self.directions)
+                         + intervals_held(rows, results, tokens, self.study.user_attrs.get("predictor") or {}))
         return lines
 
     def ladder_lines(self) -> list[str]:

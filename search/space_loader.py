@@ -11,7 +11,7 @@ from configaformer.io import read_structured
 from configaformer.registry import Key, OpError, check_value, resolve_keys
 
 from .errors import SpaceError
-from .metrics import METRICS
+from .metrics import METRICS, TARGET
 from .space import (BUILTIN_REFS, CURVE_POINTS, DATA_KEYS, DIST_KEYS, EVAL_KEYS, KINDS, PROBE_KEYS, RESOURCE_KEYS,
                     SEARCH_KEYS, SECTIONS, TRAIN_KEYS, Baseline, Param, SearchSpace)
 
@@ -331,9 +331,9 @@ class _Loader:
         search = self.section(raw, "search", SEARCH_KEYS)
         self.check_fidelity(train, search)
         if train["target_tokens"] is not None and "val_loss" in objectives:  # ranked at the user's budget instead
-            objectives = {("val_loss_at_target" if k == "val_loss" else k): v for k, v in objectives.items()}
-        if "val_loss_at_target" in objectives and train["target_tokens"] is None:
-            raise self.fail("objectives.val_loss_at_target", "needs train.target_tokens: the budget it is predicted at")
+            objectives = {(TARGET if k == "val_loss" else k): v for k, v in objectives.items()}
+        if TARGET in objectives and train["target_tokens"] is None:
+            raise self.fail(f"objectives.{TARGET}", "needs train.target_tokens: the budget it is predicted at")
         resources = self.section(raw, "resources", RESOURCE_KEYS)
         space = SearchSpace(self.path, name, params, model, data, train, probes, dict(objectives),
                             {k: dict(v) for k, v in constraints.items()}, search, resources)

@@ -149,6 +149,24 @@ def test_a_search_with_a_target_puts_every_measured_config_on_its_front_by_its_l
            "predicted 4x past the longest measurement (32,768 tokens)" in summary
     assert "the predictor, checked on " in summary and "left out one at a time at 32,768 tokens: Spearman" in summary
 
+    # Every config retrained at the target (as `retrain --trials all` records it): the review checks the search's
+    # ranking, front and intervals there.
+    from configaformer_search.driver.synthetic import synthetic_loss
+    from configaformer_search.predictor import Z90
+    from configaformer_search.retrain import PREFIX
+
+    truth = {t.number: synthetic_loss(t.params, 131072, 8192) for t in counted}
+    store.set_study_attrs(train_tokens=8192,  # as `run` records it
+                          **{f"{PREFIX}{n}:131072:0": {"status": "ok", "val_loss": v} for n, v in truth.items()})
+    review = read_review(url)
+    held = sum(abs(truth[t.number] - t.values[0]) <= Z90 * t.metrics["val_loss_at_target_sd"] for t in review.measured)
+    line = next(line for line in review.retrain_lines() if line.startswith("retrained at 131,072 tokens (16x)"))
+    assert f"the 90% intervals of val_loss_at_target held {held} of the 12 predicted configs" in line
+    rho = spearman([t.values[0] for t in counted], [truth[t.number] for t in counted])
+    assert f"ranks them at Spearman {rho:.2f} there" in line and rho > 0.8
+    members = len(review.front)
+    assert f"of the {members} front member{'s' * (members > 1)} retrained are on the front there" in line
+
 
 def test_a_fit_that_fails_numerically_keeps_the_last_predictor_and_says_why(tmp_path, caplog):
     from configaformer_search.driver.targets import TargetModel

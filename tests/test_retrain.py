@@ -10,6 +10,7 @@ from configaformer import ConfigaFormer
 from configaformer_search import trial
 from configaformer_search.cli import main
 from configaformer_search.data import load_corpus
+from configaformer_search.retrain import weights_path
 from configaformer_search.review import read_review
 from configaformer_search.space import load_space
 from configaformer_search.storage import default_storage
@@ -23,7 +24,8 @@ FAST = TINY_SPACE.replace("tokens: 49152", "tokens: 8192").replace("eval_tokens:
 
 
 @pytest.mark.slow
-def test_retrain_keeps_its_results_beside_the_search_and_hands_over_trained_weights(ray_local, tmp_path, capsys):
+def test_retrain_keeps_its_results_beside_the_search_and_hands_over_trained_weights(ray_local, tmp_path, capsys,
+                                                                                    monkeypatch):
     space_path = write_space(tmp_path, FAST)
     out = tmp_path / "run"
     assert main(["run", str(space_path), "--out", str(out), "-q"]) == 0
@@ -48,6 +50,15 @@ def test_retrain_keeps_its_results_beside_the_search_and_hands_over_trained_weig
     # Resumable: run again, nothing is trained.
     assert main(["retrain", str(out), "--mult", "2"]) == 0
     assert "0 runs to train" in capsys.readouterr().out
+
+    # Every complete trial, from a run folder named relative to the working folder: the weights land in it.
+    monkeypatch.chdir(tmp_path)
+    assert main(["retrain", "run", "--mult", "2", "--trials", "all", "-q"]) == 0
+    review = read_review(default_storage(out))
+    assert {t.number for t in review.complete} <= set(review.retrained)  # and the baselines, retrained before
+    assert all(weights_path(out, n, 16384, space.train["seed"]).is_file() for n in review.retrained)
+    assert main(["retrain", "run", "--trials", "al"]) == 2
+    assert "--trials al: expected trial numbers such as 3,7,12, or all" in capsys.readouterr().err
 
     # The exported weights load in one call and score what was stored.
     assert main(["export", str(out), "--trial", str(number), "--weights", "-o", str(tmp_path / "best.yaml")]) == 0

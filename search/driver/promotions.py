@@ -20,9 +20,10 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from ..metrics import TARGET
 from ..pareto import Dominance, Ranking, minimised
 from .state import RUNG, RungResult
-from .targets import MEASURED_AS, TARGET
+from .targets import MEASURED_AS
 
 
 class Promotions:

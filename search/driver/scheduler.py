@@ -9,13 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from ..metrics import TARGET
 from ..progress import Progress
 from ..space import SearchSpace
 from ..storage import StudyStore
 from .promotions import Promotions, rung_entry
 from .state import RungResult
 from .suggestions import Suggestion
-from .targets import TARGET, TargetModel
+from .targets import TargetModel
 
 
 @dataclass

@@ -12,24 +12,36 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from .. import outcome
+from ..metrics import TARGET
 from .searcher import DONE, Driver
+
+
+def synthetic_loss(params: dict[str, Any], tokens: int, brief_tokens: int) -> float:
+    """The val_loss a synthetic config reaches at `tokens`: a power law in the budget, larger configs starting slower
+    and going further, with an offset of its own (what a retraining at any budget would measure)."""
+    size = _size(params)
+    return 1.8 - size / 5 + (_digest(params) % 1000) / 5000 + (0.4 + size / 4) * (tokens / brief_tokens) ** -0.4
+
+
+def _size(params: dict[str, Any]) -> float:
+    return params.get("width", 64) * params.get("depth", 1) / 1000
+
+
+def _digest(params: dict[str, Any]) -> int:
+    return int(hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8], 16)
 
 
 def synthetic_record(driver: Driver, params: dict[str, Any], key: str, rung: int) -> dict[str, Any]:
     """A record like a real trial's (every field a finished trial reports), with values for every objective of the
     space that depend only on the params and the rung: val_loss falls with the model's size and with the rung, the
     other objectives rise with the size, each with its own scatter, so that the front is a trade-off of many trials."""
-    digest = int(hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8], 16)
-    size = params.get("width", 64) * params.get("depth", 1) / 1000
+    digest, size = _digest(params), _size(params)
     tokens = driver.budgets[rung]
     values = {name: size * (1 + i) + (digest % (89 + 8 * i)) / 100 for i, name in enumerate(driver.objectives)
-              if name != "val_loss_at_target"}  # the driver's own, from the predictor
-
-    def loss(at: int) -> float:  # a power law in the budget: larger configs start slower and go further
-        return 1.8 - size / 5 + (digest % 1000) / 5000 + (0.4 + size / 4) * (at / driver.budgets[0]) ** -0.4
-
-    values["val_loss"] = loss(tokens)
-    curve = {str(t): loss(t) for t in [*driver.space.curve_points(), *driver.budgets[: rung + 1]]}
+              if name != TARGET}  # the driver's own, from the predictor
+    values["val_loss"] = synthetic_loss(params, tokens, driver.budgets[0])
+    curve = {str(t): synthetic_loss(params, t, driver.budgets[0])
+             for t in [*driver.space.curve_points(), *driver.budgets[: rung + 1]]}
     return outcome.measured(**values, config_key=key, rung=rung, tokens_trained=tokens, tokens_spent=tokens, curve=curve,
                             model_config={"dim_model": params.get("width", 64), "layers": [{"type": "FFN"}]},
                             params=int(size * 1e6), nonemb_params=int(size * 9e5), flops=int(size * 6e7),

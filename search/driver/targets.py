@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from ..metrics import SD_SUFFIX
+from ..metrics import SD_SUFFIX, TARGET
 from ..predictor import KernelFit, Prediction, StudyData, TargetPredictor, Widening, config_features
 from ..space import SearchSpace
 from ..storage import StoredTrial
@@ -21,7 +21,7 @@ from ..storage import StoredTrial
 REFIT_S = 5.0  # past EAGER_CONFIGS configs, the predictor is fitted again at most this often while results arrive
 EAGER_CONFIGS = 50  # up to this many configs, a fit is cheap: every new result gets one
 REGROW = 1.25  # in the background, the kernel is searched again once the study has grown by this factor
-TARGET, MEASURED_AS = "val_loss_at_target", "val_loss"  # the objective, and what a rung measures of it
+MEASURED_AS = "val_loss"  # what a rung measures of the objective TARGET
 
 
 class TargetModel:
