@@ -94,7 +94,7 @@ def retrain(out_dir: Path, storage: Optional[str] = None, mult: Optional[float] 
     base = space.train["seed"] if isinstance(space.train["seed"], int) else 0
     done = retrained(review.study.user_attrs)
     baseline_models = {b.name: b.model for b in space.baselines}
-    jobs = [Job(f"{row.number}:{tokens}:{seed}", row.params, seed, (tokens,), warmup,
+    jobs = [Job(f"{row.number}:{tokens}:{seed}", space.values_of(row.params), seed, (tokens,), warmup,
                 baseline_models.get(row.baseline), str(weights_path(out_dir, row.number, tokens, seed)))
             for row in chosen for seed in range(base, base + seeds)
             if seed not in done.get(row.number, {}).get(tokens, Retrained(0, 0, {})).values]

@@ -108,6 +108,11 @@ class Param:
             labels = [json.dumps(c) for c in self.choices]
         return labels
 
+    def value_of(self, label: Any) -> Any:
+        """The value a recorded label stands for (the inverse of `labels`); anything else as it is."""
+        labels = self.labels() if self.kind == "choice" else []
+        return copy.deepcopy(self.choices[labels.index(label)]) if label in labels else label
+
     def contains(self, value: Any) -> bool:
         """Whether `value` is one this parameter can draw."""
         if self.kind == "choice":
@@ -164,6 +169,11 @@ class SearchSpace:
                 if param.per_layer and self._active(param, values):
                     values[f"{param.name}[{i}]"] = param.suggest(trial, f"{param.name}[{i}]")
         return values
+
+    def values_of(self, recorded: Mapping[str, Any]) -> dict[str, Any]:
+        """A trial's params as the study records them (choices by their labels) -> the values `sample` drew."""
+        return {name: self.params[name.split("[")[0]].value_of(label) if name.split("[")[0] in self.params else label
+                for name, label in recorded.items()}
 
     def _active(self, param: Param, values: Mapping[str, Any]) -> bool:
         return all(values.get(name) in allowed for name, allowed in param.condition.items())

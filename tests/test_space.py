@@ -77,6 +77,8 @@ def test_choices_are_recorded_as_themselves_and_lists_as_json(tmp_path):
     assert {"gelu", ("silu", "none")} == {a if isinstance(a, str) else tuple(a) for a in drawn}
     recorded = {t.params["act"] for t in study.trials}  # what the trials table, the front and exports show
     assert recorded == {"gelu", '["silu", "none"]'}
+    for trial, act in zip(study.trials, drawn):  # read back (retrain, a resumed config), each is the value drawn
+        assert space.values_of(trial.params) == {**trial.params, "act": act}
     model, _ = space.resolve({**sample(space), "act": ["silu", "none"]}, 256)
     ConfigaFormer.from_config(model, verbose=False)
 
