@@ -87,7 +87,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import signal
 
-    from .calibrate import OUTPUTS, calibrate, describe
+    from .calibrate import calibrate
+    from .calibration_report import OUTPUTS, describe
     from .run import stopped_by
     from .space import load_space
 
