@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 from .errors import UsageError
+from .metrics import TARGET
 from .progress import plural
 
 PREFIX = "retrain:"  # study attribute retrain:<trial number>:<tokens>:<seed> -> the run's record
@@ -65,8 +66,9 @@ def weights_path(out_dir: Path, number: int, tokens: int, seed: int) -> Path:
 def retrain(out_dir: Path, storage: Optional[str] = None, mult: Optional[float] = None, seeds: int = 1,
             trials: Union[Sequence[int], str, None] = None, address: Optional[str] = None, gpus_per_trial: Optional[float] = None,
             concurrency: Optional[int] = None, say: Callable[[str], None] = print) -> Any:
-    """Retrain (or resume retraining) a run folder's front and baselines, or `trials` (numbers, or ALL_TRIALS), at `mult` times the space's
-    budget (default: to its train.target_tokens, else 4x) on `seeds` seeds; returns the review with the results.
+    """Retrain (or resume retraining) a run folder's front and baselines, or `trials` (numbers, or ALL_TRIALS), at
+    `mult` times the space's budget (default: to its train.target_tokens, else 4x) on `seeds` seeds; returns the
+    review with the results.
     Raises UsageError for bad input before anything is trained; KeyboardInterrupt keeps every result that ended."""
     from .cluster import check_address, plan_resources, ray_session
     from .jobs import Job, run_jobs
@@ -126,24 +128,25 @@ def retrain(out_dir: Path, storage: Optional[str] = None, mult: Optional[float] 
     return read_review(url)
 
 
-def front_held(rows: Sequence[Any], measured: dict[int, float], directions: Sequence[str]) -> str:
-    """How many of the reported front's members among the retrained `rows` are on the front of those rows, their first
-    objective as retrained (`measured`, by trial number), the others as the search measured them."""
+def front_held(rows: Sequence[Any], measured: dict[int, float], loss: int, directions: Sequence[str]) -> str:
+    """How many of the reported front's members among the retrained `rows` are on the front of those rows, their loss
+    objective (index `loss`) as retrained (`measured`, by trial number), the others as the search measured them."""
     from .pareto import front_mask, minimised
 
     members = [row for row in rows if row.on_front]
     if not members:
         return ""
-    points = minimised([(measured[row.number], *row.values[1:]) for row in rows], list(directions))
+    points = minimised([(*row.values[:loss], measured[row.number], *row.values[loss + 1:]) for row in rows],
+                       list(directions))
     there = {row.number for row, on in zip(rows, front_mask(points)) if on}
     return (f"; {sum(row.number in there for row in members)} of the {plural(len(members), 'front member')} "
             f"retrained are on the front there ({len(there)} configs)")
 
 
-def intervals_held(rows: Sequence[Any], measured: dict[int, float], tokens: int, predictor: dict[str, Any]) -> str:
-    """At the target budget of a search with one (its `predictor` summary): how many of the retrained configs whose
-    loss there was predicted had the measurement inside their 90% interval."""
-    from .metrics import TARGET
+def intervals_held(rows: Sequence[Any], measured: dict[int, float], loss: int, tokens: int,
+                   predictor: dict[str, Any]) -> str:
+    """At the target budget of a search with one (its `predictor` summary, its objective `loss` val_loss_at_target):
+    how many of the retrained configs whose loss there was predicted had the measurement inside their 90% interval."""
     from .predictor import Z90
 
     if predictor.get("target_tokens") != tokens:
@@ -151,7 +154,7 @@ def intervals_held(rows: Sequence[Any], measured: dict[int, float], tokens: int,
     predicted = [row for row in rows if not row.metrics.get("target_measured") and row.sd(TARGET) > 0]
     if not predicted:
         return ""
-    held = sum(abs(measured[row.number] - row.values[0]) <= Z90 * row.sd(TARGET) for row in predicted)
+    held = sum(abs(measured[row.number] - row.values[loss]) <= Z90 * row.sd(TARGET) for row in predicted)
     return f"; the 90% intervals of {TARGET} held {held} of the {plural(len(predicted), 'predicted config')}"
 
 

@@ -187,23 +187,26 @@ class Review:
         brief = self.study.user_attrs.get("train_tokens") or 1
         budgets = sorted({tokens for by_tokens in self.retrained.values() for tokens in by_tokens})
         searched = {t.number: t for t in self.trials if t.values is not None and not t.baseline}
+        loss = next((i for i, name in enumerate(self.names) if name in (TARGET, "val_loss")), None)
+        if loss is None:  # a retraining measures val_loss: nothing of the search's to compare it with
+            return []
         for tokens in budgets:
             results = {n: r[tokens].mean for n, r in self.retrained.items() if tokens in r and n in searched}
             seeds = max(len(r[tokens].values) for n, r in self.retrained.items() if n in results) if results else 0
             if len(results) < 2:
                 continue
             numbers = sorted(results, key=results.get)
-            rho = spearman([searched[n].values[0] for n in numbers], [results[n] for n in numbers])
+            rho = spearman([searched[n].values[loss] for n in numbers], [results[n] for n in numbers])
             line = (f"retrained at {tokens:,} tokens ({tokens / brief:g}x) on {plural(seeds, 'seed')}: "
-                    f"{plural(len(results), 'config')}; the search's {self.names[0]} ranks them at Spearman {rho:.2f} there")
+                    f"{plural(len(results), 'config')}; the search's {self.names[loss]} ranks them at Spearman {rho:.2f} there")
             if self.front:
                 pick = self.pick_default().number
                 if pick in results:
                     place = numbers.index(pick) + 1
                     line += f"; the pick #{pick} is {_ordinal(place)} of {len(results)} there" + (" (it held)" if place == 1 else "")
             rows = [searched[n] for n in numbers]
-            lines.append(line + front_held(rows, results, self.directions)
-                         + intervals_held(rows, results, tokens, self.study.user_attrs.get("predictor") or {}))
+            lines.append(line + front_held(rows, results, loss, self.directions)
+                         + intervals_held(rows, results, loss, tokens, self.study.user_attrs.get("predictor") or {}))
         return lines
 
     def ladder_lines(self) -> list[str]:
