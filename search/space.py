@@ -232,8 +232,8 @@ class SearchSpace:
         rungs = self.rungs()
         if len(rungs) == 1:
             return f"fifo (every config trains the full {rungs[0]:,} tokens)"
-        return (f"asha (rungs at {' / '.join(f'{t:,}' for t in rungs)} tokens, at most 1 in "
-                f"{self.search['reduction_factor']} goes on from each)")
+        return (f"asha (rungs at {' / '.join(f'{t:,}' for t in rungs)} tokens; a config goes on from a "
+                f"rung once it ranks in the top 1/{self.search['reduction_factor']} of the results there)")
 
     def distributions(self) -> dict[str, Any]:
         """Each parameter's Optuna distribution, as its trials record it (a per-layer one once, for every layer)."""
