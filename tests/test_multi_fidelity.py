@@ -331,10 +331,10 @@ def test_killed_asha_search_resumes_a_config_after_its_last_rung(ray_local, tmp_
     space = write_space(tmp_path, ASHA.replace("tokens: 46080", "tokens: 737280").replace("min_tokens: 5120", "min_tokens: 81920")
                         .replace("trials: 8", "trials: 3"))
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "configaformer_search.cli", "run", str(space), "--out", str(out),
+    command = [sys.executable, "-m", "configaformer_search.cli", "run", str(space), "--out", "run",  # relative: as given
                "--concurrency", "1", "--address", ray_local]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               start_new_session=True)
+                               start_new_session=True, cwd=tmp_path)
     try:
         for line in process.stdout:  # kill the first trial that goes on from rung 0 while it trains rung 1
             if "-> goes on" in line:
