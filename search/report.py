@@ -173,11 +173,11 @@ def trials_table(review: Review) -> str:
 
 
 def rungs_table(review: Review) -> str:
-    """Configs measured, stopped and gone on at each rung."""
-    rows = "".join(f'<tr>{_cell(r.rung)}{_cell(r.tokens)}{_cell(r.reached)}{_cell(r.stopped)}{_cell(r.reached - r.stopped)}</tr>'
-                   for r in review.rungs)
+    """Configs measured, stopped and gone on at each rung, and the training tokens spent to reach it."""
+    rows = "".join(f'<tr>{_cell(r.rung)}{_cell(r.tokens)}{_cell(r.reached)}{_cell(r.stopped)}{_cell(r.reached - r.stopped)}'
+                   f'{_cell(r.spent)}</tr>' for r in review.rungs)
     return ('<table id="rungs"><thead><tr><th>rung</th><th>tokens</th><th>measured</th><th>stopped there</th>'
-            f"<th>went on or completed</th></tr></thead><tbody>{rows}</tbody></table>")
+            f"<th>went on or completed</th><th>tokens spent there</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
 def retrain_table(review: Review) -> str:

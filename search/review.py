@@ -18,9 +18,10 @@ import numpy as np
 
 from . import front as fronts
 from .metrics import METRICS, NOTE_METRICS, SD_SUFFIX, TARGET, label
-from .outcome import is_stopped, reason
+from .outcome import reason
 from .pareto import ParetoFront, hypervolume, minimised
 from .progress import plural
+from .rungs import Rung, rungs_of
 from .storage import StoredTrial, StudyView, read_study
 
 PACKAGES = ("configaformer", "torch", "optuna", "ray", "fvcore", "plotly", "scikit-learn")
@@ -61,16 +62,6 @@ class TrialRow:
     def sd(self, objective: str) -> float:
         """The seed-to-seed sd recorded beside an objective's mean (0 where seeds were not confirmed)."""
         return float(self.metrics.get(objective + SD_SUFFIX) or 0.0)
-
-
-@dataclass(frozen=True)
-class Rung:
-    """What happened at one rung of a multi-fidelity search."""
-
-    rung: int
-    tokens: int  # the tokens behind its results (the most any trial trained to it)
-    reached: int  # configs measured there
-    stopped: int  # configs stopped there by the scheduler
 
 
 @dataclass
@@ -214,7 +205,9 @@ class Review:
         lines = []
         if self.rungs:
             spent = sum(t.metrics.get("tokens_spent") or 0 for t in self.measured)
-            lines.append("rungs: " + ", ".join(f"{r.tokens:,} tokens ({plural(r.reached, 'config')})" for r in self.rungs)
+            lines.append("rungs: " + ", ".join(f"{r.tokens:,} tokens ({plural(r.reached, 'config')}"
+                                               + ("" if r.spent is None else f", {r.spent:,} tokens spent") + ")"
+                                               for r in self.rungs)
                          + f"; {spent:,} training tokens in all")
         predictor = self.study.user_attrs.get("predictor")
         if not predictor or not predictor.get("fitted"):
@@ -349,7 +342,7 @@ def build_review(study: StudyView) -> Review:
             for t in trials]
     complete = any(r.state == "COMPLETE" for r in rows)
     reference = fronts.reference_point(trials, directions) if complete else None
-    return Review(study, objectives, rows, reference, settings=_settings(study), rungs=_rungs(trials))
+    return Review(study, objectives, rows, reference, settings=_settings(study), rungs=rungs_of(trials))
 
 
 def _ordinal(n: int) -> str:
@@ -363,23 +356,6 @@ def _baseline_values(trial: StoredTrial, names: list[str]) -> Optional[tuple[flo
         return None
     values = [trial.user_attrs.get(name) for name in names]
     return tuple(float(v) for v in values) if all(isinstance(v, (int, float)) for v in values) else None
-
-
-def _rungs(trials: list[StoredTrial]) -> list[Rung]:
-    """Configs measured and stopped at each rung, from the rung results the trials recorded."""
-    reached: dict[int, int] = {}
-    stopped: dict[int, int] = {}
-    tokens: dict[int, int] = {}
-    for trial in trials:
-        attrs = trial.user_attrs
-        if not trial.finished or not trial.outcome.counts:
-            continue
-        for rung, entry in (attrs.get("rungs") or {}).items():
-            reached[int(rung)] = reached.get(int(rung), 0) + 1
-            tokens[int(rung)] = max(tokens.get(int(rung), 0), entry["tokens_trained"])
-        if is_stopped(attrs):
-            stopped[attrs["rung"]] = stopped.get(attrs["rung"], 0) + 1
-    return [Rung(r, tokens[r], reached[r], stopped.get(r, 0)) for r in sorted(reached)] if len(reached) > 1 else []
 
 
 def _settings(study: StudyView) -> dict[str, Any]:

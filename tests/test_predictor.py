@@ -122,7 +122,7 @@ def test_a_search_with_a_target_puts_every_measured_config_on_its_front_by_its_l
     from configaformer_search.driver.samplers import make_sampler
     from configaformer_search.driver.searcher import Driver
     from configaformer_search.driver.synthetic import SyntheticCluster
-    from configaformer_search.progress import Progress
+    from configaformer_search.progress import Progress, plural
     from configaformer_search.review import read_review
     from configaformer_search.storage import StudyStore, open_storage
 
@@ -146,7 +146,10 @@ def test_a_search_with_a_target_puts_every_measured_config_on_its_front_by_its_l
     assert {int(n) for n in latest} == {t.number for t in counted}
     assert [t.values[loss] for t in counted] == [latest[str(t.number)]["val_loss_at_target"] for t in counted]
     summary = "\n".join(review.summary("run"))
-    assert "rungs: 8,192 tokens (12 configs), 32,768 tokens (" in summary
+    climbed = sum("1" in review.stored(t.number).user_attrs["rungs"] for t in counted)
+    spent = sum(t.metrics["tokens_spent"] for t in counted)  # each rung's share of it, as the trials spent it
+    assert f"rungs: 8,192 tokens (12 configs, 98,304 tokens spent), 32,768 tokens ({plural(climbed, 'config')}, " \
+           f"{climbed * (32768 - 8192):,} tokens spent); {spent:,} training tokens in all" in summary
     assert "val_loss_at_target: the loss at 131,072 tokens, measured for 0 and predicted for 12 configs; " \
            "predicted 4x past the longest measurement (32,768 tokens)" in summary
     assert "the predictor, checked on " in summary and "left out one at a time at 32,768 tokens: Spearman" in summary

@@ -66,7 +66,8 @@ class RungScheduler:
             return True
         rungs = dict(suggestion.attrs.get("rungs") or {})  # a resumed config's earlier rungs among them
         if str(rung) not in rungs:
-            rungs[str(rung)] = {"tokens_trained": record["tokens_trained"], "values": entry[0], "penalty": entry[1]}
+            rungs[str(rung)] = {"tokens_trained": record["tokens_trained"], "tokens_spent": record.get("tokens_spent"),
+                                "values": entry[0], "penalty": entry[1]}
             suggestion.attrs["rungs"] = rungs
             extra = self.targets.extra(suggestion.params, record) if self.targets is not None else None
             self.promotions.record(rung, suggestion.key, *entry, extra)
