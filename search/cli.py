@@ -116,7 +116,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     from .run import stopped_by
 
     trials: Any = None
-    if args.trials == "all":
+    if args.trials == ALL_TRIALS:
         trials = ALL_TRIALS
     elif args.trials:
         try:

@@ -80,7 +80,7 @@ class Param:
         """Draw a value from `distribution()` through an Optuna trial (or anything with its suggest_* methods)."""
         dist = self.distribution()
         if self.kind == "choice":
-            return copy.deepcopy(self.choices[list(dist.choices).index(trial.suggest_categorical(name, list(dist.choices)))])
+            return self.value_of(trial.suggest_categorical(name, list(dist.choices)))
         if self.kind == "int":
             return trial.suggest_int(name, dist.low, dist.high, step=dist.step)
         return trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
@@ -172,8 +172,8 @@ class SearchSpace:
 
     def values_of(self, recorded: Mapping[str, Any]) -> dict[str, Any]:
         """A trial's params as the study records them (choices by their labels) -> the values `sample` drew."""
-        return {name: self.params[name.split("[")[0]].value_of(label) if name.split("[")[0] in self.params else label
-                for name, label in recorded.items()}
+        params = {name: self.params.get(name.split("[")[0]) for name in recorded}  # 'heads[2]': the per-layer heads
+        return {name: label if params[name] is None else params[name].value_of(label) for name, label in recorded.items()}
 
     def _active(self, param: Param, values: Mapping[str, Any]) -> bool:
         return all(values.get(name) in allowed for name, allowed in param.condition.items())
