@@ -49,6 +49,8 @@ class Prediction:
     sd: float
     measured: bool
     last_tokens: int  # the longest budget the config was measured at
+    checked: bool = True  # whether its sd was checked against the study's longer runs: an unchecked one is the
+    # fit's own, untested (it can be far too narrow), and is shown as no interval at all
 
     def optimistic(self, z: float = 1.0) -> float:
         """The low end of the interval: how good the config could still turn out (what promotions rank by)."""
@@ -62,6 +64,7 @@ class Widening:
 
     scale: float = 1.0
     law_sd: float = 0.0
+    checked: bool = False  # whether a check measured it: the study had too few configs past the brief budget otherwise
 
     def sd(self, sd: float) -> float:
         return math.hypot(sd * self.scale, self.law_sd)
@@ -255,7 +258,7 @@ class TargetPredictor:
                 self._index[key] = len(self._index)
             self._predicted[key, tokens] = self._raw(self._departures, self.law, [key], tokens)[0]
         mean, sd = self._predicted[key, tokens]
-        return Prediction(mean, self.widening.sd(sd), False, last)
+        return Prediction(mean, self.widening.sd(sd), False, last, self.widening.checked)
 
     def _check(self, data: StudyData) -> Accuracy:
         """Leave each config measured past the brief budget out of the fit beyond its brief points, predict its
@@ -288,7 +291,7 @@ class TargetPredictor:
         if any(t <= self.brief for points in data.points.values() for t in points):
             before = predicted(set(data.points), checked)
             unexplained = np.mean((measured - before[:, 0]) ** 2) - np.mean((scale * before[:, 1]) ** 2)
-        widening = Widening(scale, math.sqrt(max(0.0, float(unexplained))))
+        widening = Widening(scale, math.sqrt(max(0.0, float(unexplained))), checked=True)
         widened = np.array([widening.sd(sd) for sd in alone[:, 1]])
         coverage = float(np.mean(np.abs(measured - alone[:, 0]) <= Z90 * widened))  # of the intervals as reported
         return Accuracy(len(checked), budget, _spearman(alone[:, 0], measured), coverage, widening)

@@ -226,7 +226,7 @@ class Review:
                             if predictor.get("law_sd") else "") + ")")
         else:
             lines.append(f"the predictor is unchecked: {predictor.get('checked_configs', 0)} configs were measured past the "
-                         f"brief budget, at least 3 at one budget are needed to check it")
+                         f"brief budget, at least 3 at one budget are needed to check it, so its predictions carry no interval")
         if predictor.get("law", {}).get("budgets_measured", 2) < 2:
             lines.append(f"its scaling law saw a single budget: how the loss falls with more tokens is assumed (exponent "
                          f"{predictor['law']['budget_exponent']:.2f}), not measured")

@@ -118,7 +118,7 @@ search: {trials: 12, sampler: random, reduction_factor: 4, max_tokens: 32768}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("objectives", ["{val_loss: min, peak_mem_mb: min}", "{peak_mem_mb: min, val_loss: min}"])
-def test_a_search_with_a_target_puts_every_measured_config_on_its_front_by_its_loss_there(tmp_path, objectives):
+def test_a_search_with_a_target_puts_every_measured_config_on_its_front_by_its_loss_there(tmp_path, objectives, capsys):
     from configaformer_search.driver.samplers import make_sampler
     from configaformer_search.driver.searcher import Driver
     from configaformer_search.driver.synthetic import SyntheticCluster
@@ -131,9 +131,11 @@ def test_a_search_with_a_target_puts_every_measured_config_on_its_front_by_its_l
     url = f"sqlite:///{tmp_path / 'study.db'}"
     store = StudyStore.open(open_storage(url), space.name, space.objectives, make_sampler(space, "random", 0, 12),
                             space.distributions())
-    driver = Driver(space, store, 256, 12, Progress(12, 0, list(space.objectives), 0))
+    driver = Driver(space, store, 256, 12, Progress(12, 0, list(space.objectives), 1))
     SyntheticCluster(driver, slots=2).run()
     store.set_study_attrs(**driver.predictions())
+    first = next(line for line in capsys.readouterr().out.splitlines() if "rung 0 at 8,192 tokens" in line)
+    assert "val_loss_at_target " in first and "±" not in first  # nothing climbed yet: no interval to stand by
     review = read_review(url)
     counted = review.measured
     assert len(counted) == 12 and all(t.state == "COMPLETE" for t in counted)  # stopped ones are predicted, not PRUNED
@@ -208,6 +210,30 @@ def test_a_config_confirmed_on_several_seeds_carries_their_spread_and_is_learnt_
     assert single["val_loss_at_target_sd"] == pytest.approx(model.predict("32x2").sd)
 
 
+def test_intervals_are_withheld_until_the_predictor_can_be_checked_and_widened_by_each_check_during_a_search(tmp_path):
+    from configaformer_search.driver.targets import TargetModel
+
+    model = TargetModel(load_space(write_space(tmp_path, LADDER)))
+    model.brief, model.target = BRIEF, TARGET
+    assert math.isnan(model.fields("32x1")["val_loss_at_target_sd"])  # before any fit: its last point, no interval
+    model.data = study(CONFIGS[:8], CONFIGS[:2])  # two configs past the brief budget: too few to check the fit
+    model.refit(force=True)
+    shown, raw = model.fields("48x2"), model.predict("48x2")
+    assert math.isfinite(shown["val_loss_at_target"]) and math.isnan(shown["val_loss_at_target_sd"])
+    assert not raw.checked and raw.sd > 0  # the fit's own sd still ranks promotions; it is not shown as an interval
+    model.data.add("32x3", {}, {4000: law(32, 3, 4000) + 0.3})  # a third climbs, flatter than the law: a fit during
+    # the search checks, and widens every interval by the error that finds
+    model.refit(force=True)
+    checked = model.predictor.accuracy
+    assert checked is not None and checked.configs == 3 and checked.widening.checked
+    widened = model.fields("48x2")["val_loss_at_target_sd"]
+    assert checked.widening.scale > 1 and widened == pytest.approx(model.predict("48x2").sd) and widened > raw.sd
+    model.data.add("40x2", config_features({"width": 40, "depth": 2}, {"nonemb_params": 8000}), {250: 2.9, 500: 2.5})
+    model.refit(force=True)  # nothing new past the brief budget: no check, and the last one's widening stands
+    assert model.predictor.accuracy is None and model.predictor.widening == checked.widening
+    assert math.isfinite(model.fields("40x2")["val_loss_at_target_sd"])
+
+
 def test_a_kernel_on_some_columns_matches_its_kernel_on_those_columns_with_true_gradients():
     from scipy.optimize import approx_fprime
     from sklearn.gaussian_process.kernels import RBF
@@ -257,7 +283,7 @@ def test_a_study_measured_at_one_budget_holds_the_laws_budget_exponent_and_the_r
         model.data.add(f"{width}x{depth}", config_features({"width": width, "depth": depth},
                                                             {"nonemb_params": 100 * width * depth}),
                        {4000: law(width, depth, 4000)})
-    model.refit(force=True, check=True)
+    model.refit(force=True, final=True)
     summary = model.summary()
     assert summary["law"]["budgets_measured"] == 1 and summary["law"]["budget_exponent"] == pytest.approx(0.5, abs=1e-6)
     study = StudyView("one-budget", ("minimize",), ("val_loss_at_target",), {"predictor": summary}, [])

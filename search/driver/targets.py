@@ -36,6 +36,7 @@ class TargetModel:
         self._fitted_at, self._changed = -math.inf, False
         self._fitting: Optional[threading.Thread] = None
         self._widening = Widening()  # how the last check widened the intervals: kept until the next check
+        self._checked_on = 0  # the points past the brief budget that the last check saw: a check's evidence
         self.failure: Optional[str] = None  # why the last fit failed, if it did
         self._kernel: tuple[int, Optional[KernelFit]] = (0, None)  # the last kernel searched, and the configs it saw
 
@@ -57,15 +58,16 @@ class TargetModel:
         if "seed_sd" in extra:
             self.seed_sd[key] = float(extra["seed_sd"])
 
-    def refit(self, force: bool = False, check: bool = False) -> None:
+    def refit(self, force: bool = False, final: bool = False) -> None:
         """Fit again if anything new was learnt (and REFIT_S has passed, past EAGER_CONFIGS configs): in the
-        background, unless `force`d (the end of a search, which waits for the fit and checks it)."""
+        background, unless `force`d (waiting for the fit). `final`: the end of a search, whose fit searches the
+        kernel afresh."""
         if len(self.data.points) < 3 and sum(len(p) for p in self.data.points.values()) < 3:
             return
         if force:
             if self._fitting is not None:
                 self._fitting.join()
-            self._fit(self.data.snapshot(), check)
+            self._fit(self.data.snapshot(), final)
             return
         eager = len(self.data.points) <= EAGER_CONFIGS
         busy = self._fitting is not None and self._fitting.is_alive()
@@ -76,9 +78,15 @@ class TargetModel:
                                          name="configaformer-predictor", daemon=True)
         self._fitting.start()
 
-    def _fit(self, data: StudyData, check: bool) -> None:
+    def _fit(self, data: StudyData, final: bool) -> None:
+        """Fit, keeping the last kernel while the study has barely grown (not at the end), and check the fit whenever
+        a config has been measured past the brief budget since the last check: a check refits only the law and the
+        departures, a small cost beside the kernel's search, so that the intervals shown during the search are
+        widened as the final ones are."""
         configs, former = self._kernel
-        keep = not check and former is not None and len(data.points) < REGROW * configs  # the kernel barely moves
+        keep = not final and former is not None and len(data.points) < REGROW * configs  # the kernel barely moves
+        evidence = sum(t > self.brief for points in data.points.values() for t in points)
+        check = final or evidence != self._checked_on
         try:
             predictor = TargetPredictor(self.brief, self.target).fit(data, check=check, kernel=former if keep else None)
         except (np.linalg.LinAlgError, ValueError, FloatingPointError) as err:  # a fit that fails numerically
@@ -89,7 +97,7 @@ class TargetModel:
         if predictor.kernel is not former:  # searched afresh (asked to, or the features' width changed)
             self._kernel = (len(data.points), predictor.kernel)
         if check:
-            self._widening = predictor.widening
+            self._widening, self._checked_on = predictor.widening, evidence
         else:
             predictor.widening = self._widening
         predictor.data = self.data  # predictions read the points learnt since the fit too
@@ -98,27 +106,28 @@ class TargetModel:
 
     def predict(self, key: str) -> Prediction:
         """The config's loss at the target; before the first fit (fewer than three points in the study), its last
-        measurement, with no spread to tell."""
+        measurement, with no spread to tell (unchecked)."""
         points = self.data.points.get(key, {})
         if self.target in points:
             return Prediction(points[self.target], 0.0, True, self.target)
         if self.predictor is None or key not in self.data.features:
             last = max(points, default=0)
-            return Prediction(points.get(last, math.nan), 0.0, False, last)
+            return Prediction(points.get(last, math.nan), 0.0, False, last, checked=False)
         return self.predictor.predict(key)
 
     def fields(self, key: str) -> dict[str, Any]:
         """What a trial's record says of its target loss: the value, its sd (with the spread of its seeds, for a
-        config confirmed on several), measured or not, and how far it reached."""
+        config confirmed on several; nan, no interval, while the predictor is unchecked), measured or not, and how
+        far it reached."""
         prediction = self.predict(key)
-        sd = math.hypot(prediction.sd, self.seed_sd.get(key, 0.0))
+        sd = math.hypot(prediction.sd, self.seed_sd.get(key, 0.0)) if prediction.checked else math.nan
         return {TARGET: prediction.mean, TARGET + SD_SUFFIX: sd, "target_measured": prediction.measured,
                 "target_reach": self.target / prediction.last_tokens if prediction.last_tokens else math.inf}
 
     def final(self, trials: Sequence[StoredTrial]) -> dict[str, Any]:
         """The predictor fitted on everything and checked config by config, and each of `trials` that counts with
         its loss at the target as it now stands (the review shows these, not the values told when each ended)."""
-        self.refit(force=True, check=True)
+        self.refit(force=True, final=True)
         by_number = {str(trial.number): self.fields(trial.user_attrs["config_key"]) for trial in trials
                      if trial.outcome.counts and trial.user_attrs.get("config_key") in self.data.points}
         return {"predictions": by_number, "predictor": self.summary()}
