@@ -92,4 +92,4 @@ def made_by(source: str) -> tuple[str, ...]:
 
 def with_sd(value: float, sd: Optional[float]) -> str:
     """'2.713 ± 0.021': a seed-confirmed mean as the tables print it; the value alone without an sd."""
-    return f"{value:.4g}" + (f" ± {sd:.2g}" if sd is not None and sd == sd else "")
+    return f"{value:.4g}" + (f" ± {sd:.2g}" if isinstance(sd, (int, float)) and sd == sd else "")

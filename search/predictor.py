@@ -46,15 +46,17 @@ class Prediction:
     """A config's loss at the target: measured there, or predicted with its sd and how far it reached past."""
 
     mean: float
-    sd: float
+    sd: float  # as its interval states it: the fit's own, widened by the study's check
     measured: bool
     last_tokens: int  # the longest budget the config was measured at
-    checked: bool = True  # whether its sd was checked against the study's longer runs: an unchecked one is the
-    # fit's own, untested (it can be far too narrow), and is shown as no interval at all
+    checked: bool = True  # whether a check stands behind its sd: an unchecked sd is the fit's own, untested (it can be
+    # far too narrow), and is shown as no interval at all
+    fit_sd: Optional[float] = None  # the fit's own sd, before the check widened it (when it differs from sd)
 
     def optimistic(self, z: float = 1.0) -> float:
-        """The low end of the interval: how good the config could still turn out (what promotions rank by)."""
-        return self.mean - z * self.sd
+        """The low end of the fit's own interval: how good the config could still turn out (what promotions rank by;
+        the check's widening, the same law sd added to every config, would only blur the differences between them)."""
+        return self.mean - z * (self.sd if self.fit_sd is None else self.fit_sd)
 
 
 @dataclass(frozen=True)
@@ -220,8 +222,7 @@ class TargetPredictor:
         self._departures = self._condition(self.kernel.kernel, keys, tokens, departures, optimise=False)
         self.widening = Widening()
         if check:
-            self.accuracy = self._check(data)
-            self.widening = self.accuracy.widening
+            self.check()
         # Every config's loss at the target, at once: the driver's promotions rank a rung's configs by it after each
         # fit, and a fit runs in the background.
         keys = [key for key, points in data.points.items() if self.target not in points and key in data.features]
@@ -229,6 +230,13 @@ class TargetPredictor:
             predicted = self._raw(self._departures, self.law, keys, self.target)
             self._predicted.update(zip([(key, self.target) for key in keys], predicted))
         return self
+
+    def check(self) -> Accuracy:
+        """Measure the fit's accuracy config by config on the points it was fitted on (Accuracy), and widen its
+        intervals by what that finds."""
+        self.accuracy = self._check(self.data)
+        self.widening = self.accuracy.widening
+        return self.accuracy
 
     def _fitting_sample(self, data: StudyData) -> set[str]:
         """The configs the kernel is fitted on: all, or up to MAX_FIT_POINTS points, those with most points first."""
@@ -258,7 +266,7 @@ class TargetPredictor:
                 self._index[key] = len(self._index)
             self._predicted[key, tokens] = self._raw(self._departures, self.law, [key], tokens)[0]
         mean, sd = self._predicted[key, tokens]
-        return Prediction(mean, self.widening.sd(sd), False, last, self.widening.checked)
+        return Prediction(mean, self.widening.sd(sd), False, last, self.widening.checked, sd)
 
     def _check(self, data: StudyData) -> Accuracy:
         """Leave each config measured past the brief budget out of the fit beyond its brief points, predict its

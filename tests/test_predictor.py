@@ -126,7 +126,8 @@ def test_a_search_with_a_target_puts_every_measured_config_on_its_front_by_its_l
     from configaformer_search.review import read_review
     from configaformer_search.storage import StudyStore, open_storage
 
-    space = load_space(write_space(tmp_path, LADDER.replace("{val_loss: min, peak_mem_mb: min}", objectives)))
+    baseline = "baselines: [{name: plain, params: {width: 64, depth: 3, heads: 4}}]\n"  # told while unchecked, kept so
+    space = load_space(write_space(tmp_path, LADDER.replace("{val_loss: min, peak_mem_mb: min}", objectives) + baseline))
     loss = list(space.objectives).index("val_loss_at_target")  # wherever the space lists it
     url = f"sqlite:///{tmp_path / 'study.db'}"
     store = StudyStore.open(open_storage(url), space.name, space.objectives, make_sampler(space, "random", 0, 12),
@@ -155,6 +156,13 @@ def test_a_search_with_a_target_puts_every_measured_config_on_its_front_by_its_l
     assert "val_loss_at_target: the loss at 131,072 tokens, measured for 0 and predicted for 12 configs; " \
            "predicted 4x past the longest measurement (32,768 tokens)" in summary
     assert "the predictor, checked on " in summary and "left out one at a time at 32,768 tokens: Spearman" in summary
+    from configaformer_search.console import fitted
+    from configaformer_search.tables import trials_frame
+
+    table = fitted(trials_frame(review), list(review.names), width=200)  # every trial, the baseline among them
+    told = next(line for line in table.splitlines() if line.startswith(f"{review.baselines[0].number} "))
+    assert "±" in table and "±" not in told  # the baseline keeps the interval-less value it was told
+    assert review.stored(review.baselines[0].number).user_attrs["val_loss_at_target_sd"] is None  # stored as none
 
     # Every config retrained at the target (as `retrain --trials all` records it): the review checks the search's
     # ranking, front and intervals there.
@@ -215,23 +223,24 @@ def test_intervals_are_withheld_until_the_predictor_can_be_checked_and_widened_b
 
     model = TargetModel(load_space(write_space(tmp_path, LADDER)))
     model.brief, model.target = BRIEF, TARGET
-    assert math.isnan(model.fields("32x1")["val_loss_at_target_sd"])  # before any fit: its last point, no interval
+    assert model.fields("32x1")["val_loss_at_target_sd"] is None  # before any fit: its last point, no interval
     model.data = study(CONFIGS[:8], CONFIGS[:2])  # two configs past the brief budget: too few to check the fit
     model.refit(force=True)
-    shown, raw = model.fields("48x2"), model.predict("48x2")
-    assert math.isfinite(shown["val_loss_at_target"]) and math.isnan(shown["val_loss_at_target_sd"])
-    assert not raw.checked and raw.sd > 0  # the fit's own sd still ranks promotions; it is not shown as an interval
+    shown, unchecked = model.fields("48x2"), model.predict("48x2")
+    assert math.isfinite(shown["val_loss_at_target"]) and shown["val_loss_at_target_sd"] is None
+    assert not unchecked.checked and unchecked.sd > 0  # the fit's own sd still ranks promotions; it is not shown
     model.data.add("32x3", {}, {4000: law(32, 3, 4000) + 0.3})  # a third climbs, flatter than the law: a fit during
     # the search checks, and widens every interval by the error that finds
     model.refit(force=True)
     checked = model.predictor.accuracy
-    assert checked is not None and checked.configs == 3 and checked.widening.checked
-    widened = model.fields("48x2")["val_loss_at_target_sd"]
-    assert checked.widening.scale > 1 and widened == pytest.approx(model.predict("48x2").sd) and widened > raw.sd
+    assert checked is not None and checked.configs == 3 and checked.widening.checked and checked.widening.scale > 1
+    widened = model.predict("48x2")
+    assert model.fields("48x2")["val_loss_at_target_sd"] == pytest.approx(widened.sd) and widened.sd > widened.fit_sd
+    assert widened.optimistic() == pytest.approx(widened.mean - widened.fit_sd)  # promotions: the fit's own sd
     model.data.add("40x2", config_features({"width": 40, "depth": 2}, {"nonemb_params": 8000}), {250: 2.9, 500: 2.5})
-    model.refit(force=True)  # nothing new past the brief budget: no check, and the last one's widening stands
+    model.refit(force=True)  # nothing new past the brief budget, the kernel kept: no check, the last one's widening
     assert model.predictor.accuracy is None and model.predictor.widening == checked.widening
-    assert math.isfinite(model.fields("40x2")["val_loss_at_target_sd"])
+    assert model.fields("40x2")["val_loss_at_target_sd"] == pytest.approx(model.predict("40x2").sd)
 
 
 def test_a_kernel_on_some_columns_matches_its_kernel_on_those_columns_with_true_gradients():
@@ -266,6 +275,7 @@ def test_the_kernel_is_searched_again_when_the_features_change_and_kept_while_th
     model.refit(force=True)
     second = model.predictor.kernel
     assert second is not first and second.features == first.features + 1
+    assert model.predictor.accuracy is not None  # a kernel searched afresh is checked, though nothing new climbed
     model.data.add("48x5", config_features({"width": 48, "depth": 5, "norm": "rms"}, {"nonemb_params": 24000}),
                    {250: 2.5, 500: 2.3})
     model.refit(force=True)

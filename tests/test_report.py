@@ -96,3 +96,12 @@ def test_the_console_renderer_fits_a_width_and_joins_the_params_into_one_column(
     assert any(line.endswith("…") for line in cut)  # a config longer than the room left is cut, and says so
     every = console.table(frame)
     assert "param:width" in every and "<NA>" not in every and "NaN" not in every  # blanks where a trial has no value
+
+
+def test_a_predicted_loss_without_a_checked_interval_is_printed_alone():
+    import pandas as pd
+
+    frame = pd.DataFrame({"val_loss_at_target": [1.5, 1.625], "val_loss_at_target_sd": [None, 0.12],
+                          "param:width": [64, 96]}, index=pd.Index([1, 2], name="number"))
+    lines = console.fitted(frame, ("val_loss_at_target",), width=100).splitlines()
+    assert "1.5 " in lines[2] and "±" not in lines[2] and "1.625 ± 0.12" in lines[3]

@@ -36,7 +36,7 @@ class TargetModel:
         self._fitted_at, self._changed = -math.inf, False
         self._fitting: Optional[threading.Thread] = None
         self._widening = Widening()  # how the last check widened the intervals: kept until the next check
-        self._checked_on = 0  # the points past the brief budget that the last check saw: a check's evidence
+        self._checked_on: frozenset = frozenset()  # the points past the brief budget that the last check saw
         self.failure: Optional[str] = None  # why the last fit failed, if it did
         self._kernel: tuple[int, Optional[KernelFit]] = (0, None)  # the last kernel searched, and the configs it saw
 
@@ -79,16 +79,20 @@ class TargetModel:
         self._fitting.start()
 
     def _fit(self, data: StudyData, final: bool) -> None:
-        """Fit, keeping the last kernel while the study has barely grown (not at the end), and check the fit whenever
-        a config has been measured past the brief budget since the last check: a check refits only the law and the
-        departures, a small cost beside the kernel's search, so that the intervals shown during the search are
-        widened as the final ones are."""
+        """Fit, keeping the last kernel while the study has barely grown (not at the end), and check the fit when
+        the kernel is searched afresh or (up to EAGER_CONFIGS configs) the points past the brief budget, what a check
+        learns from, changed since the last check: so the intervals shown during the search are widened as the
+        final ones are."""
         configs, former = self._kernel
         keep = not final and former is not None and len(data.points) < REGROW * configs  # the kernel barely moves
-        evidence = sum(t > self.brief for points in data.points.values() for t in points)
-        check = final or evidence != self._checked_on
+        evidence = frozenset((key, t, loss) for key, points in data.points.items() for t, loss in points.items()
+                             if t > self.brief)
         try:
-            predictor = TargetPredictor(self.brief, self.target).fit(data, check=check, kernel=former if keep else None)
+            predictor = TargetPredictor(self.brief, self.target).fit(data, check=False, kernel=former if keep else None)
+            eager = len(data.points) <= EAGER_CONFIGS  # past that, a check costs about a kernel search: made with one
+            checked = predictor.kernel is not former or eager and evidence != self._checked_on
+            if checked:
+                predictor.check()
         except (np.linalg.LinAlgError, ValueError, FloatingPointError) as err:  # a fit that fails numerically
             self.failure = f"{type(err).__name__}: {err}"  # the last predictor stands; the summary says why
             logging.getLogger(__name__).warning("the target predictor could not be fitted: %s", self.failure)
@@ -96,7 +100,7 @@ class TargetModel:
         self.failure = None
         if predictor.kernel is not former:  # searched afresh (asked to, or the features' width changed)
             self._kernel = (len(data.points), predictor.kernel)
-        if check:
+        if checked:
             self._widening, self._checked_on = predictor.widening, evidence
         else:
             predictor.widening = self._widening
@@ -117,10 +121,10 @@ class TargetModel:
 
     def fields(self, key: str) -> dict[str, Any]:
         """What a trial's record says of its target loss: the value, its sd (with the spread of its seeds, for a
-        config confirmed on several; nan, no interval, while the predictor is unchecked), measured or not, and how
+        config confirmed on several; None, no interval, while the predictor is unchecked), measured or not, and how
         far it reached."""
         prediction = self.predict(key)
-        sd = math.hypot(prediction.sd, self.seed_sd.get(key, 0.0)) if prediction.checked else math.nan
+        sd = math.hypot(prediction.sd, self.seed_sd.get(key, 0.0)) if prediction.checked else None
         return {TARGET: prediction.mean, TARGET + SD_SUFFIX: sd, "target_measured": prediction.measured,
                 "target_reach": self.target / prediction.last_tokens if prediction.last_tokens else math.inf}
 
