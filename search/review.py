@@ -310,7 +310,8 @@ def read_review(url: str) -> Review:
 
 def with_latest_predictions(study: StudyView) -> StudyView:
     """A search with a target keeps every trial's loss there as it last stood (the predictor learns until the search
-    ends): those values replace the ones each trial was told when it ended."""
+    ends): those values replace the ones each trial was told when it ended (a baseline's, told as PRUNED, are in its
+    record)."""
     latest = study.user_attrs.get("predictions") or {}
     if TARGET not in study.metric_names or not latest:
         return study
@@ -318,8 +319,8 @@ def with_latest_predictions(study: StudyView) -> StudyView:
     trials = []
     for trial in study.trials:
         fields = latest.get(str(trial.number))
-        if fields and trial.values is not None:
-            values = (*trial.values[:index], float(fields[TARGET]), *trial.values[index + 1:])
+        if fields:
+            values = None if trial.values is None else (*trial.values[:index], float(fields[TARGET]), *trial.values[index + 1:])
             trial = dataclasses.replace(trial, values=values, user_attrs={**trial.user_attrs, **fields})
         trials.append(trial)
     return dataclasses.replace(study, trials=trials)

@@ -129,11 +129,13 @@ class TargetModel:
                 "target_reach": self.target / prediction.last_tokens if prediction.last_tokens else math.inf}
 
     def final(self, trials: Sequence[StoredTrial]) -> dict[str, Any]:
-        """The predictor fitted on everything and checked config by config, and each of `trials` that counts with
-        its loss at the target as it now stands (the review shows these, not the values told when each ended)."""
+        """The predictor fitted on everything and checked config by config, and each of `trials` that counts, and
+        each baseline, with its loss at the target as it now stands (the review shows these, not the values told when
+        each ended, so that a baseline and the configs it is compared with are predicted by one fit)."""
         self.refit(force=True, final=True)
         by_number = {str(trial.number): self.fields(trial.user_attrs["config_key"]) for trial in trials
-                     if trial.outcome.counts and trial.user_attrs.get("config_key") in self.data.points}
+                     if (trial.outcome.counts or trial.outcome.baseline is not None)
+                     and trial.user_attrs.get("config_key") in self.data.points}
         return {"predictions": by_number, "predictor": self.summary()}
 
     def summary(self) -> dict[str, Any]:
