@@ -167,6 +167,10 @@ def test_a_search_with_a_target_puts_every_measured_config_on_its_front_by_its_l
     assert told["val_loss_at_target_sd"] is None  # told before the predictor could be checked: no interval, as none
     table = fitted(trials_frame(review), list(review.names), width=200)  # every trial, the baseline among them
     assert next(line for line in table.splitlines() if line.startswith(f"{plain.number} ")).count("±") == 1
+    resumed = Driver(space, store, 256, 12, Progress(12, 12, list(space.objectives), 0))
+    SyntheticCluster(resumed, slots=2).run()  # the study is complete: nothing is measured again, the baseline included
+    again = resumed.predictions()["predictions"]  # yet it is predicted by the resumed driver's final fit too
+    assert len(read_study(url).trials) == len(review.trials) and again.keys() == latest.keys()
 
     # Every config retrained at the target (as `retrain --trials all` records it): the review checks the search's
     # ranking, front and intervals there.
