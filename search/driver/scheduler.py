@@ -7,12 +7,12 @@ waits at its rung with its state kept, and `resume` hands back the waiting trial
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from ..metrics import TARGET
 from ..progress import Progress
 from ..space import SearchSpace
-from ..storage import StudyStore
+from ..storage import StoredTrial, StudyStore
 from .promotions import Promotions, rung_entry
 from .state import RungResult
 from .suggestions import Suggestion
@@ -45,12 +45,19 @@ class RungScheduler:
                                                           *values[index + 1:]]
         self.paused: dict[str, Running] = {}
 
-    def learn(self, results: list[RungResult]) -> None:
-        """Rung results read from the study (other drivers', a resumed study's), for the table and the target model."""
+    def learn(self, results: list[RungResult], ended: Sequence[StoredTrial] = ()) -> None:
+        """Rung results read from the study (other drivers', a resumed study's), for the table and the target model;
+        and, for the target model, the baselines among the trials read as ended (measured off the rung table, their
+        curves are in their records)."""
         self.promotions.learn(results)
         if self.targets is not None:
             for result in results:
                 self.targets.learn(result.key, result.extra)
+            for trial in ended:
+                record = trial.user_attrs
+                if trial.outcome.baseline is not None and isinstance(record.get("val_loss"), (int, float)) \
+                        and record.get("tokens_trained"):
+                    self.targets.learn(record["config_key"], self.targets.extra(trial.params, record))
             self.targets.refit()
 
     def reached(self, running: Running, record: dict[str, Any], draining: Callable[[], bool]) -> bool:

@@ -77,7 +77,7 @@ class Driver:
         start = time.perf_counter()
         self.store.fail_stale()
         ended, results = self.state.reread()
-        self.rungs.learn(results)
+        self.rungs.learn(results, ended)
         for trial in ended:  # other drivers' trials, and a resumed study's
             self._timings_seen(trial.user_attrs, trial.params)
         for key, number in list(self.foreign.items()):

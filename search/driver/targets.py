@@ -132,11 +132,6 @@ class TargetModel:
         """The predictor fitted on everything and checked config by config, and each of `trials` that counts, and
         each baseline, with its loss at the target as it now stands (the review shows these, not the values told when
         each ended, so that a baseline and the configs it is compared with are predicted by one fit)."""
-        for trial in trials:  # a baseline another driver measured, or one measured before a resume: from its record
-            key, record = trial.user_attrs.get("config_key"), trial.user_attrs
-            if trial.outcome.baseline is not None and key not in self.data.points \
-                    and isinstance(record.get("val_loss"), (int, float)) and record.get("tokens_trained"):
-                self.learn(key, self.extra(trial.params, record))
         self.refit(force=True, final=True)
         by_number = {str(trial.number): self.fields(trial.user_attrs["config_key"]) for trial in trials
                      if (trial.outcome.counts or trial.outcome.baseline is not None)
